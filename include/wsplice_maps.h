@@ -1,0 +1,71 @@
+/* Types shared by the BPF data plane (bpf/splice.bpf.c) and the daemon.
+ * Everything here is plain fixed-width data: the same layout is read by
+ * libbpf in userspace, written by the verdict program, and pretty-printed by
+ * `bpftool map dump` through BTF. */
+#ifndef WSPLICE_MAPS_H
+#define WSPLICE_MAPS_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Map sizes: one tunnel uses two sockets. */
+#define WSPLICE_MAX_TUNNELS 65536
+#define WSPLICE_MAX_SOCKETS (2 * WSPLICE_MAX_TUNNELS)
+
+/* Direction index inside struct ws_tunnel. */
+enum ws_dir {
+	WS_DIR_C2U = 0, /* client -> upstream */
+	WS_DIR_U2C = 1, /* upstream -> client */
+};
+
+/* One direction of a tunnel. Counters are only written by the verdict
+ * program running for the source socket (serialised by that socket's lock),
+ * so plain adds are safe; userspace only reads them. */
+struct ws_dir_stats {
+	__u64 bytes;          /* bytes redirected to the peer's egress */
+	__u64 packets;        /* skbs redirected (includes the zero-length FIN skb) */
+	/* Bytes the peer socket has accepted into its send queue since the
+	 * first redirect, accumulated from its tcp write_seq. bytes - peer_sent
+	 * is exactly what waits in the peer's psock queue (KERNEL.md). */
+	__u64 peer_sent;
+	__u64 peak_inflight;  /* most bytes seen waiting in the peer's psock queue */
+	__u32 peer_seq_last;  /* peer write_seq at the previous verdict */
+	__u32 seq_valid;      /* peer_seq_last has been sampled */
+	__u32 over_budget;    /* a pause request is outstanding; the verdict clears it below budget/2 */
+	__u32 pad;
+};
+
+/* Value of the `tunnels` map, keyed by tunnel id (__u32). */
+struct ws_tunnel {
+	__u64 client_cookie;   /* SO_COOKIE of the client-side socket */
+	__u64 upstream_cookie; /* SO_COOKIE of the upstream-side socket */
+	struct ws_dir_stats dir[2];
+	__u64 last_active_ns;  /* bpf_ktime_get_ns() of the last redirect */
+};
+
+/* Value of the `sock_links` map, keyed by socket cookie (__u64): which
+ * tunnel and direction a source socket feeds, and where its bytes go. */
+struct ws_sock_link {
+	__u64 peer_cookie;
+	__u32 tunnel_id;
+	__u32 dir; /* enum ws_dir */
+};
+
+/* Ring buffer record: the verdict asks the daemon to pause a direction. */
+struct ws_pause_event {
+	__u32 tunnel_id;
+	__u32 dir;
+	__u64 inflight;
+};
+
+/* Indexes of the `counters` array map: events that are not per tunnel. */
+enum ws_counter {
+	WS_CNT_NO_LINK = 0,   /* skb on a socket with no sock_links entry */
+	WS_CNT_NO_PEER = 1,   /* peer missing from target_map: passed, not dropped */
+	WS_CNT_REDIRECTED = 2,
+	WS_CNT_PAUSE_EVENTS = 3,
+	WS_CNT_MAX = 8,
+};
+
+#endif

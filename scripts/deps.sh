@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what wsplice builds and tests with, from Debian's apt and npm only.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(make gcc clang llvm libbpf-dev libelf-dev zlib1g-dev libssl-dev libinih-dev
+      libcmocka-dev bpftool pkg-config iproute2 python3 python3-websockets python3-pytest
+      nodejs npm)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "deps: missing ${missing[*]}; run 'make deps' as root" >&2
+		exit 1
+	fi
+	echo "deps: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Real WebSocket peers for the demo and the tests (node `ws`).
+if [ ! -d tests/peers/node_modules/ws ]; then
+	echo "deps: npm ci in tests/peers"
+	(cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+fi

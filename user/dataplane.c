@@ -1,0 +1,319 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/magic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "dataplane.h"
+#include "log.h"
+#include "splice.skel.h"
+
+struct dataplane {
+	struct splice_bpf *skel;
+	struct ring_buffer *rb;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
+	int lock_fd;
+	bool attached;
+	char pin_dir[256];
+	pause_fn on_pause;
+	void *ctx;
+};
+
+/* What bpftool users find under the pin directory. */
+static const char *const pinned_names[] = {
+	"target_map", "verdict_map", "tunnels", "sock_links", "counters", "pause_events", "verdict",
+};
+#define N_PINNED (sizeof(pinned_names) / sizeof(pinned_names[0]))
+
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	char line[512];
+	size_t n;
+
+	if (level == LIBBPF_DEBUG && log_threshold < LOG_DEBUG)
+		return 0;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	if (n && line[n - 1] == '\n')
+		line[n - 1] = '\0';
+	log_debug("libbpf: %s", line);
+	return 0;
+}
+
+uint64_t socket_cookie(int fd)
+{
+	uint64_t cookie = 0;
+	socklen_t len = sizeof(cookie);
+
+	getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len);
+	return cookie;
+}
+
+/* The pin directory must sit on a bpf filesystem; mount the standard one if
+ * nothing is mounted there yet, as Cilium does. */
+static int ensure_bpffs(const char *dir, char *why, size_t whylen)
+{
+	char parent[256];
+	struct statfs st;
+	char *slash;
+
+	snprintf(parent, sizeof(parent), "%s", dir);
+	slash = strrchr(parent, '/');
+	if (slash == parent)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	if (!statfs(parent, &st) && st.f_type == BPF_FS_MAGIC)
+		return 0;
+	if (!strcmp(parent, "/sys/fs/bpf")) {
+		if (!mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700")) {
+			log_info("mounted a bpf filesystem on /sys/fs/bpf");
+			return 0;
+		}
+		snprintf(why, whylen, "cannot mount bpffs on /sys/fs/bpf: %s", strerror(errno));
+		return -1;
+	}
+	snprintf(why, whylen, "%s is not on a bpf filesystem (mount -t bpf bpf %s)", dir, parent);
+	return -1;
+}
+
+/* One instance per pin directory: a second one with the same --bpffs would
+ * unpin the first one's maps. */
+static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
+{
+	char path[512];
+
+	if (mkdir(dp->pin_dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(why, whylen, "cannot create %s: %s", dp->pin_dir, strerror(errno));
+		return -1;
+	}
+	dp->lock_fd = open(dp->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dp->lock_fd < 0 || flock(dp->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		snprintf(why, whylen, "%s is in use by another wsplice (choose another --bpffs)", dp->pin_dir);
+		return -1;
+	}
+	/* Left behind by an instance that was killed: ours now. */
+	for (size_t i = 0; i < N_PINNED; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
+		unlink(path);
+	}
+	return 0;
+}
+
+static int pin_all(struct dataplane *dp)
+{
+	struct bpf_map *maps[] = {
+		dp->skel->maps.target_map, dp->skel->maps.verdict_map, dp->skel->maps.tunnels,
+		dp->skel->maps.sock_links, dp->skel->maps.counters,    dp->skel->maps.pause_events,
+	};
+	char path[512];
+
+	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
+		if (bpf_map__pin(maps[i], path))
+			return -1;
+	}
+	snprintf(path, sizeof(path), "%s/verdict", dp->pin_dir);
+	return bpf_program__pin(dp->skel->progs.wsplice_verdict, path);
+}
+
+static int on_ring_event(void *ctx, void *data, size_t size)
+{
+	struct dataplane *dp = ctx;
+
+	if (size >= sizeof(struct ws_pause_event))
+		dp->on_pause(dp->ctx, data);
+	return 0;
+}
+
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, void *ctx,
+				 char *why, size_t whylen)
+{
+	struct dataplane *dp = calloc(1, sizeof(*dp));
+	int err;
+
+	if (!dp) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	dp->lock_fd = -1;
+	dp->on_pause = on_pause;
+	dp->ctx = ctx;
+	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
+	libbpf_set_print(libbpf_log);
+	if (ensure_bpffs(pin_dir, why, whylen) || lock_pin_dir(dp, why, whylen))
+		goto fail;
+	dp->skel = splice_bpf__open();
+	if (!dp->skel) {
+		snprintf(why, whylen, "cannot open the BPF object: %s", strerror(errno));
+		goto fail;
+	}
+	dp->skel->rodata->tunnel_budget = budget;
+	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
+	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
+	err = splice_bpf__load(dp->skel);
+	if (err) {
+		snprintf(why, whylen, "cannot load the BPF programs: %s%s", strerror(-err),
+			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)" : "");
+		goto fail;
+	}
+	dp->target_fd = bpf_map__fd(dp->skel->maps.target_map);
+	dp->verdict_fd = bpf_map__fd(dp->skel->maps.verdict_map);
+	dp->tunnels_fd = bpf_map__fd(dp->skel->maps.tunnels);
+	dp->links_fd = bpf_map__fd(dp->skel->maps.sock_links);
+	dp->counters_fd = bpf_map__fd(dp->skel->maps.counters);
+	dp->prog_fd = bpf_program__fd(dp->skel->progs.wsplice_verdict);
+	if (bpf_prog_attach(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT, 0)) {
+		snprintf(why, whylen, "cannot attach the sk_skb verdict: %s", strerror(errno));
+		goto fail;
+	}
+	dp->attached = true;
+	if (pin_all(dp)) {
+		snprintf(why, whylen, "cannot pin maps under %s: %s", pin_dir, strerror(errno));
+		goto fail;
+	}
+	dp->rb = ring_buffer__new(bpf_map__fd(dp->skel->maps.pause_events), on_ring_event, dp, NULL);
+	if (!dp->rb) {
+		snprintf(why, whylen, "cannot open the pause ring buffer: %s", strerror(errno));
+		goto fail;
+	}
+	return dp;
+fail:
+	dataplane_close(dp);
+	return NULL;
+}
+
+void dataplane_close(struct dataplane *dp)
+{
+	char path[512];
+
+	if (!dp)
+		return;
+	ring_buffer__free(dp->rb);
+	if (dp->attached)
+		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
+	if (dp->lock_fd >= 0) {
+		for (size_t i = 0; i < N_PINNED; i++) {
+			snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
+			unlink(path);
+		}
+		rmdir(dp->pin_dir);
+		close(dp->lock_fd);
+	}
+	splice_bpf__destroy(dp->skel);
+	free(dp);
+}
+
+int dataplane_event_fd(struct dataplane *dp)
+{
+	return ring_buffer__epoll_fd(dp->rb);
+}
+
+void dataplane_poll(struct dataplane *dp)
+{
+	ring_buffer__consume(dp->rb);
+}
+
+static void set_lowat(int fd, int v)
+{
+	setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v));
+}
+
+int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2])
+{
+	struct ws_tunnel tv = { .client_cookie = cookie[0], .upstream_cookie = cookie[1] };
+	int e, err = 0, stage = 0;
+
+	if (bpf_map_update_elem(dp->tunnels_fd, &id, &tv, BPF_ANY))
+		return -1;
+	for (e = 0; e < 2; e++) {
+		struct ws_sock_link link = { .peer_cookie = cookie[1 - e], .tunnel_id = id,
+					     .dir = e == 0 ? WS_DIR_C2U : WS_DIR_U2C };
+
+		if (bpf_map_update_elem(dp->links_fd, &cookie[e], &link, BPF_ANY))
+			goto undo;
+	}
+	/* Gate: while both are inserted, keep the verdict from running on a
+	 * partial view; the kick below replays what queued meanwhile. */
+	for (e = 0; e < 2; e++)
+		set_lowat(fd[e], INT_MAX);
+	for (stage = 1; stage <= 2; stage++) {
+		int map = stage == 1 ? dp->target_fd : dp->verdict_fd;
+
+		for (e = 0; e < 2; e++) {
+			uint64_t v = fd[e];
+
+			if (bpf_map_update_elem(map, &cookie[e], &v, BPF_NOEXIST))
+				goto undo;
+		}
+	}
+	for (e = 0; e < 2; e++)
+		set_lowat(fd[e], 1);
+	return 0;
+undo:
+	err = errno;
+	dataplane_tunnel_del(dp, id, cookie);
+	for (e = 0; e < 2; e++)
+		set_lowat(fd[e], 1);
+	errno = err;
+	return -1;
+}
+
+void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2])
+{
+	for (int e = 0; e < 2; e++) {
+		bpf_map_delete_elem(dp->verdict_fd, &cookie[e]);
+		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
+		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
+	}
+	bpf_map_delete_elem(dp->tunnels_fd, &id);
+}
+
+int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out)
+{
+	return bpf_map_lookup_elem(dp->tunnels_fd, &id, out);
+}
+
+int dataplane_pause(struct dataplane *dp, int fd, uint64_t cookie)
+{
+	/* Gate first: without it a chunk arriving between the two steps was
+	 * lost once in the prototype. */
+	set_lowat(fd, INT_MAX);
+	return bpf_map_delete_elem(dp->verdict_fd, &cookie);
+}
+
+int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)
+{
+	uint64_t v = fd;
+
+	if (bpf_map_update_elem(dp->verdict_fd, &cookie, &v, BPF_NOEXIST))
+		return -1;
+	set_lowat(fd, 1); /* kick: the verdict takes what queued while paused, in order */
+	return 0;
+}
+
+uint64_t dataplane_counter(struct dataplane *dp, enum ws_counter c)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t sum = 0, *vals;
+	uint32_t key = c;
+
+	if (ncpu <= 0)
+		return 0;
+	vals = calloc(ncpu, sizeof(*vals));
+	if (vals && !bpf_map_lookup_elem(dp->counters_fd, &key, vals))
+		for (int i = 0; i < ncpu; i++)
+			sum += vals[i];
+	free(vals);
+	return sum;
+}

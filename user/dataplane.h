@@ -1,0 +1,35 @@
+/* The BPF data plane's lifecycle: load the verdict program, attach it to
+ * verdict_map, pin the maps for bpftool, insert and remove tunnels, and
+ * clean everything up on exit. */
+#ifndef WSPLICE_DATAPLANE_H
+#define WSPLICE_DATAPLANE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "wsplice_maps.h"
+
+struct dataplane;
+
+typedef void (*pause_fn)(void *ctx, const struct ws_pause_event *ev);
+
+/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, void *ctx,
+				 char *why, size_t whylen);
+void dataplane_close(struct dataplane *dp);
+/* Fd to watch for pause requests; call dataplane_poll when readable. */
+int dataplane_event_fd(struct dataplane *dp);
+void dataplane_poll(struct dataplane *dp);
+
+/* Inserts both sockets of a tunnel with the gate/kick procedure. On failure
+ * nothing is left in the maps, errno says why (EOPNOTSUPP: a socket is no
+ * longer ESTABLISHED). */
+int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2]);
+void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
+int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
+/* Backpressure: stop / restart the verdict for one source socket. */
+int dataplane_pause(struct dataplane *dp, int fd, uint64_t cookie);
+int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
+uint64_t dataplane_counter(struct dataplane *dp, enum ws_counter c);
+uint64_t socket_cookie(int fd);
+
+#endif

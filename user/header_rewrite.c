@@ -1,0 +1,91 @@
+#include <stdio.h>
+#include <string.h>
+#include "header_rewrite.h"
+
+static const char *const hop_by_hop[] = {
+	"Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Upgrade", NULL,
+};
+
+/* Fields a client may not remove by listing them in Connection: the proxy's
+ * own framing and the handshake depend on them (hop-by-hop abuse). */
+static const char *const protected_fields[] = {
+	"Host", "Content-Length", "Transfer-Encoding", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
+	"Sec-WebSocket-Accept", NULL,
+};
+
+static bool in_list(const char *const *list, struct http_str name)
+{
+	for (; *list; list++)
+		if (http_str_ieq(name, *list))
+			return true;
+	return false;
+}
+
+bool header_is_hop_by_hop(const struct http_head *h, struct http_str name)
+{
+	return in_list(hop_by_hop, name) ||
+	       (!in_list(protected_fields, name) && http_connection_lists(h, name));
+}
+
+static int put(struct buf *out, const char *s, size_t n)
+{
+	return buf_append(out, s, n);
+}
+
+static int put_field(struct buf *out, const char *name, struct http_str value)
+{
+	return put(out, name, strlen(name)) || put(out, ": ", 2) || put(out, value.p, value.len) ||
+	       put(out, "\r\n", 2);
+}
+
+static int put_str(struct buf *out, const char *s)
+{
+	return put(out, s, strlen(s));
+}
+
+static int copy_fields(const struct http_head *h, struct buf *out, const char *const *also_drop)
+{
+	for (size_t i = 0; i < h->n_headers; i++) {
+		const struct http_header *f = &h->headers[i];
+
+		if (header_is_hop_by_hop(h, f->name) || (also_drop && in_list(also_drop, f->name)))
+			continue;
+		if (put(out, f->name.p, f->name.len) || put(out, ": ", 2) || put(out, f->value.p, f->value.len) ||
+		    put(out, "\r\n", 2))
+			return -1;
+	}
+	return 0;
+}
+
+int rewrite_request(const struct http_head *req, const struct request_rewrite *rw, struct buf *out)
+{
+	static const char *const forwarded[] = { "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", NULL };
+	int host = http_header_find(req, "Host", 0);
+	struct http_str ip = { rw->client_ip, strlen(rw->client_ip) };
+
+	if (put(out, req->method.p, req->method.len) || put(out, " ", 1) ||
+	    put(out, req->target.p, req->target.len) || put_str(out, " HTTP/1.1\r\n"))
+		return -1;
+	/* Client-supplied X-Forwarded-* are replaced, never trusted. */
+	if (copy_fields(req, out, forwarded) || put_field(out, "X-Forwarded-For", ip) ||
+	    put_str(out, "X-Forwarded-Proto: http\r\n"))
+		return -1;
+	if (host >= 0 && put_field(out, "X-Forwarded-Host", req->headers[host].value))
+		return -1;
+	if (rw->websocket)
+		return put_str(out, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+	return put_str(out, rw->upstream_close ? "Connection: close\r\n\r\n" : "\r\n");
+}
+
+int rewrite_response(const struct http_head *resp, bool websocket, bool close, struct buf *out)
+{
+	char status[32];
+
+	snprintf(status, sizeof(status), "HTTP/1.1 %03d ", resp->status);
+	if (put_str(out, status) || put(out, resp->reason.p, resp->reason.len) || put(out, "\r\n", 2) ||
+	    copy_fields(resp, out, NULL))
+		return -1;
+	if (websocket)
+		return put_str(out, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+	return put_str(out, close ? "Connection: close\r\n\r\n" : "\r\n");
+}

@@ -1,0 +1,47 @@
+/* A strict HTTP/1.1 message-head parser (RFC 9112 §2-5). It never copies:
+ * every field points into the caller's buffer, which must stay untouched
+ * while the result is used. Fuzzed by tests/fuzz. */
+#ifndef WSPLICE_HTTP_PARSE_H
+#define WSPLICE_HTTP_PARSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define HTTP_MAX_HEADERS 100
+#define HTTP_MAX_REQUEST_LINE 8192
+#define HTTP_MAX_HEAD 32768
+
+struct http_str {
+	const char *p;
+	size_t len;
+};
+
+struct http_header {
+	struct http_str name, value;
+};
+
+struct http_head {
+	struct http_str method, target; /* request */
+	int status;                      /* response */
+	struct http_str reason;
+	int version_minor;               /* HTTP/1.<minor> */
+	size_t n_headers;
+	struct http_header headers[HTTP_MAX_HEADERS];
+};
+
+/* Results: > 0 is the head length (through the blank line); 0 means more
+ * bytes are needed; < 0 is minus the HTTP status to answer (400, 414, 431,
+ * 505). For responses any error is -502: the client gets a Bad Gateway. */
+long http_parse_request(const char *buf, size_t len, struct http_head *h);
+long http_parse_response(const char *buf, size_t len, struct http_head *h);
+
+bool http_str_ieq(struct http_str s, const char *lit);
+/* Index of the first header with that name (case-insensitive) or -1. */
+int http_header_find(const struct http_head *h, const char *name, int from);
+int http_header_count(const struct http_head *h, const char *name);
+/* Does any instance of the comma-separated list header contain token? */
+bool http_header_has_token(const struct http_head *h, const char *name, const char *token);
+/* Is `name` one of the tokens listed in any Connection header? */
+bool http_connection_lists(const struct http_head *h, struct http_str name);
+
+#endif

@@ -1,0 +1,222 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "log.h"
+#include "session.h"
+#include "tunnel.h"
+
+int tunnel_sock_error(int fd)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+	return err;
+}
+
+static void tunnel_free(void *arg)
+{
+	struct tunnel *t = arg;
+
+	for (int d = 0; d < 2; d++)
+		buf_release(&t->dir[d].buf);
+	free(t);
+}
+
+void tunnel_close(struct tunnel *t, int reset_end)
+{
+	if (t->closed)
+		return;
+	t->closed = true;
+	ev_ticker_stop(t->px->loop, &t->ticker);
+	if (t->in_kernel)
+		tunnel_sockmap_release(t);
+	for (int e = 0; e < 2; e++) {
+		if (reset_end >= 0 && e != reset_end) {
+			/* Pass the reset on: close with an RST, not a FIN. */
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+			setsockopt(t->ep[e].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		}
+		ev_watch(t->px->loop, &t->ep[e], 0);
+		close(t->ep[e].fd);
+	}
+	for (int d = 0; d < 2; d++) {
+		if (t->dir[d].pipe_rd >= 0) {
+			close(t->dir[d].pipe_rd);
+			close(t->dir[d].pipe_wr);
+		}
+	}
+	t->px->tunnels_open--;
+	log_debug("tunnel closed%s", reset_end >= 0 ? " by reset" : "");
+	ev_defer(t->px->loop, tunnel_free, t);
+}
+
+/* Moves whatever the session still holds so the tunnel starts with two
+ * per-direction queues: client->upstream and upstream->client. */
+static bool move_leftovers(struct session *s)
+{
+	size_t n;
+
+	n = buf_len(&s->cin) < buf_room(&s->uout) ? buf_len(&s->cin) : buf_room(&s->uout);
+	buf_append(&s->uout, buf_head(&s->cin), n);
+	buf_consume(&s->cin, n);
+	n = buf_len(&s->uin) < buf_room(&s->cout) ? buf_len(&s->uin) : buf_room(&s->cout);
+	buf_append(&s->cout, buf_head(&s->uin), n);
+	buf_consume(&s->uin, n);
+	return !buf_len(&s->cin) && !buf_len(&s->uin);
+}
+
+enum drain_result { DRAIN_WAIT, DRAIN_READY, DRAIN_EOF, DRAIN_ERROR };
+
+/* Reads a socket into q until EAGAIN. Returns 1 on EAGAIN (the receive queue
+ * was empty at that instant, with no partly read skb left behind), 0 when q
+ * filled first, -1 on EOF, -2 on error. */
+static int read_until_again(int fd, struct buf *q, uint64_t *count)
+{
+	for (;;) {
+		ssize_t n;
+
+		if (!buf_room(q))
+			return 0;
+		n = buf_read_fd(q, fd);
+		if (n > 0) {
+			*count += n;
+			continue;
+		}
+		if (n == 0)
+			return -1;
+		return errno == EAGAIN ? 1 : -2;
+	}
+}
+
+static int flush(int fd, struct buf *q, uint64_t *count)
+{
+	while (buf_len(q)) {
+		ssize_t n = buf_write_fd(q, fd);
+
+		if (n < 0)
+			return errno == EAGAIN ? 0 : -1;
+		*count += n;
+	}
+	return 1;
+}
+
+/* The sockmap preconditions (docs/KERNEL.md §2): everything userspace read
+ * is written out, and both receive queues were read to EAGAIN, so no skb is
+ * left half-read for the verdict to send again. */
+static enum drain_result drain_for_sockmap(struct session *s)
+{
+	int rc, ru, wc, wu;
+
+	if (!move_leftovers(s))
+		return DRAIN_WAIT;
+	rc = read_until_again(s->client.fd, &s->uout, &s->client_read);
+	ru = read_until_again(s->upstream.fd, &s->cout, &s->upstream_read);
+	wc = flush(s->client.fd, &s->cout, &s->client_written);
+	wu = flush(s->upstream.fd, &s->uout, &s->upstream_written);
+	if (rc == -2 || ru == -2 || wc < 0 || wu < 0)
+		return DRAIN_ERROR;
+	if (rc == -1 || ru == -1)
+		return DRAIN_EOF;
+	if (rc == 1 && ru == 1 && wc == 1 && wu == 1)
+		return DRAIN_READY;
+	return DRAIN_WAIT;
+}
+
+static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mode)
+{
+	struct tunnel *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->px = s->px;
+	t->mode = mode;
+	t->ep[TUNNEL_END_CLIENT] = (struct ev_handler){ .fd = s->client.fd, .owner = t };
+	t->ep[TUNNEL_END_UPSTREAM] = (struct ev_handler){ .fd = s->upstream.fd, .owner = t };
+	/* The session's epoll registrations carry its own pointers: drop them. */
+	ev_watch(s->px->loop, &s->client, 0);
+	ev_watch(s->px->loop, &s->upstream, 0);
+	s->client.fd = s->upstream.fd = -1;
+	for (int d = 0; d < 2; d++) {
+		t->dir[d].pipe_rd = t->dir[d].pipe_wr = -1;
+		buf_init(&t->dir[d].buf, 65536);
+	}
+	/* Hand the queues over without copying. */
+	t->dir[WS_DIR_C2U].buf = s->uout;
+	t->dir[WS_DIR_U2C].buf = s->cout;
+	t->dir[WS_DIR_C2U].buf.cap = t->dir[WS_DIR_U2C].buf.cap = 65536;
+	buf_init(&s->uout, 0);
+	buf_init(&s->cout, 0);
+	t->dir[WS_DIR_C2U].user_read = s->client_read;
+	t->dir[WS_DIR_C2U].user_written = s->upstream_written;
+	t->dir[WS_DIR_U2C].user_read = s->upstream_read;
+	t->dir[WS_DIR_U2C].user_written = s->client_written;
+	s->px->tunnels_open++;
+	return t;
+}
+
+static void start_relay(struct session *s, enum tunnel_mode mode)
+{
+	struct tunnel *t = tunnel_from_session(s, mode);
+
+	if (!t) {
+		session_close(s);
+		return;
+	}
+	session_close(s);
+	tunnel_relay_start(t);
+}
+
+void tunnel_handoff(struct session *s)
+{
+	struct tunnel *t;
+	uint32_t ce = 0, ue = 0;
+
+	if (s->px->mode != MODE_SOCKMAP) {
+		if (move_leftovers(s)) {
+			start_relay(s, s->px->mode);
+			return;
+		}
+	} else {
+		switch (drain_for_sockmap(s)) {
+		case DRAIN_READY:
+			t = tunnel_from_session(s, MODE_SOCKMAP);
+			if (!t) {
+				session_close(s);
+				return;
+			}
+			session_close(s);
+			if (tunnel_sockmap_start(t) < 0) {
+				log_info("tunnel falls back to the copy relay: %s", strerror(errno));
+				t->mode = MODE_COPY;
+				tunnel_relay_start(t);
+			}
+			return;
+		case DRAIN_EOF:
+			/* A half-closed socket cannot enter a sockmap (EOPNOTSUPP). */
+			log_debug("peer half-closed during the handshake: copy relay");
+			start_relay(s, MODE_COPY);
+			return;
+		case DRAIN_ERROR:
+			session_close(s);
+			return;
+		case DRAIN_WAIT:
+			break;
+		}
+	}
+	/* Only the sockmap drain reads during the handoff. */
+	if (s->px->mode == MODE_SOCKMAP && buf_room(&s->uout))
+		ce |= EPOLLIN;
+	if (buf_len(&s->cout))
+		ce |= EPOLLOUT;
+	if (s->px->mode == MODE_SOCKMAP && buf_room(&s->cout))
+		ue |= EPOLLIN;
+	if (buf_len(&s->uout))
+		ue |= EPOLLOUT;
+	ev_watch(s->px->loop, &s->client, ce ? ce : EPOLLERR);
+	ev_watch(s->px->loop, &s->upstream, ue ? ue : EPOLLERR);
+}

@@ -1,0 +1,245 @@
+/* The in-kernel splice: both sockets go into the SOCKHASH maps and the
+ * verdict program moves every byte. Userspace only watches for FIN, RST and
+ * pause requests. Byte accounting compares the verdict's per-direction count
+ * with each socket's TCP counters (docs/KERNEL.md §3). */
+#include <errno.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include "dataplane.h"
+#include "log.h"
+#include "tunnel.h"
+
+static void sockmap_progress(struct tunnel *t);
+
+/* Every byte ever queued for sending on fd (acknowledged or not). */
+static uint64_t bytes_queued(int fd)
+{
+	struct tcp_info ti = { 0 };
+	socklen_t len = sizeof(ti);
+	int outq = 0;
+
+	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	ioctl(fd, SIOCOUTQ, &outq);
+	return ti.tcpi_bytes_acked + (uint64_t)outq;
+}
+
+static uint64_t bytes_received(int fd)
+{
+	struct tcp_info ti = { 0 };
+	socklen_t len = sizeof(ti);
+
+	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	return ti.tcpi_bytes_received;
+}
+
+/* Redirected bytes of direction d that have not yet reached the
+ * destination socket's send queue: they sit in its psock queue. */
+static uint64_t inflight(struct tunnel *t, int d, const struct ws_tunnel *tv)
+{
+	int dst = dir_dst(d);
+	uint64_t sent = bytes_queued(t->ep[dst].fd) - t->queued_base[dst];
+
+	return tv->dir[d].bytes > sent ? tv->dir[d].bytes - sent : 0;
+}
+
+static bool needs_ticks(const struct tunnel *t)
+{
+	for (int d = 0; d < 2; d++)
+		if (!t->dir[d].dst_shut && (t->dir[d].src_eof || t->dir[d].paused))
+			return true;
+	return false;
+}
+
+/* After FIN on a paused source: the kernel delivered everything it took,
+ * so copy what is left in the source's receive queue ourselves. */
+static int finish_in_userspace(struct tunnel *t, int d)
+{
+	struct tunnel_dir *dd = &t->dir[d];
+	int src = t->ep[dir_src(d)].fd, dst = t->ep[dir_dst(d)].fd;
+
+	for (;;) {
+		ssize_t n;
+
+		if (buf_len(&dd->buf)) {
+			n = buf_write_fd(&dd->buf, dst);
+			if (n < 0)
+				return errno == EAGAIN ? 0 : -1;
+			dd->user_written += n;
+			continue;
+		}
+		if (!dd->user_finish)
+			break;
+		n = buf_read_fd(&dd->buf, src);
+		if (n > 0) {
+			dd->user_read += n;
+			continue;
+		}
+		if (n == 0) {
+			dd->user_finish = false; /* source fully read */
+			continue;
+		}
+		return errno == EAGAIN ? 0 : -1;
+	}
+	buf_release(&dd->buf);
+	shutdown(dst, SHUT_WR);
+	dd->dst_shut = true;
+	return 1;
+}
+
+static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
+{
+	struct tunnel_dir *dd = &t->dir[d];
+	int src = dir_src(d), dst = dir_dst(d);
+	uint64_t pending = inflight(t, d, tv);
+
+	if (dd->dst_shut)
+		return 0;
+	if (dd->paused && pending <= t->px->cfg->tunnel_buffer / 2) {
+		dd->paused = false;
+		if (dataplane_resume(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0) {
+			/* Not ESTABLISHED any more: the source sent FIN while paused. */
+			log_debug("tunnel %u: resume failed (%s): finishing in userspace", t->id, strerror(errno));
+			dd->src_eof = true;
+			dd->user_finish = true;
+		}
+	}
+	if (dd->paused)
+		return 0;
+	if (dd->user_finish || buf_len(&dd->buf))
+		return pending ? 0 : finish_in_userspace(t, d);
+	if (!dd->src_eof || pending)
+		return 0;
+	/* FIN seen: shut the destination only once the verdict has taken every
+	 * byte before the FIN and all of them left the psock queue. */
+	if (tv->dir[d].bytes + dd->user_read + 1 != bytes_received(t->ep[src].fd))
+		return 0;
+	shutdown(t->ep[dst].fd, SHUT_WR);
+	dd->dst_shut = true;
+	return 1;
+}
+
+static void sockmap_progress(struct tunnel *t)
+{
+	struct ws_tunnel tv;
+
+	if (dataplane_tunnel_read(t->px->dp, t->id, &tv) < 0) {
+		log_warn("tunnel %u: map entry missing: %s", t->id, strerror(errno));
+		tunnel_close(t, -1);
+		return;
+	}
+	for (int d = 0; d < 2; d++) {
+		if (progress_dir(t, d, &tv) < 0) {
+			tunnel_close(t, dir_dst(d));
+			return;
+		}
+	}
+	if (t->dir[0].dst_shut && t->dir[1].dst_shut) {
+		tunnel_close(t, -1);
+		return;
+	}
+	if (needs_ticks(t))
+		ev_ticker_start(t->px->loop, &t->ticker);
+	else
+		ev_ticker_stop(t->px->loop, &t->ticker);
+}
+
+static void on_tick(struct ev_ticker *tk)
+{
+	sockmap_progress(container_of(tk, struct tunnel, ticker));
+}
+
+static void on_sockmap_event(struct ev_handler *h, uint32_t events)
+{
+	struct tunnel *t = h->owner;
+	int end = h == &t->ep[TUNNEL_END_CLIENT] ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM;
+	int d = end == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C;
+
+	if (t->closed)
+		return;
+	if (events & EPOLLERR) {
+		int err = tunnel_sock_error(h->fd);
+
+		/* EPIPE is the verdict "forwarding" a zero-length FIN skb to
+		 * this socket after its peer's FIN: not a reset. */
+		if (err && err != EPIPE) {
+			log_debug("tunnel %u: %s end: %s", t->id, end == TUNNEL_END_CLIENT ? "client" : "upstream",
+				  strerror(err));
+			tunnel_close(t, end);
+			return;
+		}
+	}
+	if (events & (EPOLLRDHUP | EPOLLHUP))
+		t->dir[d].src_eof = true;
+	/* RDHUP stays readable; HUP cannot be masked at all. */
+	ev_watch(t->px->loop, h, (events & EPOLLHUP) ? 0 : t->dir[d].src_eof ? EPOLLERR : EPOLLRDHUP);
+	sockmap_progress(t);
+}
+
+static int alloc_id(struct proxy *px, uint32_t *id)
+{
+	for (uint32_t i = 0; i < WSPLICE_MAX_TUNNELS; i++) {
+		uint32_t cand = (px->next_tunnel_id + i) % WSPLICE_MAX_TUNNELS;
+
+		if (!px->tunnel_by_id[cand]) {
+			*id = cand;
+			px->next_tunnel_id = cand + 1;
+			return 0;
+		}
+	}
+	errno = ENOSPC;
+	return -1;
+}
+
+int tunnel_sockmap_start(struct tunnel *t)
+{
+	struct proxy *px = t->px;
+	int fds[2];
+
+	/* Leftovers must have been flushed by the drain; keep no buffers. */
+	for (int d = 0; d < 2; d++)
+		buf_release(&t->dir[d].buf);
+	if (alloc_id(px, &t->id) < 0)
+		return -1;
+	for (int e = 0; e < 2; e++) {
+		fds[e] = t->ep[e].fd;
+		t->cookie[e] = socket_cookie(fds[e]);
+		t->queued_base[e] = bytes_queued(fds[e]);
+	}
+	if (dataplane_tunnel_add(px->dp, t->id, fds, t->cookie) < 0)
+		return -1;
+	px->tunnel_by_id[t->id] = t;
+	t->in_kernel = true;
+	t->ticker.on_tick = on_tick;
+	for (int e = 0; e < 2; e++) {
+		t->ep[e].on_event = on_sockmap_event;
+		t->ep[e].owner = t;
+		ev_watch(px->loop, &t->ep[e], EPOLLRDHUP);
+	}
+	log_debug("tunnel %u spliced in the kernel", t->id);
+	return 0;
+}
+
+void tunnel_sockmap_pause(struct tunnel *t, int d)
+{
+	struct tunnel_dir *dd = &t->dir[d];
+	int src = dir_src(d);
+
+	if (t->closed || dd->paused || dd->src_eof || dd->dst_shut)
+		return;
+	if (dataplane_pause(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0)
+		return;
+	dd->paused = true;
+	ev_ticker_start(t->px->loop, &t->ticker);
+}
+
+void tunnel_sockmap_release(struct tunnel *t)
+{
+	dataplane_tunnel_del(t->px->dp, t->id, t->cookie);
+	t->px->tunnel_by_id[t->id] = NULL;
+	t->in_kernel = false;
+}
