@@ -1,0 +1,139 @@
+"""Fixtures: a real wsplice process per test, in each tunnel mode, with its
+own pin directory so tests never share BPF maps."""
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from wsutil import ScriptedUpstream, bpf_counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WSPLICE = os.environ.get("WSPLICE_BIN", os.path.join(ROOT, "build", "wsplice"))
+NO_BPF = os.environ.get("WSPLICE_TEST_NO_BPF") == "1"
+MODES = ["sockmap", "splice", "copy"]
+PEERS = os.path.join(ROOT, "tests", "peers")
+_seq = itertools.count()
+
+WS_CNT_REDIRECTED = 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proxy:
+    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1"):
+        self.mode = mode
+        self.port = free_port()
+        self.pin_dir = "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
+        self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
+        listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
+        self.argv = [WSPLICE, "--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port,
+                     "--mode", mode, "--bpffs", self.pin_dir, *extra]
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError("wsplice exited %s:\n%s" % (self.proc.returncode, self.read_log()))
+            try:
+                socket.create_connection((listen_host, self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("wsplice did not listen:\n" + self.read_log())
+                time.sleep(0.02)
+
+    def read_log(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def fd_count(self):
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def redirected(self):
+        return bpf_counter(self.pin_dir, WS_CNT_REDIRECTED)
+
+    def assert_kernel_path(self, at_least=1):
+        """In sockmap mode the bytes must really have been moved by BPF."""
+        if self.mode == "sockmap":
+            n = self.redirected()
+            assert n >= at_least, "BPF verdict redirected only %d skbs" % n
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise AssertionError("wsplice ignored SIGTERM:\n" + self.read_log())
+        log = self.read_log()
+        os.unlink(self.log.name)
+        assert self.proc.returncode == 0, "wsplice exited %d:\n%s" % (self.proc.returncode, log)
+        assert "ERROR: AddressSanitizer" not in log and "runtime error" not in log, log
+        assert not os.path.exists(self.pin_dir), "pins left behind in " + self.pin_dir
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    if request.param == "sockmap" and NO_BPF:
+        pytest.skip("WSPLICE_TEST_NO_BPF=1")
+    return request.param
+
+
+@pytest.fixture
+def start_proxy():
+    started = []
+
+    def start(upstream_port, mode, extra=(), **kw):
+        p = Proxy(upstream_port, mode, extra, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def upstream():
+    servers = []
+
+    def make(handler):
+        s = ScriptedUpstream(handler)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+        assert not s.errors, s.errors
+
+
+def pytest_sessionstart(session):
+    if not os.path.exists(WSPLICE):
+        raise pytest.UsageError("build wsplice first (make): %s missing" % WSPLICE)
+    if NO_BPF:
+        return
+    # Fail loudly when the kernel path cannot run, instead of skipping it.
+    if os.geteuid() != 0:
+        raise pytest.UsageError("sockmap tests need root (or set WSPLICE_TEST_NO_BPF=1)")
+    try:
+        Proxy(1, "sockmap").stop()
+    except AssertionError as e:
+        raise pytest.UsageError("BPF cannot be used here (set WSPLICE_TEST_NO_BPF=1 to skip "
+                                "the sockmap tests):\n%s" % e)

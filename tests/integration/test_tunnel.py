@@ -1,0 +1,264 @@
+"""The tunnel after a 101, in every mode: bytes exactly once and in order,
+half-close, reset, and the handshake edge cases of KERNEL.md §2."""
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from wsutil import (key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
+                    upgrade_request, recv_head, status_of, HttpReader)
+
+
+def echo_after_101(conn, head, rest, greeting=b""):
+    conn.sendall(switching_protocols(key_of(head)) + greeting)
+    if rest:
+        conn.sendall(rest)
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
+def test_random_4mib_both_ways(upstream, start_proxy, mode):
+    size = 4 << 20
+    up_payload = os.urandom(size)
+    got = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        t = threading.Thread(target=conn.sendall, args=(up_payload,))
+        t.start()
+        got["up"] = hashlib.sha256(rest + recv_exact(conn, size - len(rest))).hexdigest()
+        t.join()
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    payload = os.urandom(size)
+    t = threading.Thread(target=s.sendall, args=(payload,))
+    t.start()
+    received = rest + recv_exact(s, size - len(rest), timeout=20)
+    t.join()
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(up_payload).hexdigest()
+    assert got["up"] == hashlib.sha256(payload).hexdigest()
+    s.close()
+    px.assert_kernel_path(at_least=2)
+
+
+def test_10000_small_messages_in_order(upstream, start_proxy, mode):
+    up = upstream(echo_after_101)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    msgs = [struct.pack("!I", i) + os.urandom(60) for i in range(10000)]
+    received = bytearray(rest)
+
+    def reader():
+        while len(received) < 64 * 10000:
+            received.extend(s.recv(1 << 16))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for m in msgs:
+        s.send(m)  # one write per message: many small segments
+    t.join(20)
+    assert bytes(received) == b"".join(msgs)
+    s.close()
+    px.assert_kernel_path(at_least=2)
+
+
+@pytest.mark.parametrize("gap", [0, 0.05], ids=["same-segment", "right-after"])
+def test_server_speaks_first(upstream, start_proxy, mode, gap):
+    def handler(conn, head, rest):
+        if gap:
+            conn.sendall(switching_protocols(key_of(head)))
+            time.sleep(gap)
+            conn.sendall(b"greeting")
+        else:
+            conn.sendall(switching_protocols(key_of(head)) + b"greeting")
+        data = recv_exact(conn, 4)
+        conn.sendall(b"pong:" + data)
+        conn.shutdown(socket.SHUT_WR)
+        recv_until_eof(conn)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    greeting = rest + recv_exact(s, len(b"greeting") - len(rest))
+    assert greeting == b"greeting"
+    s.sendall(b"ping")
+    # Exactly once: nothing duplicated after the greeting.
+    assert recv_until_eof(s) == b"pong:ping"
+    s.close()
+    px.assert_kernel_path()
+
+
+def test_client_frame_in_same_write_as_request(upstream, start_proxy, mode):
+    seen = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        data = rest + recv_exact(conn, 10 - len(rest))
+        seen["first"] = data
+        conn.sendall(b"ack")
+        seen["after"] = recv_until_eof(conn)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port, with_request=b"0123456789")
+    assert rest + recv_exact(s, 3 - len(rest)) == b"ack"
+    s.sendall(b"more")
+    s.shutdown(socket.SHUT_WR)
+    assert recv_until_eof(s) == b""
+    s.close()
+    time.sleep(0.1)
+    assert seen == {"first": b"0123456789", "after": b"more"}
+
+
+def test_half_close_client_first(upstream, start_proxy, mode):
+    """Client sends FIN; the upstream still talks, then closes."""
+    result = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        result["from_client"] = rest + recv_until_eof(conn)
+        # The client's FIN arrived; this direction must still work.
+        conn.sendall(b"after-your-fin" * 1000)
+        conn.shutdown(socket.SHUT_WR)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    s.sendall(b"client-data" * 1000)
+    s.shutdown(socket.SHUT_WR)
+    assert rest + recv_until_eof(s) == b"after-your-fin" * 1000
+    assert result["from_client"] == b"client-data" * 1000
+    s.close()
+    px.assert_kernel_path()
+
+
+def test_half_close_upstream_first(upstream, start_proxy, mode):
+    """Upstream sends FIN; the client still talks, then closes."""
+    result = {}
+    done = threading.Event()
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)) + b"bye" * 1000)
+        conn.shutdown(socket.SHUT_WR)
+        result["from_client"] = rest + recv_until_eof(conn)
+        done.set()
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    assert rest + recv_until_eof(s) == b"bye" * 1000
+    s.sendall(b"still-here" * 1000)
+    s.shutdown(socket.SHUT_WR)
+    assert done.wait(5)
+    assert result["from_client"] == b"still-here" * 1000
+    s.close()
+
+
+def _reset(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _sees_close_within(sock, seconds):
+    """True when the socket reports reset or EOF within the time."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_client_reset_reaches_upstream(upstream, start_proxy, mode):
+    outcome = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        recv_exact(conn, 5 - len(rest))
+        t0 = time.monotonic()
+        outcome["closed"] = _sees_close_within(conn, 1.0)
+        outcome["after"] = time.monotonic() - t0
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"hello")
+    time.sleep(0.05)
+    _reset(s)
+    deadline = time.monotonic() + 3
+    while "closed" not in outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcome.get("closed"), outcome
+
+
+def test_upstream_reset_reaches_client(upstream, start_proxy, mode):
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)) + b"x")
+        time.sleep(0.05)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s, rest = open_tunnel(px.port)
+    if not rest:
+        recv_exact(s, 1)
+    assert _sees_close_within(s, 1.0)
+    s.close()
+
+
+@pytest.mark.parametrize("status", [426, 200, 404])
+def test_non_101_answer_opens_no_tunnel(upstream, start_proxy, mode, status):
+    def handler(conn, head, rest):
+        body = b"no websocket here"
+        conn.sendall(b"HTTP/1.1 %d Nope\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    req, _ = upgrade_request()
+    # The bytes after the request are parsed as the next HTTP request,
+    # not tunnelled, because no 101 came back.
+    s.sendall(req + b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    r = HttpReader(s)
+    for _ in range(2):
+        st, fields, body = r.response()
+        assert (st, body) == (status, b"no websocket here")
+        assert "upgrade" not in fields
+    assert len(up.requests) == 2
+    assert up.requests[1].startswith(b"GET /next HTTP/1.1\r\n")
+    s.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+], ids=["wrong-accept", "h2c", "bare-101"])
+def test_101_without_matching_accept_is_refused(upstream, start_proxy, mode, answer):
+    def handler(conn, head, rest):
+        conn.sendall(answer + b"smuggled")
+        recv_until_eof(conn, timeout=2)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode)
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    req, _ = upgrade_request()
+    s.sendall(req)
+    head, rest = recv_head(s)
+    assert status_of(head) == 502
+    assert b"smuggled" not in rest + recv_until_eof(s)
+    s.close()

@@ -1,0 +1,233 @@
+"""Helpers for wsplice's integration tests: raw WebSocket handshakes, a
+scripted upstream that controls every byte it sends, and bpftool readers.
+
+After the 101 the proxy is a byte pipe, so the tunnel tests move raw bytes
+(not frames) and compare them exactly; the real-peer tests use node `ws` and
+python3-websockets for framing."""
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def new_key():
+    return base64.b64encode(os.urandom(16))
+
+
+def accept_for(key):
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def upgrade_request(path="/", key=None, host=b"localhost", extra=b""):
+    key = key or new_key()
+    req = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host +
+           b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+    return req, key
+
+
+def recv_head(sock, timeout=5.0):
+    """Reads up to the blank line; returns (head, bytes read past it)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a complete head: %r" % data)
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head + b"\r\n\r\n", rest
+
+
+def parse_head(head):
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        if line:
+            name, value = line.split(":", 1)
+            fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], fields
+
+
+def status_of(head):
+    return int(head.split(b" ", 2)[1])
+
+
+def recv_exact(sock, n, timeout=10.0):
+    sock.settimeout(timeout)
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(min(1 << 20, n - len(out)))
+        if not chunk:
+            raise ConnectionError("EOF after %d of %d bytes" % (len(out), n))
+        out += chunk
+    return bytes(out)
+
+
+def recv_until_eof(sock, timeout=10.0):
+    sock.settimeout(timeout)
+    out = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+def switching_protocols(key, extra=b""):
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n" + extra + b"\r\n")
+
+
+class ScriptedUpstream:
+    """A TCP server on 127.0.0.1 that runs `handler(conn, request_head,
+    leftover)` in a thread per connection: the test decides every byte."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.requests = []
+        self.errors = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            head, rest = recv_head(conn)
+            self.requests.append(head)
+            self.handler(conn, head, rest)
+        except Exception as e:  # surfaced by the test through .errors
+            self.errors.append(repr(e))
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def key_of(head):
+    return parse_head(head)[1]["sec-websocket-key"][0].encode()
+
+
+def open_tunnel(port, path="/", with_request=b"", extra=b""):
+    """Connects through the proxy and upgrades; returns (sock, bytes that
+    came with or right after the 101)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    req, _ = upgrade_request(path, extra=extra)
+    s.sendall(req + with_request)
+    head, rest = recv_head(s)
+    assert status_of(head) == 101, head
+    return s, rest
+
+
+def bpftool_dump(pin_dir, name):
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", os.path.join(pin_dir, name)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def bpf_counter(pin_dir, index):
+    for entry in bpftool_dump(pin_dir, "counters"):
+        entry = entry.get("formatted", entry)
+        if entry["key"] == index:
+            return sum(v["value"] for v in entry["values"])
+    return 0
+
+
+def bpf_tunnels(pin_dir):
+    """The tunnels map as a list of BTF-formatted values."""
+    return [e.get("formatted", e)["value"] for e in bpftool_dump(pin_dir, "tunnels")]
+
+
+def wait_for(pred, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class HttpReader:
+    """Reads HTTP/1.1 responses off a socket, keeping what follows."""
+
+    def __init__(self, sock, timeout=5.0):
+        self.sock = sock
+        self.buf = b""
+        sock.settimeout(timeout)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("EOF")
+        self.buf += chunk
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response(self, head_request=False):
+        """Returns (status, {lower-name: [values]}, body)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, fields = parse_head(head + b"\r\n\r\n")
+        status = int(status_line.split(" ")[1])
+        if head_request or status < 200 or status in (204, 304):
+            return status, fields, b""
+        if "chunked" in ",".join(fields.get("transfer-encoding", [])).lower():
+            body = b""
+            while True:
+                size = int(self.line().split(b";")[0], 16)
+                if size == 0:
+                    while self.line():
+                        pass
+                    return status, fields, body
+                body += self.exact(size)
+                assert self.exact(2) == b"\r\n"
+        if "content-length" in fields:
+            return status, fields, self.exact(int(fields["content-length"][0]))
+        body = self.buf
+        self.buf = b""
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return status, fields, body
+            body += chunk
