@@ -83,6 +83,10 @@ static __always_inline void track_peer_sent(struct ws_dir_stats *ds, __u64 peer_
 	bpf_sk_release(peer);
 }
 
+/* Asks the daemon to pause this direction while in-flight exceeds the
+ * budget. Requests repeat every budget/4 redirected bytes rather than once,
+ * so one that reaches the daemon while it still has the direction paused
+ * (verdicts already running on another CPU) is never the last word. */
 static __always_inline void check_budget(struct ws_dir_stats *ds, __u32 tunnel_id, __u32 dir)
 {
 	__u64 inflight = ds->bytes - ds->peer_sent;
@@ -90,18 +94,18 @@ static __always_inline void check_budget(struct ws_dir_stats *ds, __u32 tunnel_i
 
 	if (inflight > ds->peak_inflight)
 		ds->peak_inflight = inflight;
-	if (!tunnel_budget)
+	ds->over_budget = tunnel_budget && inflight > tunnel_budget;
+	if (!ds->over_budget)
 		return;
-	if (inflight > tunnel_budget && !ds->over_budget) {
-		ds->over_budget = 1;
-		ev.tunnel_id = tunnel_id;
-		ev.dir = dir;
-		ev.inflight = inflight;
-		bpf_ringbuf_output(&pause_events, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
-		count(WS_CNT_PAUSE_EVENTS);
-	} else if (inflight <= tunnel_budget / 2 && ds->over_budget) {
-		ds->over_budget = 0;
-	}
+	if (ds->pause_requests && ds->bytes - ds->last_request < tunnel_budget / 4)
+		return;
+	ds->last_request = ds->bytes;
+	ds->pause_requests++;
+	ev.tunnel_id = tunnel_id;
+	ev.dir = dir;
+	ev.inflight = inflight;
+	bpf_ringbuf_output(&pause_events, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
+	count(WS_CNT_PAUSE_EVENTS);
 }
 
 SEC("sk_skb")

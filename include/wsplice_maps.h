@@ -32,8 +32,9 @@ struct ws_dir_stats {
 	__u64 peak_inflight;  /* most bytes seen waiting in the peer's psock queue */
 	__u32 peer_seq_last;  /* peer write_seq at the previous verdict */
 	__u32 seq_valid;      /* peer_seq_last has been sampled */
-	__u32 over_budget;    /* a pause request is outstanding; the verdict clears it below budget/2 */
-	__u32 pad;
+	__u64 last_request;   /* bytes when the last pause request was sent */
+	__u32 over_budget;    /* in-flight was above the budget at the last verdict */
+	__u32 pause_requests; /* pause requests sent to the daemon */
 };
 
 /* Value of the `tunnels` map, keyed by tunnel id (__u32). */

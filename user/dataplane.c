@@ -23,6 +23,7 @@ struct dataplane {
 	struct ring_buffer *rb;
 	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
 	int lock_fd;
+	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached;
 	char pin_dir[256];
 	pause_fn on_pause;
@@ -147,6 +148,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		return NULL;
 	}
 	dp->lock_fd = -1;
+	dp->rcvbuf = budget / 2 > (4u << 20) ? (4 << 20) : budget / 2 < 65536 ? 65536 : (int)(budget / 2);
 	dp->on_pause = on_pause;
 	dp->ctx = ctx;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
@@ -243,6 +245,11 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 		if (bpf_map_update_elem(dp->links_fd, &cookie[e], &link, BPF_ANY))
 			goto undo;
 	}
+	/* A locked receive buffer bounds the burst a resume releases (the
+	 * whole receive queue is verdicted at once) and keeps the gate below
+	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL.md §4). */
+	for (e = 0; e < 2; e++)
+		setsockopt(fd[e], SOL_SOCKET, SO_RCVBUF, &dp->rcvbuf, sizeof(dp->rcvbuf));
 	/* Gate: while both are inserted, keep the verdict from running on a
 	 * partial view; the kick below replays what queued meanwhile. */
 	for (e = 0; e < 2; e++)

@@ -201,9 +201,16 @@ void tunnel_handoff(struct session *s)
 			log_debug("peer half-closed during the handshake: copy relay");
 			start_relay(s, MODE_COPY);
 			return;
-		case DRAIN_ERROR:
+		case DRAIN_ERROR: {
+			/* A reset during the handoff: deliver the 101 and what came
+			 * with it if we can, then pass the reset on. */
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+			flush(s->client.fd, &s->cout, &s->client_written);
+			setsockopt(s->client.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 			session_close(s);
 			return;
+		}
 		case DRAIN_WAIT:
 			break;
 		}

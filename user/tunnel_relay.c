@@ -109,6 +109,8 @@ static void relay_run(struct tunnel *t)
 			int r = relay_fill(t, d);
 
 			if (r < 0) {
+				/* Pass on what arrived before the reset, then the reset. */
+				relay_drain(t, d);
 				tunnel_close(t, dir_src(d));
 				return;
 			}

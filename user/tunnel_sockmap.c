@@ -101,6 +101,7 @@ static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
 		return 0;
 	if (dd->paused && pending <= t->px->cfg->tunnel_buffer / 2) {
 		dd->paused = false;
+		log_debug("tunnel %u: resumed at %llu bytes in flight", t->id, (unsigned long long)pending);
 		if (dataplane_resume(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0) {
 			/* Not ESTABLISHED any more: the source sent FIN while paused. */
 			log_debug("tunnel %u: resume failed (%s): finishing in userspace", t->id, strerror(errno));
@@ -234,6 +235,7 @@ void tunnel_sockmap_pause(struct tunnel *t, int d)
 	if (dataplane_pause(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0)
 		return;
 	dd->paused = true;
+	log_debug("tunnel %u: %s paused", t->id, d == WS_DIR_C2U ? "client->upstream" : "upstream->client");
 	ev_ticker_start(t->px->loop, &t->ticker);
 }
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from wsutil import ScriptedUpstream, bpf_counter
+from wsutil import ScriptedUpstream, bpf_counter, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WSPLICE = os.environ.get("WSPLICE_BIN", os.path.join(ROOT, "build", "wsplice"))
@@ -36,7 +36,7 @@ class Proxy:
         self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
         listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
         self.argv = [WSPLICE, "--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port,
-                     "--mode", mode, "--bpffs", self.pin_dir, *extra]
+                     "--mode", mode, "--bpffs", self.pin_dir, *extra] + (["-v"] if os.environ.get("WSPLICE_TEST_VERBOSE") else [])
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
         while True:
@@ -49,6 +49,12 @@ class Proxy:
                 if time.monotonic() > deadline:
                     raise AssertionError("wsplice did not listen:\n" + self.read_log())
                 time.sleep(0.02)
+        # Let the probe connection's session close before anyone counts fds.
+        wait_for(lambda: self.fd_count() == self.fd_count_after(0.05), timeout=2)
+
+    def fd_count_after(self, delay):
+        time.sleep(delay)
+        return self.fd_count()
 
     def read_log(self):
         with open(self.log.name, errors="replace") as f:
@@ -137,3 +143,18 @@ def pytest_sessionstart(session):
     except AssertionError as e:
         raise pytest.UsageError("BPF cannot be used here (set WSPLICE_TEST_NO_BPF=1 to skip "
                                 "the sockmap tests):\n%s" % e)
+
+
+_REPORT = []
+
+
+def report(line):
+    """A figure worth seeing in CI output (peaks, fallbacks): printed at the end."""
+    _REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("wsplice figures")
+        for line in _REPORT:
+            terminalreporter.write_line(line)

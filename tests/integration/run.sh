@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export WSPLICE_BIN="$(realpath "${1:-../../build/wsplice}")"
 shift || true
-exec /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" .
+exec /usr/bin/python3 -m pytest -q -p no:cacheprovider "${@:-.}"

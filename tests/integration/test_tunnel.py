@@ -25,6 +25,19 @@ def echo_after_101(conn, head, rest, greeting=b""):
     conn.shutdown(socket.SHUT_WR)
 
 
+def roundtrip_upstream(conn, rest):
+    """Upstream half of a ping/pong that makes sure the tunnel is
+    established (spliced, in sockmap mode) before a test goes on."""
+    assert rest + recv_exact(conn, 4 - len(rest)) == b"ping"
+    conn.sendall(b"pong")
+
+
+def roundtrip_client(sock, rest):
+    assert not rest
+    sock.sendall(b"ping")
+    assert recv_exact(sock, 4) == b"pong"
+
+
 def test_random_4mib_both_ways(upstream, start_proxy, mode):
     size = 4 << 20
     up_payload = os.urandom(size)
@@ -126,7 +139,8 @@ def test_half_close_client_first(upstream, start_proxy, mode):
 
     def handler(conn, head, rest):
         conn.sendall(switching_protocols(key_of(head)))
-        result["from_client"] = rest + recv_until_eof(conn)
+        roundtrip_upstream(conn, rest)
+        result["from_client"] = recv_until_eof(conn)
         # The client's FIN arrived; this direction must still work.
         conn.sendall(b"after-your-fin" * 1000)
         conn.shutdown(socket.SHUT_WR)
@@ -134,9 +148,10 @@ def test_half_close_client_first(upstream, start_proxy, mode):
     up = upstream(handler)
     px = start_proxy(up.port, mode)
     s, rest = open_tunnel(px.port)
+    roundtrip_client(s, rest)
     s.sendall(b"client-data" * 1000)
     s.shutdown(socket.SHUT_WR)
-    assert rest + recv_until_eof(s) == b"after-your-fin" * 1000
+    assert recv_until_eof(s) == b"after-your-fin" * 1000
     assert result["from_client"] == b"client-data" * 1000
     s.close()
     px.assert_kernel_path()
@@ -148,20 +163,24 @@ def test_half_close_upstream_first(upstream, start_proxy, mode):
     done = threading.Event()
 
     def handler(conn, head, rest):
-        conn.sendall(switching_protocols(key_of(head)) + b"bye" * 1000)
+        conn.sendall(switching_protocols(key_of(head)))
+        roundtrip_upstream(conn, rest)
+        conn.sendall(b"bye" * 1000)
         conn.shutdown(socket.SHUT_WR)
-        result["from_client"] = rest + recv_until_eof(conn)
+        result["from_client"] = recv_until_eof(conn)
         done.set()
 
     up = upstream(handler)
     px = start_proxy(up.port, mode)
     s, rest = open_tunnel(px.port)
-    assert rest + recv_until_eof(s) == b"bye" * 1000
+    roundtrip_client(s, rest)
+    assert recv_until_eof(s) == b"bye" * 1000
     s.sendall(b"still-here" * 1000)
     s.shutdown(socket.SHUT_WR)
     assert done.wait(5)
     assert result["from_client"] == b"still-here" * 1000
     s.close()
+    px.assert_kernel_path()
 
 
 def _reset(sock):
