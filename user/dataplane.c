@@ -24,7 +24,7 @@ struct dataplane {
 	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
-	bool attached;
+	bool attached, owns_pin_dir;
 	char pin_dir[256];
 	pause_fn on_pause;
 	void *ctx;
@@ -103,6 +103,7 @@ static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
 		snprintf(why, whylen, "%s is in use by another wsplice (choose another --bpffs)", dp->pin_dir);
 		return -1;
 	}
+	dp->owns_pin_dir = true;
 	/* Left behind by an instance that was killed: ours now. */
 	for (size_t i = 0; i < N_PINNED; i++) {
 		snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
@@ -204,14 +205,15 @@ void dataplane_close(struct dataplane *dp)
 	ring_buffer__free(dp->rb);
 	if (dp->attached)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
-	if (dp->lock_fd >= 0) {
+	if (dp->owns_pin_dir) {
 		for (size_t i = 0; i < N_PINNED; i++) {
 			snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
 			unlink(path);
 		}
 		rmdir(dp->pin_dir);
-		close(dp->lock_fd);
 	}
+	if (dp->lock_fd >= 0)
+		close(dp->lock_fd);
 	splice_bpf__destroy(dp->skel);
 	free(dp);
 }

@@ -1,0 +1,186 @@
+"""The command line contract, the process lifecycle, and what bpftool shows."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import NO_BPF, WSPLICE, Proxy, free_port
+from wsutil import bpf_tunnels, key_of, open_tunnel, recv_exact, switching_protocols, wait_for
+
+needs_bpf = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
+
+
+def run(*args, timeout=5):
+    return subprocess.run([WSPLICE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0 and "--listen" in r.stdout and "--mode" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("wsplice ")
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "--listen and --upstream are required"),
+    (["--listen", "127.0.0.1:8080"], "required"),
+    (["--listen", "127.0.0.1", "--upstream", "127.0.0.1:3000"], "expected host:port"),
+    (["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:3000"], "port must be 1-65535"),
+    (["--listen", "127.0.0.1:99999", "--upstream", "127.0.0.1:3000"], "port must be 1-65535"),
+    (["--listen", "::1:8080", "--upstream", "127.0.0.1:3000"], "needs brackets"),
+    (["--listen", "127.0.0.1:8080", "--upstream", "127.0.0.1:3000", "--mode", "fast"], "--mode 'fast'"),
+    (["--listen", "127.0.0.1:8080", "--upstream", "127.0.0.1:3000", "--bogus"], "unknown option '--bogus'"),
+    (["--listen", "127.0.0.1:8080", "--upstream", "127.0.0.1:3000", "--tunnel-buffer", "1x"], "--tunnel-buffer"),
+    (["--listen", "127.0.0.1:8080", "--upstream", "no-such-host.invalid:3000"], "cannot resolve"),
+    (["--listen", "127.0.0.1:8080", "--upstream"], "needs a value"),
+])
+def test_invalid_arguments_exit_2_with_one_line(args, needle):
+    r = run(*args, timeout=30)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsplice: ") and needle in lines[0], r.stderr
+
+
+def echo(conn, head, rest):
+    conn.sendall(switching_protocols(key_of(head)) + rest)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.sendall(data)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_exits_cleanly_and_unpins(upstream, mode, sig):
+    up = upstream(echo)
+    px = Proxy(up.port, mode)
+    s, _ = open_tunnel(px.port)
+    px.proc.send_signal(sig)
+    assert px.proc.wait(5) == 0
+    px.stop()  # asserts exit 0, no sanitizer report, pin directory removed
+    s.close()
+
+
+def test_ipv6_listen_and_hostname_upstream(upstream, mode):
+    up = upstream(echo)
+    px = Proxy(up.port, mode, listen_host="::1")
+    try:
+        s = socket.create_connection(("::1", px.port), timeout=5)
+        from wsutil import upgrade_request, recv_head, status_of
+        req, _ = upgrade_request()
+        s.sendall(req)
+        head, _ = recv_head(s)
+        assert status_of(head) == 101
+        s.sendall(b"v6")
+        assert recv_exact(s, 2) == b"v6"
+        s.close()
+    finally:
+        px.stop()
+    # Host names resolve at start-up.
+    port = free_port()
+    p = subprocess.Popen([WSPLICE, "--listen", "localhost:%d" % port, "--upstream", "localhost:%d" % up.port,
+                          "--mode", "copy"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _connects(port), timeout=5)
+    finally:
+        p.terminate()
+        assert p.wait(5) == 0
+
+
+def _connects(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@needs_bpf
+def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy):
+    up = upstream(echo)
+    px = start_proxy(up.port, "sockmap")
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x" * 1000)
+    recv_exact(s, 1000)
+    (t1,) = wait_for(lambda: bpf_tunnels(px.pin_dir))
+    s.sendall(b"y" * 5000)
+    recv_exact(s, 5000)
+    (t2,) = bpf_tunnels(px.pin_dir)
+    c2u, u2c = t2["dir"]
+    assert c2u["bytes"] == 6000 and u2c["bytes"] == 6000, t2
+    assert t2["dir"][0]["bytes"] > t1["dir"][0]["bytes"]
+    assert c2u["packets"] >= 2 and t2["last_active_ns"] >= t1["last_active_ns"] > 0
+    # The plain dump, as a user would type it, pretty-prints through BTF.
+    out = subprocess.run(["bpftool", "map", "dump", "pinned", px.pin_dir + "/tunnels"],
+                         capture_output=True, text=True, check=True).stdout
+    for field in ("client_cookie", "upstream_cookie", "bytes", "packets", "last_active_ns"):
+        assert field in out
+    s.close()
+    assert wait_for(lambda: bpf_tunnels(px.pin_dir) == [], timeout=5), "tunnel entry left after close"
+
+
+@needs_bpf
+def test_two_instances_with_different_pin_dirs(upstream):
+    up = upstream(echo)
+    a, b = Proxy(up.port, "sockmap"), Proxy(up.port, "sockmap")
+    try:
+        for px in (a, b):
+            s, _ = open_tunnel(px.port)
+            s.sendall(b"both")
+            assert recv_exact(s, 4) == b"both"
+            s.close()
+            px.assert_kernel_path()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@needs_bpf
+def test_same_pin_dir_is_refused(upstream):
+    up = upstream(echo)
+    a = Proxy(up.port, "sockmap")
+    try:
+        r = run("--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:%d" % up.port,
+                "--mode", "sockmap", "--bpffs", a.pin_dir)
+        assert r.returncode == 1 and "in use by another wsplice" in r.stderr, r.stderr
+        assert os.path.exists(a.pin_dir + "/tunnels"), "the second instance removed the first one's pins"
+    finally:
+        a.stop()
+
+
+@needs_bpf
+def test_pin_dir_outside_bpffs_is_a_clear_error(tmp_path):
+    r = run("--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:1",
+            "--mode", "sockmap", "--bpffs", str(tmp_path / "pins"))
+    assert r.returncode == 1 and "is not on a bpf filesystem" in r.stderr, r.stderr
+
+
+@needs_bpf
+def test_mounts_bpffs_when_missing():
+    """In a private mount namespace where /sys/fs/bpf is not bpffs."""
+    port = free_port()
+    script = ("mount -t tmpfs none /sys/fs/bpf && "
+              "{ %s --listen 127.0.0.1:%d --upstream 127.0.0.1:1 --mode sockmap & pid=$!; sleep 1; "
+              "ls /sys/fs/bpf/wsplice; kill -INT $pid; wait $pid; }" % (WSPLICE, port))
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "mounted a bpf filesystem on /sys/fs/bpf" in r.stderr
+    assert "tunnels" in r.stdout
+
+
+def test_auto_mode_falls_back_with_one_line(upstream, start_proxy, tmp_path):
+    """Without a usable bpffs, auto mode says why and relays with splice."""
+    up = upstream(echo)
+    px = start_proxy(up.port, "auto", extra=["--bpffs", str(tmp_path / "pins")])
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"auto")
+    assert recv_exact(s, 4) == b"auto"
+    s.close()
+    time.sleep(0.1)
+    lines = [l for l in px.read_log().splitlines() if "sockmap unavailable" in l]
+    assert len(lines) == 1 and "using the splice relay" in lines[0]
