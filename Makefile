@@ -5,13 +5,15 @@ BPFTOOL ?= bpftool
 BUILD   := build
 SAN     ?=
 
+ifeq ($(SAN),1)
+BUILD   := build/san
+endif
 CFLAGS  := -O2 -g -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE -Iinclude -I$(BUILD) -Iuser
 LDLIBS  := -lbpf -lelf -lz -lcrypto -linih
 ifeq ($(SAN),1)
 CC      := clang
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
-BUILD   := build/san
 endif
 
 BPF_SRCS := $(wildcard bpf/*.bpf.c)

@@ -141,7 +141,7 @@ void ev_defer(struct ev_loop *loop, void (*fn)(void *), void *arg)
 	loop->deferred[loop->n_deferred++] = (struct deferred){ fn, arg };
 }
 
-static void run_deferred(struct ev_loop *loop)
+void ev_run_deferred(struct ev_loop *loop)
 {
 	for (size_t i = 0; i < loop->n_deferred; i++)
 		loop->deferred[i].fn(loop->deferred[i].arg);
@@ -166,9 +166,9 @@ void ev_loop_run(struct ev_loop *loop)
 
 			h->on_event(h, events[i].events);
 		}
-		run_deferred(loop);
+		ev_run_deferred(loop);
 	}
-	run_deferred(loop);
+	ev_run_deferred(loop);
 }
 
 void ev_loop_stop(struct ev_loop *loop)

@@ -36,6 +36,8 @@ void ev_ticker_stop(struct ev_loop *loop, struct ev_ticker *t);
  * an object closed by one event is not freed under another of the batch. */
 void ev_defer(struct ev_loop *loop, void (*fn)(void *), void *arg);
 void ev_loop_run(struct ev_loop *loop);
+/* Runs what ev_defer queued (the loop does this after every batch). */
+void ev_run_deferred(struct ev_loop *loop);
 void ev_loop_stop(struct ev_loop *loop);
 
 #endif

@@ -14,6 +14,7 @@
 #include "listener.h"
 #include "log.h"
 #include "proxy.h"
+#include "session.h"
 #include "tunnel.h"
 #include "upstream.h"
 
@@ -129,6 +130,8 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGTERM);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
+	px.sessions.next = px.sessions.prev = &px.sessions;
+	px.tunnels.next = px.tunnels.prev = &px.tunnels;
 	px.loop = ev_loop_new();
 	if (!px.loop || choose_mode(&px, &cfg))
 		goto out;
@@ -154,6 +157,10 @@ int main(int argc, char **argv)
 	rc = 0;
 out:
 	listener_close(l);
+	session_close_all(&px);
+	tunnel_close_all(&px);
+	if (px.loop)
+		ev_run_deferred(px.loop);
 	if (sw.h.fd > 0)
 		close(sw.h.fd);
 	/* Tunnels die with the process; closing the maps' owner detaches the

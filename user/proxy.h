@@ -11,6 +11,26 @@
 struct dataplane;
 struct tunnel;
 
+/* Intrusive list membership, so shutdown can close every connection. */
+struct conn_link {
+	struct conn_link *prev, *next;
+};
+
+static inline void conn_link_add(struct conn_link *head, struct conn_link *l)
+{
+	l->next = head->next;
+	l->prev = head;
+	head->next->prev = l;
+	head->next = l;
+}
+
+static inline void conn_link_del(struct conn_link *l)
+{
+	l->prev->next = l->next;
+	l->next->prev = l->prev;
+	l->next = l->prev = l;
+}
+
 struct proxy {
 	const struct config *cfg;
 	struct ev_loop *loop;
@@ -18,6 +38,7 @@ struct proxy {
 	struct dataplane *dp;  /* sockmap mode only */
 	struct tunnel **tunnel_by_id;
 	uint32_t next_tunnel_id;
+	struct conn_link sessions, tunnels; /* list heads */
 	uint64_t sessions_open, tunnels_open;
 };
 

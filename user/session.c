@@ -64,6 +64,7 @@ void session_start(struct proxy *px, int fd)
 			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, s->client_ip, sizeof(s->client_ip));
 	}
 	px->sessions_open++;
+	conn_link_add(&px->sessions, &s->link);
 	drive(s);
 }
 
@@ -102,7 +103,14 @@ void session_close(struct session *s)
 	if (s->client.fd >= 0)
 		close(s->client.fd);
 	s->px->sessions_open--;
+	conn_link_del(&s->link);
 	ev_defer(s->px->loop, session_free, s);
+}
+
+void session_close_all(struct proxy *px)
+{
+	while (px->sessions.next != &px->sessions)
+		session_close((struct session *)px->sessions.next);
 }
 
 void session_reply_error(struct session *s, int status)

@@ -22,6 +22,7 @@ enum session_state {
 };
 
 struct session {
+	struct conn_link link; /* first: the list entry is the session */
 	struct proxy *px;
 	struct ev_handler client, upstream; /* upstream.fd < 0 when none */
 	enum session_state state;
@@ -41,5 +42,7 @@ void session_start(struct proxy *px, int client_fd);
 void session_reply_error(struct session *s, int status);
 /* Tears the session down; the memory is freed after the current batch. */
 void session_close(struct session *s);
+/* Closes every session (at shutdown). */
+void session_close_all(struct proxy *px);
 
 #endif

@@ -51,8 +51,15 @@ void tunnel_close(struct tunnel *t, int reset_end)
 		}
 	}
 	t->px->tunnels_open--;
+	conn_link_del(&t->link);
 	log_debug("tunnel closed%s", reset_end >= 0 ? " by reset" : "");
 	ev_defer(t->px->loop, tunnel_free, t);
+}
+
+void tunnel_close_all(struct proxy *px)
+{
+	while (px->tunnels.next != &px->tunnels)
+		tunnel_close((struct tunnel *)px->tunnels.next, -1);
 }
 
 /* Moves whatever the session still holds so the tunnel starts with two
@@ -156,6 +163,7 @@ static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mo
 	t->dir[WS_DIR_U2C].user_read = s->upstream_read;
 	t->dir[WS_DIR_U2C].user_written = s->client_written;
 	s->px->tunnels_open++;
+	conn_link_add(&s->px->tunnels, &t->link);
 	return t;
 }
 

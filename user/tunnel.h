@@ -33,6 +33,7 @@ struct tunnel_dir {
 };
 
 struct tunnel {
+	struct conn_link link; /* first: the list entry is the tunnel */
 	struct proxy *px;
 	enum tunnel_mode mode;
 	struct ev_handler ep[2]; /* [TUNNEL_END_CLIENT], [TUNNEL_END_UPSTREAM] */
@@ -54,6 +55,7 @@ void tunnel_handoff(struct session *s);
 /* Ends the tunnel. reset_end >= 0: that end saw an RST, so the other end is
  * reset too (SO_LINGER 0) instead of closed gracefully. */
 void tunnel_close(struct tunnel *t, int reset_end);
+void tunnel_close_all(struct proxy *px);
 /* The socket error pending on an end, 0 when none. */
 int tunnel_sock_error(int fd);
 
