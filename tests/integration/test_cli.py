@@ -184,3 +184,26 @@ def test_auto_mode_falls_back_with_one_line(upstream, start_proxy, tmp_path):
     time.sleep(0.1)
     lines = [l for l in px.read_log().splitlines() if "sockmap unavailable" in l]
     assert len(lines) == 1 and "using the splice relay" in lines[0]
+
+
+def test_auto_mode_without_capabilities_uses_splice(upstream, tmp_path):
+    """Root without CAP_BPF & co (an empty bounding set): auto mode says why, once."""
+    up = upstream(echo)
+    port = free_port()
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(["setpriv", "--bounding-set=-all", "--inh-caps=-all", WSPLICE,
+                              "--listen", "127.0.0.1:%d" % port, "--upstream", "127.0.0.1:%d" % up.port,
+                              "--bpffs", "/sys/fs/bpf/wsplice-nocap-%d" % os.getpid()], stderr=f)
+    try:
+        assert wait_for(lambda: _connects(port), timeout=5), log.read_text()
+        s, _ = open_tunnel(port)
+        s.sendall(b"nocap")
+        assert recv_exact(s, 5) == b"nocap"
+        s.close()
+    finally:
+        p.terminate()
+        p.wait(5)
+    lines = [l for l in log.read_text().splitlines() if "sockmap unavailable" in l]
+    assert len(lines) == 1, log.read_text()
+    assert "Operation not permitted" in lines[0] and "CAP_BPF" in lines[0], lines[0]

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wsutil import (key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
-                    upgrade_request, recv_head, status_of, HttpReader)
+                    upgrade_request, recv_head, status_of, HttpReader, wait_for)
 
 
 def echo_after_101(conn, head, rest, greeting=b""):
@@ -59,6 +59,7 @@ def test_random_4mib_both_ways(upstream, start_proxy, mode):
     received = rest + recv_exact(s, size - len(rest), timeout=20)
     t.join()
     assert hashlib.sha256(received).hexdigest() == hashlib.sha256(up_payload).hexdigest()
+    assert wait_for(lambda: "up" in got, timeout=20), "upstream did not receive 4 MiB"
     assert got["up"] == hashlib.sha256(payload).hexdigest()
     s.close()
     px.assert_kernel_path(at_least=2)
@@ -129,7 +130,7 @@ def test_client_frame_in_same_write_as_request(upstream, start_proxy, mode):
     s.shutdown(socket.SHUT_WR)
     assert recv_until_eof(s) == b""
     s.close()
-    time.sleep(0.1)
+    assert wait_for(lambda: "after" in seen, timeout=5)
     assert seen == {"first": b"0123456789", "after": b"more"}
 
 
