@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 
-.PHONY: all deps run test unit integration clean
+.PHONY: all deps run test unit integration clean bench bench-tools bench-vm vmtest
 .SECONDARY:
 all: $(BUILD)/wsplice
 
@@ -68,12 +68,31 @@ run: deps all
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: all
+integration: all bench-tools
 	@bash tests/integration/run.sh $(BUILD)/wsplice
 
 test: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+
+BENCH_BINS := $(BUILD)/bench/ws_load $(BUILD)/bench/ws_echo
+
+$(BUILD)/bench/%: tests/bench/%.c tests/bench/bench_common.c tests/bench/bench_common.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE $(filter %.c,$^) -o $@
+
+bench-tools: $(BENCH_BINS)
+
+# Side by side on loopback: direct, wsplice's three modes, nginx, HAProxy.
+bench: deps all bench-tools
+	@bash scripts/bench.sh
+
+# The suite on other kernels under qemu (KERNELS="6.1 6.12", CMD=...).
+vmtest: all
+	@bash scripts/vmtest.sh
+
+bench-vm: all bench-tools
+	@CMD="BENCH_QUICK=1 bash scripts/bench.sh" bash scripts/vmtest.sh
 
 clean:
 	rm -rf build

@@ -233,10 +233,11 @@ static void set_lowat(int fd, int v)
 	setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v));
 }
 
-int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2])
+int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2],
+			 bool flowing[2])
 {
 	struct ws_tunnel tv = { .client_cookie = cookie[0], .upstream_cookie = cookie[1] };
-	int e, err = 0, stage = 0;
+	int e, err;
 
 	if (bpf_map_update_elem(dp->tunnels_fd, &id, &tv, BPF_ANY))
 		return -1;
@@ -249,22 +250,29 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 	}
 	/* A locked receive buffer bounds the burst a resume releases (the
 	 * whole receive queue is verdicted at once) and keeps the gate below
-	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL.md §4). */
+	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL.md §3). */
 	for (e = 0; e < 2; e++)
 		setsockopt(fd[e], SOL_SOCKET, SO_RCVBUF, &dp->rcvbuf, sizeof(dp->rcvbuf));
-	/* Gate: while both are inserted, keep the verdict from running on a
-	 * partial view; the kick below replays what queued meanwhile. */
+	/* Gate: keep the verdict from running while the pair is half
+	 * inserted; the kick below replays what queued meanwhile. */
 	for (e = 0; e < 2; e++)
 		set_lowat(fd[e], INT_MAX);
-	for (stage = 1; stage <= 2; stage++) {
-		int map = stage == 1 ? dp->target_fd : dp->verdict_fd;
+	/* Targets first: until a socket is in verdict_map nothing is
+	 * redirected, so a failure here can still be undone without loss. */
+	for (e = 0; e < 2; e++) {
+		uint64_t v = fd[e];
 
-		for (e = 0; e < 2; e++) {
-			uint64_t v = fd[e];
+		if (bpf_map_update_elem(dp->target_fd, &cookie[e], &v, BPF_NOEXIST))
+			goto undo;
+	}
+	/* From here on a verdict may already have run (the gate does not hold
+	 * back a FIN), so nothing is undone: a socket that cannot enter
+	 * verdict_map (it received FIN meanwhile) is finished by the caller in
+	 * userspace once the kernel delivered what it took. */
+	for (e = 0; e < 2; e++) {
+		uint64_t v = fd[e];
 
-			if (bpf_map_update_elem(map, &cookie[e], &v, BPF_NOEXIST))
-				goto undo;
-		}
+		flowing[e] = !bpf_map_update_elem(dp->verdict_fd, &cookie[e], &v, BPF_NOEXIST);
 	}
 	for (e = 0; e < 2; e++)
 		set_lowat(fd[e], 1);

@@ -4,6 +4,7 @@
 #ifndef WSPLICE_DATAPLANE_H
 #define WSPLICE_DATAPLANE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "wsplice_maps.h"
@@ -20,10 +21,13 @@ void dataplane_close(struct dataplane *dp);
 int dataplane_event_fd(struct dataplane *dp);
 void dataplane_poll(struct dataplane *dp);
 
-/* Inserts both sockets of a tunnel with the gate/kick procedure. On failure
- * nothing is left in the maps, errno says why (EOPNOTSUPP: a socket is no
- * longer ESTABLISHED). */
-int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2]);
+/* Inserts both sockets of a tunnel with the gate/kick procedure. Returns -1
+ * with nothing left in the maps when a socket could not become a redirect
+ * target (errno EOPNOTSUPP: no longer ESTABLISHED). Otherwise 0, and
+ * flowing[e] says whether socket e also entered verdict_map; one that did
+ * not has received FIN and must be finished in userspace. */
+int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2],
+			 bool flowing[2]);
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
 /* Backpressure: stop / restart the verdict for one source socket. */

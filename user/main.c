@@ -25,6 +25,7 @@
 struct signal_watch {
 	struct ev_handler h;
 	struct ev_loop *loop;
+	struct proxy *px;
 };
 
 struct ring_watch {
@@ -38,10 +39,14 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	struct signalfd_siginfo si;
 
 	(void)events;
-	if (read(h->fd, &si, sizeof(si)) == sizeof(si)) {
-		log_info("signal %s: shutting down", strsignal(si.ssi_signo));
-		ev_loop_stop(sw->loop);
+	if (read(h->fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	if (si.ssi_signo == SIGUSR1) {
+		tunnel_dump_all(sw->px);
+		return;
 	}
+	log_info("signal %s: shutting down", strsignal(si.ssi_signo));
+	ev_loop_stop(sw->loop);
 }
 
 static void on_ring(struct ev_handler *h, uint32_t events)
@@ -128,6 +133,7 @@ int main(int argc, char **argv)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
 	px.sessions.next = px.sessions.prev = &px.sessions;
@@ -136,6 +142,7 @@ int main(int argc, char **argv)
 	if (!px.loop || choose_mode(&px, &cfg))
 		goto out;
 	sw.loop = px.loop;
+	sw.px = &px;
 	sw.h.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	sw.h.on_event = on_signal;
 	ev_watch(px.loop, &sw.h, EPOLLIN);

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -54,6 +55,29 @@ void tunnel_close(struct tunnel *t, int reset_end)
 	conn_link_del(&t->link);
 	log_debug("tunnel closed%s", reset_end >= 0 ? " by reset" : "");
 	ev_defer(t->px->loop, tunnel_free, t);
+}
+
+void tunnel_describe(struct tunnel *t, char *out, size_t len)
+{
+	if (t->in_kernel) {
+		tunnel_sockmap_describe(t, out, len);
+		return;
+	}
+	snprintf(out, len, "tunnel %s relay | c2u: eof=%d shut=%d pending=%zu | u2c: eof=%d shut=%d pending=%zu",
+		 mode_name(t->mode), t->dir[0].src_eof, t->dir[0].dst_shut, buf_len(&t->dir[0].buf) + t->dir[0].in_pipe,
+		 t->dir[1].src_eof, t->dir[1].dst_shut, buf_len(&t->dir[1].buf) + t->dir[1].in_pipe);
+}
+
+void tunnel_dump_all(struct proxy *px)
+{
+	char line[512];
+
+	log_info("%llu sessions, %llu tunnels open", (unsigned long long)px->sessions_open,
+		 (unsigned long long)px->tunnels_open);
+	for (struct conn_link *l = px->tunnels.next; l != &px->tunnels; l = l->next) {
+		tunnel_describe((struct tunnel *)l, line, sizeof(line));
+		log_info("%s", line);
+	}
 }
 
 void tunnel_close_all(struct proxy *px)

@@ -7,6 +7,7 @@
 #define WSPLICE_TUNNEL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
 #include "event_loop.h"
@@ -63,6 +64,11 @@ int tunnel_relay_start(struct tunnel *t);
 int tunnel_sockmap_start(struct tunnel *t);
 /* Called for a ring-buffer pause request from the verdict program. */
 void tunnel_sockmap_pause(struct tunnel *t, int dir);
+/* One line about a tunnel's state, for the SIGUSR1 dump. */
+void tunnel_describe(struct tunnel *t, char *out, size_t len);
+void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len);
+/* Logs every open tunnel (SIGUSR1). */
+void tunnel_dump_all(struct proxy *px);
 /* Removes the tunnel from the BPF maps; called by tunnel_close. */
 void tunnel_sockmap_release(struct tunnel *t);
 

@@ -6,6 +6,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -13,6 +14,9 @@
 #include "dataplane.h"
 #include "log.h"
 #include "tunnel.h"
+
+/* tcpi_state values are the kernel's TCP_* states (include/net/tcp_states.h). */
+#define TCPI_STATE_CLOSE 7
 
 static void sockmap_progress(struct tunnel *t);
 
@@ -26,6 +30,15 @@ static uint64_t bytes_queued(int fd)
 	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
 	ioctl(fd, SIOCOUTQ, &outq);
 	return ti.tcpi_bytes_acked + (uint64_t)outq;
+}
+
+static int tcp_state(int fd)
+{
+	struct tcp_info ti = { 0 };
+	socklen_t len = sizeof(ti);
+
+	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	return ti.tcpi_state;
 }
 
 static uint64_t bytes_received(int fd)
@@ -162,14 +175,19 @@ static void on_sockmap_event(struct ev_handler *h, uint32_t events)
 
 	if (t->closed)
 		return;
-	if (events & EPOLLERR) {
+	if (events & (EPOLLERR | EPOLLHUP)) {
 		int err = tunnel_sock_error(h->fd);
 
-		/* EPIPE is the verdict "forwarding" a zero-length FIN skb to
-		 * this socket after its peer's FIN: not a reset. */
-		if (err && err != EPIPE) {
-			log_debug("tunnel %u: %s end: %s", t->id, end == TUNNEL_END_CLIENT ? "client" : "upstream",
-				  strerror(err));
+		/* EPIPE alone is the verdict "forwarding" a zero-length FIN skb
+		 * to this socket after its peer's FIN: not a reset. But an RST
+		 * on a socket in CLOSE_WAIT also reads as EPIPE, so the state
+		 * decides: CLOSED before we sent our FIN on it means a reset
+		 * (after our FIN it is the normal LAST_ACK -> CLOSE). */
+		bool sent_fin = t->dir[end == TUNNEL_END_CLIENT ? WS_DIR_U2C : WS_DIR_C2U].dst_shut;
+
+		if ((err && err != EPIPE) || (!sent_fin && tcp_state(h->fd) == TCPI_STATE_CLOSE)) {
+			log_debug("tunnel %u: %s end reset (%s)", t->id, end == TUNNEL_END_CLIENT ? "client" : "upstream",
+				  strerror(err ? err : ECONNRESET));
 			tunnel_close(t, end);
 			return;
 		}
@@ -199,6 +217,7 @@ static int alloc_id(struct proxy *px, uint32_t *id)
 int tunnel_sockmap_start(struct tunnel *t)
 {
 	struct proxy *px = t->px;
+	bool flowing[2];
 	int fds[2];
 
 	/* Leftovers must have been flushed by the drain; keep no buffers. */
@@ -211,17 +230,25 @@ int tunnel_sockmap_start(struct tunnel *t)
 		t->cookie[e] = socket_cookie(fds[e]);
 		t->queued_base[e] = bytes_queued(fds[e]);
 	}
-	if (dataplane_tunnel_add(px->dp, t->id, fds, t->cookie) < 0)
+	if (dataplane_tunnel_add(px->dp, t->id, fds, t->cookie, flowing) < 0)
 		return -1;
 	px->tunnel_by_id[t->id] = t;
 	t->in_kernel = true;
 	t->ticker.on_tick = on_tick;
 	for (int e = 0; e < 2; e++) {
+		int d = e == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C;
+
 		t->ep[e].on_event = on_sockmap_event;
 		t->ep[e].owner = t;
-		ev_watch(px->loop, &t->ep[e], EPOLLRDHUP);
+		if (!flowing[e]) {
+			log_debug("tunnel %u: %s sent FIN during insertion: finishing it in userspace", t->id,
+				  e == TUNNEL_END_CLIENT ? "client" : "upstream");
+			t->dir[d].src_eof = t->dir[d].user_finish = true;
+		}
+		ev_watch(px->loop, &t->ep[e], flowing[e] ? EPOLLRDHUP : EPOLLERR);
 	}
 	log_debug("tunnel %u spliced in the kernel", t->id);
+	sockmap_progress(t);
 	return 0;
 }
 
@@ -244,4 +271,23 @@ void tunnel_sockmap_release(struct tunnel *t)
 	dataplane_tunnel_del(t->px->dp, t->id, t->cookie);
 	t->px->tunnel_by_id[t->id] = NULL;
 	t->in_kernel = false;
+}
+
+void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len)
+{
+	struct ws_tunnel tv = { 0 };
+	size_t n;
+
+	dataplane_tunnel_read(t->px->dp, t->id, &tv);
+	n = snprintf(out, len, "tunnel %u sockmap", t->id);
+	for (int d = 0; d < 2 && n < len; d++) {
+		const struct tunnel_dir *dd = &t->dir[d];
+		int src = t->ep[dir_src(d)].fd;
+
+		n += snprintf(out + n, len - n,
+			      " | %s: eof=%d shut=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
+			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->paused, dd->user_finish,
+			      (unsigned long long)tv.dir[d].bytes, (unsigned long long)dd->user_read,
+			      (unsigned long long)bytes_received(src), (unsigned long long)inflight(t, d, &tv));
+	}
 }

@@ -2,6 +2,7 @@
 duplicated or reordered, nothing leaked, and bounded kernel memory."""
 import os
 import random
+import signal
 import socket
 import struct
 import threading
@@ -106,8 +107,11 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
     rnd = random.Random(1)
     for i in range(1000):
         run_cycle(px.port, rnd.choice(PATTERNS), i)
-    assert wait_for(lambda: px.fd_count() == base_fds, timeout=10), \
-        "fds: %d, baseline %d" % (px.fd_count(), base_fds)
+    if not wait_for(lambda: px.fd_count() == base_fds, timeout=10):
+        px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
+        time.sleep(0.5)
+        raise AssertionError("fds: %d, baseline %d\n%s" % (px.fd_count(), base_fds,
+                                                            "\n".join(px.read_log().splitlines()[-20:])))
     if mode == "sockmap":
         assert wait_for(lambda: maps_empty(px.pin_dir), timeout=5), "map entries leaked"
         fallbacks = px.read_log().count("falls back to the copy relay")

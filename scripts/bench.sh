@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# `make bench`: wsplice beside nginx and HAProxy in one run, on loopback.
+# Targets: direct (no proxy), wsplice --mode sockmap|splice|copy, nginx
+# (1 worker, the usual WebSocket config) and HAProxy (1 thread, timeout tunnel).
+# Figures: 64-byte ping-pong RTT at 1 and 64 connections, 64 KiB echo
+# throughput (every byte verified), handshakes/s, userspace RSS per idle
+# tunnel, CPU seconds per GiB (the proxy's own and the whole system's).
+# Each figure is the median of REPS runs, with the spread (min-max).
+#
+#   PIN=0       pin client, upstream and proxy to this CPU (default 0); PIN=none: no pinning
+#   REPS=3      repetitions per figure
+#   TARGETS="direct sockmap splice copy nginx haproxy"
+#   IDLE=8000   idle tunnels for the RSS figure (0 skips it)
+#   BENCH_QUICK=1  fewer messages (for the VM, where only ratios mean anything)
+#   OUT=build/bench/results   where samples, logs and the table go
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIN=${PIN:-0}
+REPS=${REPS:-3}
+TARGETS=${TARGETS:-"direct sockmap splice copy nginx haproxy"}
+IDLE=${IDLE:-8000}
+OUT=${OUT:-build/bench/results}
+RTT1_MSGS=20000 RTT64_MSGS=500 TPUT_MIB=1024 HS_SECS=3
+if [ -n "${BENCH_QUICK:-}" ]; then
+	RTT1_MSGS=2000 RTT64_MSGS=50 TPUT_MIB=128 HS_SECS=2 IDLE=${IDLE_QUICK:-500}
+fi
+LOAD=build/bench/ws_load
+ECHO=build/bench/ws_echo
+ECHO_PORT=47100
+mkdir -p "$OUT"
+rm -f "$OUT"/*.samples "$OUT"/*.log
+
+for tool in nginx haproxy gnuplot taskset; do
+	command -v $tool >/dev/null && continue
+	pkg=$tool; [ $tool = taskset ] && pkg=util-linux
+	echo "bench: installing $pkg"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null 2>&1 ||
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null; }
+done
+ulimit -n "$(ulimit -Hn)"
+
+pin() { if [ "$PIN" = none ]; then "$@"; else taskset -c "$PIN" "$@"; fi; }
+placement() { [ "$PIN" = none ] && echo "unpinned" || echo "client, upstream and proxy pinned to CPU $PIN (taskset)"; }
+
+wait_port() {
+	for _ in $(seq 100); do
+		(exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+		sleep 0.05
+	done
+	echo "bench: nothing listens on $1" >&2
+	return 1
+}
+
+cpu_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+PROXY_PID=
+start_target() {
+	local t=$1 port=$2
+	case $t in
+	direct) PROXY_PID= ; echo $ECHO_PORT; return ;;
+	sockmap | splice | copy)
+		pin build/wsplice --listen 127.0.0.1:$port --upstream 127.0.0.1:$ECHO_PORT --mode $t \
+			--bpffs /sys/fs/bpf/wsplice-bench 2>"$OUT/$t.log" &
+		PROXY_PID=$! ;;
+	nginx)
+		sed "s/@PORT@/$port/; s/@UPSTREAM@/$ECHO_PORT/; s|@DIR@|$PWD/$OUT|" scripts/bench/nginx.conf > "$OUT/nginx.conf"
+		pin nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" 2>"$OUT/nginx.log" &
+		wait_port "$port" >&2
+		PROXY_PID=$(pgrep -f "nginx: worker process" -P "$!" | head -n 1) ;;
+	haproxy)
+		sed "s/@PORT@/$port/; s/@UPSTREAM@/$ECHO_PORT/" scripts/bench/haproxy.cfg > "$OUT/haproxy.cfg"
+		pin haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
+		PROXY_PID=$! ;;
+	esac
+	wait_port "$port" >&2
+	echo "$port"
+}
+
+stop_target() {
+	local t=$1
+	case $t in
+	direct) ;;
+	nginx) pkill -f "nginx -c $PWD/$OUT/nginx.conf" || true ;;
+	*) [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true ;;
+	esac
+	sleep 0.3
+}
+
+# median and spread of a list of numbers: "median (min-max)"
+stat3() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END{if(!NR){print "-";exit} printf "%s %s %s\n", v[int((NR+1)/2)], v[1], v[NR]}'; }
+field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
+
+pin $ECHO $ECHO_PORT > /dev/null &
+ECHO_PID=$!
+trap 'kill $ECHO_PID 2>/dev/null; pkill -f "nginx -c $PWD/$OUT" 2>/dev/null; pkill -f "haproxy -db -f $OUT" 2>/dev/null; true' EXIT
+wait_port $ECHO_PORT
+
+declare -A R
+port=47200
+for t in $TARGETS; do
+	port=$((port + 1))
+	echo "bench: $t" >&2
+	declare -a p50=() p99=() p999=() mx=() r64=() r64_99=() mbps=() hs=() cpu_p=() cpu_s=()
+	for rep in $(seq "$REPS"); do
+		tp=$(start_target "$t" $port)
+		samples=
+		[ "$rep" = 1 ] && samples="$OUT/$t.samples"
+		line=$(pin $LOAD 127.0.0.1 "$tp" rtt 1 $RTT1_MSGS $samples)
+		p50+=("$(field p50_us <<<"$line")") p99+=("$(field p99_us <<<"$line")")
+		p999+=("$(field p999_us <<<"$line")") mx+=("$(field max_us <<<"$line")")
+		line=$(pin $LOAD 127.0.0.1 "$tp" rtt 64 $RTT64_MSGS)
+		r64+=("$(field p50_us <<<"$line")") r64_99+=("$(field p99_us <<<"$line")")
+		s0=$(cpu_jiffies); p0=0; [ -n "$PROXY_PID" ] && p0=$(proc_jiffies "$PROXY_PID")
+		line=$(pin $LOAD 127.0.0.1 "$tp" tput $TPUT_MIB)
+		s1=$(cpu_jiffies); p1=0; [ -n "$PROXY_PID" ] && p1=$(proc_jiffies "$PROXY_PID")
+		mbps+=("$(field mbps <<<"$line")")
+		bytes=$(field bytes <<<"$line")
+		cpu_s+=("$(awk -v d=$((s1 - s0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
+		[ -n "$PROXY_PID" ] && cpu_p+=("$(awk -v d=$((p1 - p0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
+		line=$(pin $LOAD 127.0.0.1 "$tp" hs $HS_SECS)
+		hs+=("$(field hs_per_s <<<"$line")")
+		stop_target "$t"
+	done
+	R[$t.p50]=$(echo "${p50[*]}" | stat3) R[$t.p99]=$(echo "${p99[*]}" | stat3)
+	R[$t.p999]=$(echo "${p999[*]}" | stat3) R[$t.max]=$(echo "${mx[*]}" | stat3)
+	R[$t.r64]=$(echo "${r64[*]}" | stat3) R[$t.r64_99]=$(echo "${r64_99[*]}" | stat3)
+	R[$t.mbps]=$(echo "${mbps[*]}" | stat3) R[$t.hs]=$(echo "${hs[*]}" | stat3)
+	R[$t.cpu_s]=$(echo "${cpu_s[*]}" | stat3) R[$t.cpu_p]=$(echo "${cpu_p[*]:-}" | stat3)
+	R[$t.rss]="-"
+	if [ "$IDLE" -gt 0 ] && [ "$t" != direct ]; then
+		tp=$(start_target "$t" $port)
+		sleep 0.2
+		before=$(rss_kib "$PROXY_PID")
+		coproc IDLER { pin $LOAD 127.0.0.1 "$tp" idle "$IDLE"; }
+		read -r ready <&"${IDLER[0]}"
+		sleep 0.5
+		after=$(rss_kib "$PROXY_PID")
+		exec {IDLER[1]}>&-
+		wait "$IDLER_PID" 2>/dev/null || true
+		R[$t.rss]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN{printf "%.0f", (a-b)*1024/n}')
+		stop_target "$t"
+	fi
+done
+
+med() { echo "${R[$1]}" | awk '{print $1}'; }
+fmt() { echo "${R[$1]}" | awk '{ if ($1=="-") print "-"; else if ($2==$3) print $1; else printf "%s (%s-%s)\n", $1, $2, $3 }'; }
+ratio() { # value of target / value of nginx
+	awk -v a="$(med "$1")" -v b="$(med "nginx.${1#*.}")" 'BEGIN{ if (b>0 && a!="-") printf "%.2f", a/b; else print "-" }'
+}
+
+{
+	echo "wsplice bench: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) CPUs, $(placement)"
+	echo "median of $REPS runs (min-max); ×nginx = this target's median over nginx's"
+	echo "RTT: 64-byte frames, strict ping-pong ($RTT1_MSGS msgs at 1 conn, $RTT64_MSGS per conn at 64); MB/s: 64 KiB frames echoed, ${TPUT_MIB} MiB, verified"
+	echo
+	printf "%-8s | %-22s | %-22s | %-20s | %-20s | %-24s | %-22s | %-20s | %-9s | %-14s | %-14s\n" \
+		target "1 conn p50 µs" "1 conn p99 µs" "1 conn p99.9 µs" "1 conn max µs" "64 conns p50 µs" "64 conns p99 µs" "MB/s" "×nginx" \
+		"handshakes/s" "RSS/idle B"
+	for t in $TARGETS; do
+		printf "%-8s | %-22s | %-22s | %-20s | %-20s | %-24s | %-22s | %-20s | %-9s | %-14s | %-14s\n" "$t" \
+			"$(fmt $t.p50)" "$(fmt $t.p99)" "$(fmt $t.p999)" "$(fmt $t.max)" "$(fmt $t.r64)" "$(fmt $t.r64_99)" \
+			"$(fmt $t.mbps)" "$(ratio $t.mbps)" "$(fmt $t.hs)" "${R[$t.rss]}"
+	done
+	echo
+	printf "%-8s | %-24s | %-24s | %-10s | %-10s | %-10s\n" target "CPU s/GiB, proxy" "CPU s/GiB, whole system" "p50 ×nginx" "hs ×nginx" "64c ×nginx"
+	for t in $TARGETS; do
+		printf "%-8s | %-24s | %-24s | %-10s | %-10s | %-10s\n" "$t" "$(fmt $t.cpu_p)" "$(fmt $t.cpu_s)" \
+			"$(ratio $t.p50)" "$(ratio $t.hs)" "$(ratio $t.r64)"
+	done
+	if [[ " $TARGETS " == *" sockmap "* && " $TARGETS " == *" nginx "* && " $TARGETS " == *" direct "* ]]; then
+		echo
+		echo "issue #4 targets (sockmap vs nginx, this run):"
+		awk -v d="$(med direct.p50)" -v s="$(med sockmap.p50)" -v n="$(med nginx.p50)" 'BEGIN{
+			printf "  added p50 <= half of nginx'\''s: %.1f vs %.1f µs added -> %s\n", s-d, (n-d)/2, (s-d <= (n-d)/2) ? "met" : "NOT met" }'
+		awk -v s="$(med sockmap.p99)" -v n="$(med nginx.p99)" 'BEGIN{ printf "  p99 at 1 conn <= nginx: %s vs %s µs -> %s\n", s, n, (s<=n)?"met":"NOT met" }'
+		awk -v s="$(med sockmap.r64)" -v n="$(med nginx.r64)" 'BEGIN{ printf "  p50 at 64 conns <= nginx: %s vs %s µs -> %s\n", s, n, (s<=n)?"met":"NOT met" }'
+		awk -v s="$(med sockmap.mbps)" -v n="$(med nginx.mbps)" -v d="$(med direct.mbps)" 'BEGIN{
+			printf "  MB/s >= 2x nginx and >= 80%% of direct: %s vs %s and %s -> %s\n", s, n, d, (s>=2*n && s>=0.8*d)?"met":"NOT met" }'
+		awk -v s="$(med sockmap.hs)" -v n="$(med nginx.hs)" 'BEGIN{ printf "  handshakes/s >= 1.2x nginx: %s vs %s -> %s\n", s, n, (s>=1.2*n)?"met":"NOT met" }'
+		awk -v s="${R[sockmap.rss]}" 'BEGIN{ if (s=="-") print "  RSS per idle tunnel <= 1 KB: not measured"; else printf "  RSS per idle tunnel <= 1 KB: %s B -> %s\n", s, (s<=1024)?"met":"NOT met" }'
+	fi
+} | tee "$OUT/table.txt"
+
+if command -v gnuplot >/dev/null; then
+	plot="plot "
+	for t in $TARGETS; do
+		[ -s "$OUT/$t.samples" ] || continue
+		sort -g "$OUT/$t.samples" | awk -v n="$(wc -l < "$OUT/$t.samples")" '{print $1, NR/n}' > "$OUT/$t.cdf"
+		plot+="'$OUT/$t.cdf' using 1:2 with lines lw 2 title '$t',"
+	done
+	gnuplot <<EOF
+set terminal pngcairo size 1000,600
+set output '$OUT/latency.png'
+set title "64-byte ping-pong RTT, 1 connection, $(placement)"
+set xlabel "RTT (µs, log scale)"
+set ylabel "fraction of messages"
+set logscale x
+set key bottom right
+set grid
+${plot%,}
+EOF
+	echo "plot: $OUT/latency.png"
+fi

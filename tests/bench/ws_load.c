@@ -1,0 +1,233 @@
+/* The benchmark's load client. Every mode upgrades first (and checks the
+ * 101's accept), then measures; output is one line of key=value figures.
+ *   ws_load HOST PORT rtt  CONNS MSGS [SAMPLES_FILE]  64-byte frames, strict ping-pong per connection
+ *   ws_load HOST PORT tput MIB                        64 KiB frames echoed back, every byte verified
+ *   ws_load HOST PORT hs   SECONDS                    connect, upgrade, close, one at a time
+ *   ws_load HOST PORT idle CONNS                      open idle tunnels, print "ready", hold until stdin closes */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "bench_common.h"
+
+#define RTT_MSG 64
+#define TPUT_PAYLOAD (64 * 1024)
+#define TPUT_FRAME (TPUT_PAYLOAD + 14)
+
+static const char *host;
+static int port;
+
+static int open_tunnel(void)
+{
+	int fd = tcp_connect(host, port);
+
+	if (fd < 0 || ws_client_handshake(fd, host) < 0)
+		die("upgrade through %s:%d failed", host, port);
+	return fd;
+}
+
+/* A masked binary frame of exactly 64 bytes: 2 header + 4 mask + 58 payload. */
+static void rtt_frame(unsigned char *f, uint32_t seq)
+{
+	memset(f, 0, RTT_MSG);
+	f[0] = 0x82;
+	f[1] = 0x80 | (RTT_MSG - 6);
+	memcpy(f + 6, &seq, sizeof(seq));
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct rtt_conn {
+	int fd;
+	uint32_t sent, got_bytes;
+	uint64_t t0;
+	unsigned char in[RTT_MSG];
+};
+
+static void mode_rtt(int conns, int msgs, const char *samples_file)
+{
+	struct rtt_conn *c = calloc(conns, sizeof(*c));
+	uint64_t *rtt = malloc(sizeof(*rtt) * (size_t)conns * msgs), n = 0, total = (uint64_t)conns * msgs;
+	struct epoll_event evs[256];
+	unsigned char frame[RTT_MSG];
+	int ep = epoll_create1(0);
+
+	for (int i = 0; i < conns; i++) {
+		c[i].fd = open_tunnel();
+		set_nonblock(c[i].fd, 1);
+		epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &(struct epoll_event){ .events = EPOLLIN, .data.u32 = i });
+	}
+	for (int i = 0; i < conns; i++) {
+		rtt_frame(frame, 0);
+		c[i].t0 = now_ns();
+		if (write_all(c[i].fd, frame, RTT_MSG))
+			die("write");
+		c[i].sent = 1;
+	}
+	while (n < total) {
+		int k = epoll_wait(ep, evs, 256, 10000);
+
+		if (k <= 0)
+			die("rtt: no answer for 10 s");
+		for (int j = 0; j < k; j++) {
+			struct rtt_conn *x = &c[evs[j].data.u32];
+			ssize_t r = read(x->fd, x->in + x->got_bytes, RTT_MSG - x->got_bytes);
+
+			if (r <= 0) {
+				if (r < 0 && errno == EAGAIN)
+					continue;
+				die("rtt: connection closed");
+			}
+			x->got_bytes += r;
+			if (x->got_bytes < RTT_MSG)
+				continue;
+			rtt[n++] = now_ns() - x->t0;
+			x->got_bytes = 0;
+			if (x->sent < (uint32_t)msgs) {
+				rtt_frame(frame, x->sent++);
+				x->t0 = now_ns();
+				if (write_all(x->fd, frame, RTT_MSG))
+					die("write");
+			}
+		}
+	}
+	if (samples_file) {
+		FILE *f = fopen(samples_file, "w");
+
+		for (uint64_t i = 0; f && i < n; i++)
+			fprintf(f, "%.3f\n", rtt[i] / 1000.0);
+		if (f)
+			fclose(f);
+	}
+	qsort(rtt, n, sizeof(*rtt), cmp_u64);
+	printf("p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f samples=%llu\n", rtt[n / 2] / 1000.0,
+	       rtt[n * 99 / 100] / 1000.0, rtt[n * 999 / 1000] / 1000.0, rtt[n - 1] / 1000.0, (unsigned long long)n);
+}
+
+static void tput_frame(unsigned char *f, uint64_t i)
+{
+	f[0] = 0x82;
+	f[1] = 0x80 | 127;
+	for (int b = 0; b < 8; b++)
+		f[2 + b] = (uint64_t)TPUT_PAYLOAD >> (56 - 8 * b);
+	memset(f + 10, 0, 4);
+	for (size_t j = 0; j < TPUT_PAYLOAD; j++)
+		f[14 + j] = (unsigned char)(i * 31 + j * 7);
+}
+
+/* Writer and reader interleave on one non-blocking socket so neither side's
+ * buffers fill up; every echoed byte is compared with what was sent. */
+static void mode_tput(int mib)
+{
+	uint64_t frames = ((uint64_t)mib << 20) / TPUT_FRAME, sent = 0, recvd = 0, total;
+	unsigned char *out = malloc(TPUT_FRAME), *exp = malloc(TPUT_FRAME), *in = malloc(TPUT_FRAME);
+	size_t out_off = TPUT_FRAME, in_off = 0;
+	uint64_t frame_out = 0, frame_in = 0, t0;
+	int fd = open_tunnel();
+	int ep = epoll_create1(0);
+
+	total = frames * TPUT_FRAME;
+	set_nonblock(fd, 1);
+	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &(struct epoll_event){ .events = EPOLLIN | EPOLLOUT });
+	tput_frame(exp, 0);
+	t0 = now_ns();
+	while (recvd < total) {
+		struct epoll_event ev;
+
+		if (epoll_wait(ep, &ev, 1, 10000) <= 0)
+			die("tput: stalled for 10 s at %llu bytes", (unsigned long long)recvd);
+		while (sent < total) {
+			ssize_t w;
+
+			if (out_off == TPUT_FRAME) {
+				tput_frame(out, frame_out++);
+				out_off = 0;
+			}
+			w = send(fd, out + out_off, TPUT_FRAME - out_off, MSG_NOSIGNAL);
+			if (w <= 0)
+				break;
+			out_off += w;
+			sent += w;
+		}
+		for (;;) {
+			ssize_t r = read(fd, in + in_off, TPUT_FRAME - in_off);
+
+			if (r <= 0) {
+				if (r == 0 || errno != EAGAIN)
+					die("tput: connection closed");
+				break;
+			}
+			if (memcmp(in + in_off, exp + in_off, r))
+				die("tput: payload mismatch in frame %llu", (unsigned long long)frame_in);
+			in_off += r;
+			recvd += r;
+			if (in_off == TPUT_FRAME) {
+				tput_frame(exp, ++frame_in);
+				in_off = 0;
+			}
+		}
+		if (sent == total)
+			epoll_ctl(ep, EPOLL_CTL_MOD, fd, &(struct epoll_event){ .events = EPOLLIN });
+	}
+	double secs = (now_ns() - t0) / 1e9;
+
+	printf("mbps=%.1f bytes=%llu seconds=%.3f verified=1\n", total / secs / 1e6, (unsigned long long)total, secs);
+	close(fd);
+}
+
+static void mode_hs(double seconds)
+{
+	uint64_t t0 = now_ns(), end = t0 + (uint64_t)(seconds * 1e9), n = 0;
+
+	while (now_ns() < end) {
+		int fd = open_tunnel();
+
+		close(fd);
+		n++;
+	}
+	printf("hs_per_s=%.1f handshakes=%llu\n", n / ((now_ns() - t0) / 1e9), (unsigned long long)n);
+}
+
+static void mode_idle(int conns)
+{
+	int *fds = malloc(sizeof(int) * conns);
+	char c;
+
+	for (int i = 0; i < conns; i++)
+		fds[i] = open_tunnel();
+	printf("ready conns=%d\n", conns);
+	fflush(stdout);
+	while (read(0, &c, 1) > 0)
+		;
+	for (int i = 0; i < conns; i++)
+		close(fds[i]);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 5)
+		die("usage: ws_load HOST PORT rtt CONNS MSGS [SAMPLES] | tput MIB | hs SECONDS | idle CONNS");
+	signal(SIGPIPE, SIG_IGN);
+	host = argv[1];
+	port = atoi(argv[2]);
+	if (!strcmp(argv[3], "rtt") && argc >= 6)
+		mode_rtt(atoi(argv[4]), atoi(argv[5]), argc > 6 ? argv[6] : NULL);
+	else if (!strcmp(argv[3], "tput"))
+		mode_tput(atoi(argv[4]));
+	else if (!strcmp(argv[3], "hs"))
+		mode_hs(atof(argv[4]));
+	else if (!strcmp(argv[3], "idle"))
+		mode_idle(atoi(argv[4]));
+	else
+		die("unknown mode %s", argv[3]);
+	return 0;
+}
