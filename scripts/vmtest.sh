@@ -18,7 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(pwd)
 KERNELS=${KERNELS:-"6.1 6.12"}
-CMD=${CMD:-"tests/integration/run.sh build/wsplice -x -k 'sockmap and not 1gib and not 1000 and not 200_tunnels'"}
+# Everything that exercises the BPF path: all sockmap-mode tests, bpftool,
+# two instances, the veth hosts with native XDP.
+CMD=${CMD:-"tests/integration/run.sh build/wsplice -k 'sockmap or bpftool or instances or netns'"}
 VM_TIMEOUT=${VM_TIMEOUT:-1800}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}
