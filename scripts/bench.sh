@@ -26,13 +26,14 @@ if [ -n "${BENCH_QUICK:-}" ]; then
 fi
 LOAD=build/bench/ws_load
 ECHO=build/bench/ws_echo
-ECHO_PORT=47100
+# Below the ephemeral range, so no client connection can be holding them.
+ECHO_PORT=21100
 mkdir -p "$OUT"
 rm -f "$OUT"/*.samples "$OUT"/*.log
 
 for tool in nginx haproxy gnuplot taskset; do
 	command -v $tool >/dev/null && continue
-	pkg=$tool; [ $tool = taskset ] && pkg=util-linux
+	pkg=$tool; [ $tool = taskset ] && pkg=util-linux; [ $tool = gnuplot ] && pkg=gnuplot-nox
 	echo "bench: installing $pkg"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null 2>&1 ||
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null; }
@@ -40,6 +41,12 @@ done
 ulimit -n "$(ulimit -Hn)"
 
 pin() { if [ "$PIN" = none ]; then "$@"; else taskset -c "$PIN" "$@"; fi; }
+# Starts a pinned program in the background; $! is the program itself.
+spawn() {
+	local out=$1
+	shift
+	if [ "$PIN" = none ]; then "$@" >"$out" 2>&1 & else taskset -c "$PIN" "$@" >"$out" 2>&1 & fi
+}
 placement() { [ "$PIN" = none ] && echo "unpinned" || echo "client, upstream and proxy pinned to CPU $PIN (taskset)"; }
 
 wait_port() {
@@ -56,27 +63,31 @@ proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
+# Sets TP (the port the client connects to) and PROXY_PID (the process
+# whose CPU and RSS are measured; empty for direct).
 PROXY_PID=
+TP=
 start_target() {
 	local t=$1 port=$2
+	TP=$port
 	case $t in
-	direct) PROXY_PID= ; echo $ECHO_PORT; return ;;
+	direct) PROXY_PID= TP=$ECHO_PORT; return ;;
 	sockmap | splice | copy)
-		pin build/wsplice --listen 127.0.0.1:$port --upstream 127.0.0.1:$ECHO_PORT --mode $t \
-			--bpffs /sys/fs/bpf/wsplice-bench 2>"$OUT/$t.log" &
+		spawn "$OUT/$t.log" build/wsplice --listen 127.0.0.1:$port --upstream 127.0.0.1:$ECHO_PORT \
+			--mode $t --bpffs /sys/fs/bpf/wsplice-bench
 		PROXY_PID=$! ;;
 	nginx)
 		sed "s/@PORT@/$port/; s/@UPSTREAM@/$ECHO_PORT/; s|@DIR@|$PWD/$OUT|" scripts/bench/nginx.conf > "$OUT/nginx.conf"
-		pin nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" 2>"$OUT/nginx.log" &
-		wait_port "$port" >&2
-		PROXY_PID=$(pgrep -f "nginx: worker process" -P "$!" | head -n 1) ;;
+		spawn "$OUT/nginx.log" nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT"
+		local master=$!
+		wait_port "$port"
+		PROXY_PID=$(pgrep -P "$master" | head -n 1) ;;
 	haproxy)
 		sed "s/@PORT@/$port/; s/@UPSTREAM@/$ECHO_PORT/" scripts/bench/haproxy.cfg > "$OUT/haproxy.cfg"
-		pin haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
+		spawn "$OUT/haproxy.log" haproxy -db -f "$OUT/haproxy.cfg"
 		PROXY_PID=$! ;;
 	esac
-	wait_port "$port" >&2
-	echo "$port"
+	wait_port "$port"
 }
 
 stop_target() {
@@ -86,26 +97,28 @@ stop_target() {
 	nginx) pkill -f "nginx -c $PWD/$OUT/nginx.conf" || true ;;
 	*) [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true ;;
 	esac
-	sleep 0.3
+	[ -n "$PROXY_PID" ] && while kill -0 "$PROXY_PID" 2>/dev/null; do sleep 0.05; done
+	sleep 0.2
 }
 
 # median and spread of a list of numbers: "median (min-max)"
-stat3() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END{if(!NR){print "-";exit} printf "%s %s %s\n", v[int((NR+1)/2)], v[1], v[NR]}'; }
+stat3() { tr ' ' '\n' | sort -g | awk 'NF{v[++n]=$1} END{if(!n){print "-";exit} printf "%s %s %s\n", v[int((n+1)/2)], v[1], v[n]}'; }
 field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
 
-pin $ECHO $ECHO_PORT > /dev/null &
+spawn /dev/null $ECHO $ECHO_PORT
 ECHO_PID=$!
-trap 'kill $ECHO_PID 2>/dev/null; pkill -f "nginx -c $PWD/$OUT" 2>/dev/null; pkill -f "haproxy -db -f $OUT" 2>/dev/null; true' EXIT
+trap 'kill $ECHO_PID ${PROXY_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT" 2>/dev/null; pkill -f "haproxy -db -f $OUT" 2>/dev/null; true' EXIT
 wait_port $ECHO_PORT
 
 declare -A R
-port=47200
+port=21200
 for t in $TARGETS; do
 	port=$((port + 1))
 	echo "bench: $t" >&2
 	declare -a p50=() p99=() p999=() mx=() r64=() r64_99=() mbps=() hs=() cpu_p=() cpu_s=()
 	for rep in $(seq "$REPS"); do
-		tp=$(start_target "$t" $port)
+		start_target "$t" $port
+		tp=$TP
 		samples=
 		[ "$rep" = 1 ] && samples="$OUT/$t.samples"
 		line=$(pin $LOAD 127.0.0.1 "$tp" rtt 1 $RTT1_MSGS $samples)
@@ -131,11 +144,12 @@ for t in $TARGETS; do
 	R[$t.cpu_s]=$(echo "${cpu_s[*]}" | stat3) R[$t.cpu_p]=$(echo "${cpu_p[*]:-}" | stat3)
 	R[$t.rss]="-"
 	if [ "$IDLE" -gt 0 ] && [ "$t" != direct ]; then
-		tp=$(start_target "$t" $port)
+		start_target "$t" $port
+		tp=$TP
 		sleep 0.2
 		before=$(rss_kib "$PROXY_PID")
 		coproc IDLER { pin $LOAD 127.0.0.1 "$tp" idle "$IDLE"; }
-		read -r ready <&"${IDLER[0]}"
+		read -r _ <&"${IDLER[0]}" || echo "bench: idle tunnels failed for $t" >&2
 		sleep 0.5
 		after=$(rss_kib "$PROXY_PID")
 		exec {IDLER[1]}>&-
