@@ -149,12 +149,16 @@ for t in $TARGETS; do
 		sleep 0.2
 		before=$(rss_kib "$PROXY_PID")
 		coproc IDLER { pin $LOAD 127.0.0.1 "$tp" idle "$IDLE"; }
-		read -r _ <&"${IDLER[0]}" || echo "bench: idle tunnels failed for $t" >&2
-		sleep 0.5
-		after=$(rss_kib "$PROXY_PID")
-		exec {IDLER[1]}>&-
-		wait "$IDLER_PID" 2>/dev/null || true
-		R[$t.rss]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN{printf "%.0f", (a-b)*1024/n}')
+		if read -r _ <&"${IDLER[0]}"; then
+			sleep 0.5
+			after=$(rss_kib "$PROXY_PID")
+			R[$t.rss]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN{printf "%.0f", (a-b)*1024/n}')
+		else
+			echo "bench: $IDLE idle tunnels failed for $t (see $OUT/$t.log)" >&2
+			R[$t.rss]="failed"
+		fi
+		[ -n "${IDLER[1]:-}" ] && exec {IDLER[1]}>&-
+		wait "${IDLER_PID:-}" 2>/dev/null || true
 		stop_target "$t"
 	fi
 done

@@ -16,6 +16,7 @@ static inline size_t buf_len(const struct buf *b) { return b->end - b->start; }
 static inline const char *buf_head(const struct buf *b) { return b->data + b->start; }
 static inline size_t buf_room(const struct buf *b) { return b->cap - b->end + b->start; }
 
+/* cap is at most 64 KiB (one pool block). */
 void buf_init(struct buf *b, size_t cap);
 void buf_release(struct buf *b);
 void buf_consume(struct buf *b, size_t n);

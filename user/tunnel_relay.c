@@ -27,6 +27,23 @@ static bool dir_pending(const struct tunnel_dir *dd)
 	return buf_len(&dd->buf) || dd->in_pipe;
 }
 
+/* Pipes are made on first use: an idle tunnel holds two sockets, not six
+ * fds (8 000 idle splice tunnels would not fit in a 20 000 fd limit). */
+static int relay_open_pipe(struct tunnel *t, struct tunnel_dir *dd)
+{
+	int p[2];
+
+	if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+		log_warn("pipe2: %s; copy relay instead", strerror(errno));
+		t->mode = MODE_COPY;
+		return -1;
+	}
+	fcntl(p[1], F_SETPIPE_SZ, RELAY_PIPE_SIZE);
+	dd->pipe_rd = p[0];
+	dd->pipe_wr = p[1];
+	return 0;
+}
+
 /* Reads from the source: 1 progress, 0 nothing, -1 the source reset. */
 static int relay_fill(struct tunnel *t, int d)
 {
@@ -36,6 +53,20 @@ static int relay_fill(struct tunnel *t, int d)
 
 	if (dd->src_eof || !dir_has_room(t, dd))
 		return 0;
+	if (t->mode == MODE_SPLICE && dd->pipe_rd < 0) {
+		char c;
+
+		/* Only a source with bytes (or EOF) waiting gets its pipe. */
+		n = recv(src, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (n < 0)
+			return errno == EAGAIN ? 0 : -1;
+		if (n == 0) {
+			dd->src_eof = true;
+			return 1;
+		}
+		if (relay_open_pipe(t, dd) < 0)
+			return 0; /* now in copy mode: the next round reads into buf */
+	}
 	if (t->mode == MODE_SPLICE)
 		n = splice(src, NULL, dd->pipe_wr, NULL, RELAY_PIPE_SIZE - dd->in_pipe,
 			   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -151,22 +182,6 @@ static void on_relay_event(struct ev_handler *h, uint32_t events)
 
 int tunnel_relay_start(struct tunnel *t)
 {
-	for (int d = 0; d < 2; d++) {
-		struct tunnel_dir *dd = &t->dir[d];
-
-		if (t->mode == MODE_SPLICE) {
-			int p[2];
-
-			if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
-				log_warn("pipe2: %s; copy relay instead", strerror(errno));
-				t->mode = MODE_COPY;
-				continue;
-			}
-			fcntl(p[1], F_SETPIPE_SZ, RELAY_PIPE_SIZE);
-			dd->pipe_rd = p[0];
-			dd->pipe_wr = p[1];
-		}
-	}
 	for (int e = 0; e < 2; e++) {
 		t->ep[e].on_event = on_relay_event;
 		t->ep[e].owner = t;
