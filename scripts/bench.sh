@@ -107,7 +107,7 @@ field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
 
 spawn /dev/null $ECHO $ECHO_PORT
 ECHO_PID=$!
-trap 'kill $ECHO_PID ${PROXY_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT" 2>/dev/null; pkill -f "haproxy -db -f $OUT" 2>/dev/null; true' EXIT
+trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; exit $rc' EXIT
 wait_port $ECHO_PORT
 
 declare -A R

@@ -182,6 +182,9 @@ static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mo
 	t->dir[WS_DIR_C2U].buf.cap = t->dir[WS_DIR_U2C].buf.cap = 65536;
 	buf_init(&s->uout, 0);
 	buf_init(&s->cout, 0);
+	for (int d = 0; d < 2; d++)
+		if (!buf_len(&t->dir[d].buf))
+			buf_release(&t->dir[d].buf); /* an idle tunnel holds no block */
 	t->dir[WS_DIR_C2U].user_read = s->client_read;
 	t->dir[WS_DIR_C2U].user_written = s->upstream_written;
 	t->dir[WS_DIR_U2C].user_read = s->upstream_read;

@@ -82,6 +82,8 @@ static int relay_fill(struct tunnel *t, int d)
 		dd->src_eof = true;
 		return 1;
 	}
+	if (!buf_len(&dd->buf))
+		buf_release(&dd->buf); /* nothing came: do not hold a block while idle */
 	return errno == EAGAIN ? 0 : -1;
 }
 
@@ -94,6 +96,9 @@ static int relay_drain(struct tunnel *t, int d)
 
 	if (buf_len(&dd->buf)) {
 		n = buf_write_fd(&dd->buf, dst);
+		/* An idle tunnel keeps no buffer: it goes back to the pool. */
+		if (!buf_len(&dd->buf))
+			buf_release(&dd->buf);
 	} else if (dd->in_pipe) {
 		n = splice(dd->pipe_rd, NULL, dst, NULL, dd->in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 		if (n > 0)
