@@ -92,7 +92,7 @@ vmtest: all
 	@bash scripts/vmtest.sh
 
 bench-vm: all bench-tools
-	@CMD="BENCH_QUICK=1 bash scripts/bench.sh" bash scripts/vmtest.sh
+	@CMD="BENCH_QUICK=1 REPS=$${REPS:-1} bash scripts/bench.sh" bash scripts/vmtest.sh
 
 clean:
 	rm -rf build
