@@ -15,11 +15,17 @@ cmd=$(arg wsplice.cmd | base64 -d)
 
 opts=trans=virtio,version=9p2000.L,msize=524288
 r=/mnt/root
-if ! mount -t 9p -o "$opts,ro" hostroot $r || ! mount -t 9p -o "$opts" work "$r$work"; then
-	echo "WSPLICE-VMTEST-EXIT=125 (9p mount failed)"
+if ! mount -t 9p -o "$opts,ro" hostroot $r; then
+	echo "WSPLICE-VMTEST-EXIT=125 (9p mount of / failed)"
 	poweroff -f
 fi
 for d in tmp run root; do mount -t tmpfs tmpfs "$r/$d"; done
+# After the tmpfs mounts: a work tree under /tmp must not be hidden by them.
+mkdir -p "$r$work" 2>/dev/null
+if ! mount -t 9p -o "$opts" work "$r$work"; then
+	echo "WSPLICE-VMTEST-EXIT=125 (9p mount of the work tree failed)"
+	poweroff -f
+fi
 mount -t proc proc $r/proc
 mount -t sysfs sys $r/sys
 mount -t devtmpfs dev $r/dev

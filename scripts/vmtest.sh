@@ -61,6 +61,9 @@ prepare_kernel() {
 	fi
 	[ -n "$pkg" ] || { echo "vmtest: no package for kernel $series" >&2; return 1; }
 	dir=$CACHE/$pkg
+	if [ -f "$dir/initrd.img" ] && [ scripts/vm-init.sh -nt "$dir/initrd.img" ]; then
+		build_initramfs "$dir" "$(ls "$dir/initramfs/lib/modules")"
+	fi
 	if [ ! -f "$dir/initrd.img" ]; then
 		rm -rf "$dir" && mkdir -p "$dir/deb"
 		(cd "$dir/deb" && apt-get download "$pkg" >/dev/null 2>&1) ||
