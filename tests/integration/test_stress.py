@@ -230,7 +230,11 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
                 peak_inflight = max(peak_inflight, t["dir"][0]["peak_inflight"])
         time.sleep(0.1)
     w.join()
-    assert wait_for(lambda: state["ok"] is not None, timeout=30)
+    if not wait_for(lambda: state["ok"] is not None, timeout=30):
+        px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
+        time.sleep(0.5)
+        raise AssertionError("the reader did not finish; received state %s\n%s" % (
+            state, "\n".join(px.read_log().splitlines()[-6:])))
     assert state["ok"], "payload corrupted"
     # The sender must have been blocked during the stall (allow 1 s to fill).
     t0, t1 = state["stall_start"] + 1.0, state["stall_end"]
