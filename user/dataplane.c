@@ -326,19 +326,3 @@ int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)
 	set_lowat(fd, 1); /* kick: the verdict takes what queued while paused, in order */
 	return 0;
 }
-
-uint64_t dataplane_counter(struct dataplane *dp, enum ws_counter c)
-{
-	int ncpu = libbpf_num_possible_cpus();
-	uint64_t sum = 0, *vals;
-	uint32_t key = c;
-
-	if (ncpu <= 0)
-		return 0;
-	vals = calloc(ncpu, sizeof(*vals));
-	if (vals && !bpf_map_lookup_elem(dp->counters_fd, &key, vals))
-		for (int i = 0; i < ncpu; i++)
-			sum += vals[i];
-	free(vals);
-	return sum;
-}

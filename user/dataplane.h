@@ -33,7 +33,6 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 /* Backpressure: stop / restart the verdict for one source socket. */
 int dataplane_pause(struct dataplane *dp, int fd, uint64_t cookie);
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
-uint64_t dataplane_counter(struct dataplane *dp, enum ws_counter c);
 uint64_t socket_cookie(int fd);
 
 #endif

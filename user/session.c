@@ -134,17 +134,12 @@ void session_reply_error(struct session *s, int status)
 static bool start_request(struct session *s)
 {
 	struct request_rewrite rw = { .client_ip = s->client_ip };
-	struct http_head *h = malloc(sizeof(*h));
+	struct http_head head, *h = &head;
 	long r;
 	int ws;
 
-	if (!h) {
-		session_reply_error(s, 503);
-		return true;
-	}
 	r = http_parse_request(buf_head(&s->cin), buf_len(&s->cin), h);
 	if (r == 0) {
-		free(h);
 		if (s->client_eof)
 			session_close(s);
 		return false;
@@ -184,7 +179,6 @@ static bool start_request(struct session *s)
 	log_debug("client %s: %.*s %.*s%s", s->client_ip, (int)h->method.len, h->method.p, (int)h->target.len,
 		  h->target.p, s->websocket ? " (websocket)" : "");
 done:
-	free(h);
 	return true;
 }
 
@@ -212,14 +206,10 @@ static bool forward_request_body(struct session *s)
 /* Handles one response head from the upstream. */
 static bool handle_response_head(struct session *s)
 {
-	struct http_head *h = malloc(sizeof(*h));
+	struct http_head head, *h = &head;
 	long r;
 	bool progress = true;
 
-	if (!h) {
-		session_reply_error(s, 503);
-		return true;
-	}
 	r = http_parse_response(buf_head(&s->uin), buf_len(&s->uin), h);
 	if (r == 0) {
 		progress = false;
@@ -274,7 +264,6 @@ static bool handle_response_head(struct session *s)
 	buf_consume(&s->uin, r);
 	s->resp_head_done = true;
 done:
-	free(h);
 	return progress;
 }
 
