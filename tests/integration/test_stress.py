@@ -201,13 +201,19 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
     up = upstream(handler)
     px = start_proxy(up.port, mode)
     s, _ = open_tunnel(px.port)
+    # sendall's timeout covers the whole call, and one call spans the 5 s
+    # stall: the connect timeout (5 s) would abort it on a slow machine.
+    s.settimeout(120)
     mem_before = mem_available()
     samples = []
 
     def sender():
-        for i in range(total):
-            s.sendall(struct.pack("!Q", i) + block)
-            state["sent"] += 1
+        try:
+            for i in range(total):
+                s.sendall(struct.pack("!Q", i) + block)
+                state["sent"] += 1
+        except OSError as e:
+            state["sender_error"] = repr(e)
 
     w = threading.Thread(target=sender)
     w.start()
@@ -219,6 +225,7 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
                 peak_inflight = max(peak_inflight, t["dir"][0]["peak_inflight"])
         time.sleep(0.1)
     w.join()
+    assert "sender_error" not in state, "the sender failed after %d MiB: %s" % (state["sent"], state["sender_error"])
     if not wait_for(lambda: state["ok"] is not None, timeout=30):
         px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
         time.sleep(0.5)
