@@ -2,18 +2,30 @@
 #ifndef WSPLICE_ARGS_H
 #define WSPLICE_ARGS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include "config.h"
 
 enum args_result { ARGS_RUN, ARGS_HELP, ARGS_VERSION, ARGS_ERROR };
 
-/* Fills cfg; on ARGS_ERROR, err holds one line saying what is wrong. */
-enum args_result args_parse(int argc, char **argv, struct config *cfg, char *err, size_t errlen);
-/* "host:port" or "[v6]:port" into ep->host/ep->port, without resolving. */
-int endpoint_split(const char *spec, struct endpoint *ep, char *err, size_t errlen);
-/* "4194304", "64k", "4M", "1G" (binary multiples). */
-int parse_size(const char *s, uint64_t *out);
+struct cli_options {
+	struct endpoint listen, upstream; /* the one-listener shortcut */
+	bool have_listen, have_upstream;
+	const char *config_path;          /* -c */
+	bool test_only;                   /* -t: check the configuration and exit */
+	/* Global settings; with -c they override the file's when given. */
+	enum tunnel_mode mode;
+	char bpffs[256];
+	uint64_t tunnel_buffer;
+	int verbose;
+	bool have_mode, have_bpffs, have_tunnel_buffer;
+};
+
+/* Fills opt; on ARGS_ERROR, err holds one line saying what is wrong. */
+enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char *err, size_t errlen);
+/* Applies the global options given on the command line to cfg. */
+void args_apply_globals(const struct cli_options *opt, struct config *cfg);
 void args_usage(FILE *out);
 
 #endif

@@ -1,11 +1,21 @@
-/* The daemon's settings, filled by args.c from the command line. */
+/* The daemon's settings: global options, listeners, routes and upstream
+ * pools. One `struct config` is one generation: built by config_file.c (the
+ * -c file) or config.c (the --listen/--upstream shortcut), swapped whole on
+ * SIGHUP, and reference-counted so a request started under the old
+ * generation finishes with the routes it started with. */
 #ifndef WSPLICE_CONFIG_H
 #define WSPLICE_CONFIG_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include "http_parse.h"
 
 enum tunnel_mode { MODE_AUTO, MODE_SOCKMAP, MODE_SPLICE, MODE_COPY };
+enum lb_algo { LB_ROUND_ROBIN, LB_LEAST_CONN };
+
+#define CFG_NAME_MAX 64
 
 struct endpoint {
 	char host[256];
@@ -14,15 +24,91 @@ struct endpoint {
 	socklen_t addrlen;
 };
 
+struct cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned prefix;
+};
+
+struct server_state; /* pool.c: survives reloads */
+struct route_state;  /* route.c: survives reloads */
+
+struct server {
+	struct endpoint ep;
+	struct server_state *st;
+};
+
+struct pool {
+	char name[CFG_NAME_MAX];
+	enum lb_algo balance;
+	struct server *servers;
+	size_t n_servers;
+	uint64_t fail_timeout_ms; /* a server that failed to connect is skipped this long */
+	unsigned keepalive;       /* idle upstream connections kept per server */
+	int line;
+};
+
+struct route {
+	char name[CFG_NAME_MAX];
+	char listener[CFG_NAME_MAX]; /* "" = every listener */
+	char host[256];              /* "" any, "example.com" exact, "*.example.com" suffix */
+	char path[1024];             /* prefix, "/" by default */
+	char pool_name[CFG_NAME_MAX];
+	struct pool *pool;
+	bool websocket;              /* upgrades allowed */
+	char **origins;              /* allowed Origin values; none = any */
+	size_t n_origins;
+	unsigned max_tunnels;        /* 0 = unlimited */
+	struct route_state *st;
+	int line;
+};
+
+struct listener_cfg {
+	char name[CFG_NAME_MAX];
+	struct endpoint ep;
+	struct cidr *trusted;        /* peers whose X-Forwarded-* are kept and extended */
+	size_t n_trusted;
+	int line;
+};
+
+struct timeouts {
+	uint64_t client_header_ms;    /* a request head must arrive within this: 408 */
+	uint64_t upstream_connect_ms; /* then 502 */
+	uint64_t upstream_response_ms;/* response head after the request: 504 */
+	uint64_t keepalive_ms;        /* idle client connection between requests */
+	uint64_t upstream_idle_ms;    /* idle pooled upstream connection */
+	uint64_t tunnel_idle_ms;      /* 0 = off: no traffic either way */
+	uint64_t tunnel_fin_ms;       /* 0 = off: one direction closed, the other idle */
+};
+
 struct config {
-	struct endpoint listen;
-	struct endpoint upstream;
+	unsigned refs;
+	char path[512]; /* the file, or "" for the command-line shortcut */
 	enum tunnel_mode mode;
-	char bpffs[256];          /* pin directory */
-	uint64_t tunnel_buffer;   /* per-direction in-flight budget, bytes */
+	char bpffs[256];
+	uint64_t tunnel_buffer;
 	int verbose;
+	struct timeouts timeouts;
+	struct http_limits limits;
+	struct listener_cfg *listeners;
+	size_t n_listeners;
+	struct route *routes;
+	size_t n_routes;
+	struct pool *pools;
+	size_t n_pools;
 };
 
 const char *mode_name(enum tunnel_mode m);
+
+/* Defaults for everything a file or the command line leaves out. */
+void config_defaults(struct config *cfg);
+/* The --listen/--upstream shortcut: one listener, one pool, one route. */
+struct config *config_from_endpoints(const struct config *globals, const struct endpoint *listen,
+				     const struct endpoint *upstream);
+/* Links routes to pools and resolves every address. Errors go to err. */
+int config_finish(struct config *cfg, char *err, size_t errlen);
+struct config *config_get(struct config *cfg);
+void config_put(struct config *cfg);
+const struct listener_cfg *config_listener(const struct config *cfg, const char *name);
 
 #endif

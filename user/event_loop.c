@@ -1,3 +1,4 @@
+#include <time.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,4 +175,12 @@ void ev_loop_run(struct ev_loop *loop)
 void ev_loop_stop(struct ev_loop *loop)
 {
 	loop->stop = true;
+}
+
+uint64_t ev_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -39,5 +39,7 @@ void ev_loop_run(struct ev_loop *loop);
 /* Runs what ev_defer queued (the loop does this after every batch). */
 void ev_run_deferred(struct ev_loop *loop);
 void ev_loop_stop(struct ev_loop *loop);
+/* CLOCK_MONOTONIC in milliseconds: what every deadline is measured in. */
+uint64_t ev_now_ms(void);
 
 #endif

@@ -66,12 +66,34 @@ int rewrite_request(const struct http_head *req, const struct request_rewrite *r
 	if (put(out, req->method.p, req->method.len) || put(out, " ", 1) ||
 	    put(out, req->target.p, req->target.len) || put_str(out, " HTTP/1.1\r\n"))
 		return -1;
-	/* Client-supplied X-Forwarded-* are replaced, never trusted. */
-	if (copy_fields(req, out, forwarded) || put_field(out, "X-Forwarded-For", ip) ||
-	    put_str(out, "X-Forwarded-Proto: http\r\n"))
+	if (copy_fields(req, out, forwarded))
 		return -1;
-	if (host >= 0 && put_field(out, "X-Forwarded-Host", req->headers[host].value))
+	/* From a trusted proxy the chain is kept and extended; from anyone else
+	 * client-supplied X-Forwarded-* are replaced, never trusted. */
+	if (put_str(out, "X-Forwarded-For: "))
 		return -1;
+	if (rw->trust_forwarded) {
+		for (int i = http_header_find(req, "X-Forwarded-For", 0); i >= 0;
+		     i = http_header_find(req, "X-Forwarded-For", i + 1))
+			if (req->headers[i].value.len &&
+			    (put(out, req->headers[i].value.p, req->headers[i].value.len) || put(out, ", ", 2)))
+				return -1;
+	}
+	if (put(out, ip.p, ip.len) || put(out, "\r\n", 2))
+		return -1;
+	for (int k = 1; forwarded[k]; k++) {
+		int i = rw->trust_forwarded ? http_header_find(req, forwarded[k], 0) : -1;
+
+		if (i >= 0) {
+			if (put_field(out, forwarded[k], req->headers[i].value))
+				return -1;
+		} else if (k == 1) {
+			if (put_str(out, "X-Forwarded-Proto: http\r\n"))
+				return -1;
+		} else if (host >= 0 && put_field(out, "X-Forwarded-Host", req->headers[host].value)) {
+			return -1;
+		}
+	}
 	if (rw->websocket)
 		return put_str(out, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
 	return put_str(out, rw->upstream_close ? "Connection: close\r\n\r\n" : "\r\n");

@@ -11,6 +11,7 @@
 struct request_rewrite {
 	bool websocket;        /* a validated upgrade: ask the upstream to switch */
 	bool upstream_close;   /* ask the upstream to close after this response */
+	bool trust_forwarded;  /* the peer is a trusted proxy: extend its X-Forwarded-* */
 	const char *client_ip; /* for X-Forwarded-For */
 };
 

@@ -2,6 +2,14 @@
 #include <strings.h>
 #include "http_parse.h"
 
+const struct http_limits http_default_limits = {
+	.max_request_line = HTTP_DEFAULT_REQUEST_LINE,
+	.max_header_size = HTTP_DEFAULT_HEAD,
+	.max_headers = HTTP_DEFAULT_HEADERS,
+};
+
+static size_t cap(unsigned v, size_t hard) { return v && v < hard ? v : hard; }
+
 /* tchar per RFC 9110 §5.6.2 */
 static bool is_tchar(unsigned char c)
 {
@@ -46,8 +54,11 @@ static int parse_version(const char *p, size_t len)
 
 /* Parses header lines from off to the blank line. */
 static long parse_fields(const char *buf, size_t len, size_t off, struct http_head *h, int err_status,
-			 bool request)
+			 bool request, const struct http_limits *lim)
 {
+	size_t max_head = cap(lim->max_header_size, HTTP_MAX_HEAD);
+	size_t max_fields = cap(lim->max_headers, HTTP_MAX_HEADERS);
+
 	h->n_headers = 0;
 	for (;;) {
 		long e = line_end(buf, len, off);
@@ -57,12 +68,12 @@ static long parse_fields(const char *buf, size_t len, size_t off, struct http_he
 		if (e == -2)
 			return -err_status;
 		if (e == -1)
-			return len >= HTTP_MAX_HEAD ? -(request ? 431 : err_status) : 0;
-		if ((size_t)e + 2 > HTTP_MAX_HEAD)
+			return len >= max_head ? -(request ? 431 : err_status) : 0;
+		if ((size_t)e + 2 > max_head)
 			return -(request ? 431 : err_status);
 		if ((size_t)e == off)
 			return e + 2; /* blank line: end of head */
-		if (h->n_headers == HTTP_MAX_HEADERS)
+		if (h->n_headers == max_fields)
 			return -(request ? 431 : err_status);
 		/* obs-fold, and whitespace before the colon, are smuggling vectors. */
 		for (i = off; i < (size_t)e && is_tchar(buf[i]); i++)
@@ -98,18 +109,22 @@ static bool valid_target(const char *p, size_t len, struct http_str method)
 	return (len > 7 && !strncasecmp(p, "http://", 7)) || (len > 8 && !strncasecmp(p, "https://", 8));
 }
 
-long http_parse_request(const char *buf, size_t len, struct http_head *h)
+long http_parse_request(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim)
 {
 	long e = line_end(buf, len, 0);
+	size_t max_line;
 	const char *sp1, *sp2, *end;
 	int minor;
 
 	memset(h, 0, offsetof(struct http_head, headers));
+	if (!lim)
+		lim = &http_default_limits;
+	max_line = cap(lim->max_request_line, HTTP_MAX_HEAD);
 	if (e == -2)
 		return -400;
 	if (e == -1)
-		return len > HTTP_MAX_REQUEST_LINE ? -414 : 0;
-	if (e > HTTP_MAX_REQUEST_LINE)
+		return len > max_line ? -414 : 0;
+	if ((size_t)e > max_line)
 		return -414;
 	end = buf + e;
 	for (sp1 = buf; sp1 < end && is_tchar(*sp1); sp1++)
@@ -127,23 +142,25 @@ long http_parse_request(const char *buf, size_t len, struct http_head *h)
 	if (minor < 0)
 		return minor == -1 ? -505 : -400;
 	h->version_minor = minor;
-	return parse_fields(buf, len, e + 2, h, 400, true);
+	return parse_fields(buf, len, e + 2, h, 400, true, lim);
 }
 
-long http_parse_response(const char *buf, size_t len, struct http_head *h)
+long http_parse_response(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim)
 {
 	long e = line_end(buf, len, 0);
 	const char *p = buf;
 	int minor;
 
 	memset(h, 0, offsetof(struct http_head, headers));
+	if (!lim)
+		lim = &http_default_limits;
 	/* Anything that is not an HTTP/1.x status line is never relayed. */
 	if (len >= 5 && memcmp(buf, "HTTP/", 5))
 		return -502;
 	if (e == -2)
 		return -502;
 	if (e == -1)
-		return len > HTTP_MAX_REQUEST_LINE ? -502 : 0;
+		return len > HTTP_DEFAULT_REQUEST_LINE ? -502 : 0;
 	if (e < 12)
 		return -502;
 	minor = parse_version(p, 8);
@@ -164,7 +181,7 @@ long http_parse_response(const char *buf, size_t len, struct http_head *h)
 				return -502;
 	}
 	h->version_minor = minor;
-	return parse_fields(buf, len, e + 2, h, 502, false);
+	return parse_fields(buf, len, e + 2, h, 502, false, lim);
 }
 
 bool http_str_ieq(struct http_str s, const char *lit)

@@ -7,9 +7,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define HTTP_MAX_HEADERS 100
-#define HTTP_MAX_REQUEST_LINE 8192
-#define HTTP_MAX_HEAD 32768
+/* Defaults of the configurable limits, and the hard caps they may be raised to. */
+#define HTTP_DEFAULT_HEADERS 100
+#define HTTP_DEFAULT_REQUEST_LINE 8192
+#define HTTP_DEFAULT_HEAD 32768
+#define HTTP_MAX_HEADERS 256
+#define HTTP_MAX_HEAD 61440
+
+struct http_limits {
+	unsigned max_request_line; /* 414 beyond */
+	unsigned max_header_size;  /* 431 beyond (the whole head) */
+	unsigned max_headers;      /* 431 beyond */
+};
 
 struct http_str {
 	const char *p;
@@ -31,9 +40,11 @@ struct http_head {
 
 /* Results: > 0 is the head length (through the blank line); 0 means more
  * bytes are needed; < 0 is minus the HTTP status to answer (400, 414, 431,
- * 505). For responses any error is -502: the client gets a Bad Gateway. */
-long http_parse_request(const char *buf, size_t len, struct http_head *h);
-long http_parse_response(const char *buf, size_t len, struct http_head *h);
+ * 505); lim NULL means the defaults. For responses any error is -502: the client gets a Bad Gateway. */
+long http_parse_request(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim);
+long http_parse_response(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim);
+/* The limits used when lim is NULL. */
+extern const struct http_limits http_default_limits;
 
 bool http_str_ieq(struct http_str s, const char *lit);
 /* Index of the first header with that name (case-insensitive) or -1. */

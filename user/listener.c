@@ -13,6 +13,7 @@
 struct listener {
 	struct proxy *px;
 	struct ev_handler h;
+	char name[CFG_NAME_MAX]; /* routes name the listener they serve */
 };
 
 static void on_accept(struct ev_handler *h, uint32_t events)
@@ -30,12 +31,13 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 			return;
 		}
 		socket_tune(fd);
-		session_start(l->px, fd);
+		session_start(l->px, fd, l->name);
 	}
 }
 
-struct listener *listener_open(struct proxy *px, const struct endpoint *ep, char *err, size_t errlen)
+struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, char *err, size_t errlen)
 {
+	const struct endpoint *ep = &lc->ep;
 	struct listener *l = calloc(1, sizeof(*l));
 	int one = 1, fd;
 
@@ -51,6 +53,7 @@ struct listener *listener_open(struct proxy *px, const struct endpoint *ep, char
 		return NULL;
 	}
 	l->px = px;
+	snprintf(l->name, sizeof(l->name), "%s", lc->name);
 	l->h.fd = fd;
 	l->h.on_event = on_accept;
 	ev_watch(px->loop, &l->h, EPOLLIN);

@@ -1,4 +1,4 @@
-/* The listening socket: accepts clients and starts a session for each. */
+/* A listening socket: accepts clients and starts a session for each. */
 #ifndef WSPLICE_LISTENER_H
 #define WSPLICE_LISTENER_H
 
@@ -6,7 +6,7 @@
 
 struct listener;
 
-struct listener *listener_open(struct proxy *px, const struct endpoint *ep, char *err, size_t errlen);
+struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, char *err, size_t errlen);
 void listener_close(struct listener *l);
 
 #endif

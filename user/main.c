@@ -10,11 +10,15 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include "args.h"
+#include "config_file.h"
 #include "dataplane.h"
 #include "listener.h"
 #include "log.h"
+#include "pool.h"
 #include "proxy.h"
+#include "route.h"
 #include "session.h"
+#include "timeouts.h"
 #include "tunnel.h"
 #include "upstream.h"
 
@@ -33,6 +37,69 @@ struct ring_watch {
 	struct dataplane *dp;
 };
 
+static void log_lines(const char *text)
+{
+	while (*text) {
+		const char *nl = strchr(text, '\n');
+		int len = nl ? (int)(nl - text) : (int)strlen(text);
+
+		log_error("%.*s", len, text);
+		text += len + (nl != NULL);
+	}
+}
+
+/* Can the running listeners serve cfg? They are not reopened on reload. */
+static bool same_listeners(const struct config *a, const struct config *b)
+{
+	if (a->n_listeners != b->n_listeners)
+		return false;
+	for (size_t i = 0; i < a->n_listeners; i++) {
+		const struct listener_cfg *l = config_listener(b, a->listeners[i].name);
+
+		if (!l || strcmp(l->ep.host, a->listeners[i].ep.host) || strcmp(l->ep.port, a->listeners[i].ep.port))
+			return false;
+	}
+	return true;
+}
+
+/* SIGHUP: new routes, pools, timeouts and limits. Established tunnels and
+ * requests in flight keep the generation they started with. */
+static void reload(struct proxy *px)
+{
+	static char errors[8192];
+	struct config *old = px->cfg, *cfg;
+
+	if (!old->path[0]) {
+		log_warn("SIGHUP: nothing to reload (started without -c)");
+		return;
+	}
+	cfg = config_load_file(old->path, errors, sizeof(errors));
+	if (!cfg) {
+		log_lines(errors);
+		log_error("reload refused: the running configuration stays");
+		return;
+	}
+	if (!same_listeners(old, cfg)) {
+		log_error("reload refused: listeners changed (a restart applies that); the running configuration stays");
+		config_put(cfg);
+		return;
+	}
+	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer)
+		log_warn("reload: mode, bpffs and tunnel_buffer apply at the next restart");
+	cfg->mode = old->mode;
+	snprintf(cfg->bpffs, sizeof(cfg->bpffs), "%s", old->bpffs);
+	cfg->tunnel_buffer = old->tunnel_buffer;
+	if (route_bind_states(px, cfg) || pool_bind_states(px, cfg)) {
+		log_error("reload refused: out of memory");
+		config_put(cfg);
+		return;
+	}
+	log_threshold = cfg->verbose ? LOG_DEBUG : LOG_INFO;
+	px->cfg = cfg;
+	config_put(old);
+	log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
+}
+
 static void on_signal(struct ev_handler *h, uint32_t events)
 {
 	struct signal_watch *sw = container_of(h, struct signal_watch, h);
@@ -43,6 +110,10 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 		return;
 	if (si.ssi_signo == SIGUSR1) {
 		tunnel_dump_all(sw->px);
+		return;
+	}
+	if (si.ssi_signo == SIGHUP) {
+		reload(sw->px);
 		return;
 	}
 	log_info("signal %s: shutting down", strsignal(si.ssi_signo));
@@ -97,18 +168,49 @@ static int choose_mode(struct proxy *px, struct config *cfg)
 	return 0;
 }
 
+/* The configuration from -c FILE or the --listen/--upstream shortcut.
+ * Prints what is wrong and returns NULL. */
+static struct config *load_config(const struct cli_options *opt)
+{
+	static char errors[8192];
+	struct config *cfg;
+
+	if (opt->config_path) {
+		cfg = config_load_file(opt->config_path, errors, sizeof(errors));
+		if (!cfg) {
+			fputs(errors, stderr);
+			return NULL;
+		}
+		args_apply_globals(opt, cfg);
+	} else {
+		struct config globals;
+
+		config_defaults(&globals);
+		args_apply_globals(opt, &globals);
+		cfg = config_from_endpoints(&globals, &opt->listen, &opt->upstream);
+		if (!cfg || config_finish(cfg, errors, sizeof(errors))) {
+			fprintf(stderr, "wsplice: %s\n", cfg ? errors : "out of memory");
+			config_put(cfg);
+			return NULL;
+		}
+	}
+	return cfg;
+}
+
 int main(int argc, char **argv)
 {
-	struct config cfg;
-	struct proxy px = { .cfg = &cfg };
+	struct cli_options opt;
+	struct proxy px = { 0 };
 	struct signal_watch sw = { 0 };
 	struct ring_watch rw = { 0 };
-	struct listener *l = NULL;
+	struct listener **listeners = NULL;
+	struct timeouts_watch *tw = NULL;
+	struct config *cfg;
 	char err[512];
 	sigset_t mask;
 	int rc = 1;
 
-	switch (args_parse(argc, argv, &cfg, err, sizeof(err))) {
+	switch (args_parse(argc, argv, &opt, err, sizeof(err))) {
 	case ARGS_HELP:
 		args_usage(stdout);
 		return 0;
@@ -121,25 +223,36 @@ int main(int argc, char **argv)
 	case ARGS_RUN:
 		break;
 	}
-	if (cfg.verbose)
-		log_threshold = LOG_DEBUG;
-	if (endpoint_resolve(&cfg.listen, true, err, sizeof(err)) ||
-	    endpoint_resolve(&cfg.upstream, false, err, sizeof(err))) {
-		fprintf(stderr, "wsplice: %s\n", err);
-		return 2;
+	cfg = load_config(&opt);
+	if (opt.test_only) {
+		if (!cfg) {
+			fprintf(stderr, "wsplice: configuration %s test failed\n", opt.config_path ? opt.config_path : "");
+			return 1;
+		}
+		printf("wsplice: configuration %s is ok: %zu listeners, %zu routes, %zu pools\n",
+		       opt.config_path ? opt.config_path : "(command line)", cfg->n_listeners, cfg->n_routes,
+		       cfg->n_pools);
+		config_put(cfg);
+		return 0;
 	}
+	if (!cfg)
+		return opt.config_path ? 1 : 2;
+	px.cfg = cfg;
+	if (cfg->verbose)
+		log_threshold = LOG_DEBUG;
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGHUP);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
 	px.sessions.next = px.sessions.prev = &px.sessions;
 	px.tunnels.next = px.tunnels.prev = &px.tunnels;
 	px.loop = ev_loop_new();
-	if (!px.loop || choose_mode(&px, &cfg))
+	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg) || choose_mode(&px, cfg))
 		goto out;
 	sw.loop = px.loop;
 	sw.px = &px;
@@ -152,18 +265,34 @@ int main(int argc, char **argv)
 		rw.h.on_event = on_ring;
 		ev_watch(px.loop, &rw.h, EPOLLIN);
 	}
-	l = listener_open(&px, &cfg.listen, err, sizeof(err));
-	if (!l) {
-		log_error("%s", err);
+	tw = timeouts_start(&px);
+	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
+	if (!tw || !listeners)
 		goto out;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		listeners[i] = listener_open(&px, &cfg->listeners[i], err, sizeof(err));
+		if (!listeners[i]) {
+			log_error("%s", err);
+			goto out;
+		}
+		if (cfg->path[0])
+			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
+				 cfg->listeners[i].ep.port);
 	}
-	log_info("listening on %s:%s, upstream %s:%s, mode %s%s%s", cfg.listen.host, cfg.listen.port,
-		 cfg.upstream.host, cfg.upstream.port, mode_name(px.mode), px.dp ? ", maps pinned in " : "",
-		 px.dp ? cfg.bpffs : "");
+	if (cfg->path[0])
+		log_info("configuration %s: %zu routes, %zu pools, mode %s%s%s", cfg->path, cfg->n_routes,
+			 cfg->n_pools, mode_name(px.mode), px.dp ? ", maps pinned in " : "", px.dp ? cfg->bpffs : "");
+	else
+		log_info("listening on %s:%s, upstream %s:%s, mode %s%s%s", cfg->listeners[0].ep.host,
+			 cfg->listeners[0].ep.port, cfg->pools[0].servers[0].ep.host, cfg->pools[0].servers[0].ep.port,
+			 mode_name(px.mode), px.dp ? ", maps pinned in " : "", px.dp ? cfg->bpffs : "");
 	ev_loop_run(px.loop);
 	rc = 0;
 out:
-	listener_close(l);
+	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
+		listener_close(listeners[i]);
+	free(listeners);
+	timeouts_stop(tw);
 	session_close_all(&px);
 	tunnel_close_all(&px);
 	if (px.loop)
@@ -175,5 +304,8 @@ out:
 	dataplane_close(px.dp);
 	free(px.tunnel_by_id);
 	ev_loop_free(px.loop);
+	pool_free_states(&px);
+	route_free_states(&px);
+	config_put(px.cfg);
 	return rc;
 }

@@ -31,8 +31,11 @@ static inline void conn_link_del(struct conn_link *l)
 	l->next = l->prev = l;
 }
 
+struct route_state;
+struct server_state;
+
 struct proxy {
-	const struct config *cfg;
+	struct config *cfg;    /* the current generation; SIGHUP swaps it */
 	struct ev_loop *loop;
 	enum tunnel_mode mode; /* never MODE_AUTO once running */
 	struct dataplane *dp;  /* sockmap mode only */
@@ -40,6 +43,8 @@ struct proxy {
 	uint32_t next_tunnel_id;
 	struct conn_link sessions, tunnels; /* list heads */
 	uint64_t sessions_open, tunnels_open;
+	struct route_state *route_states;
+	struct server_state *server_states;
 };
 
 #endif

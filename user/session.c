@@ -5,11 +5,24 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "config_value.h"
 #include "header_rewrite.h"
 #include "log.h"
+#include "pool.h"
+#include "route.h"
 #include "session.h"
 #include "tunnel.h"
 #include "upstream.h"
+
+/* What happens when a session's deadline passes. */
+enum deadline_action {
+	DL_NONE,
+	DL_IDLE_CLOSE,      /* keep-alive idle: close quietly */
+	DL_HEADER,          /* request head too slow: 408 */
+	DL_CONNECT,         /* upstream connect too slow: next server or 502 */
+	DL_EXCHANGE,        /* no progress: 408 (client body) or 504 (upstream) */
+	DL_LINGER,          /* a final answer the client does not read */
+};
 
 /* cin holds a whole request head; the others only need to stream. */
 #define CIN_CAP (HTTP_MAX_HEAD + 4096)
@@ -25,6 +38,7 @@ static const char *reason_phrase(int status)
 	switch (status) {
 	case 400: return "Bad Request";
 	case 403: return "Forbidden";
+	case 404: return "Not Found";
 	case 408: return "Request Timeout";
 	case 414: return "URI Too Long";
 	case 426: return "Upgrade Required";
@@ -37,7 +51,24 @@ static const char *reason_phrase(int status)
 	}
 }
 
-void session_start(struct proxy *px, int fd)
+static void set_deadline(struct session *s, enum deadline_action action, uint64_t after_ms)
+{
+	s->deadline_action = action;
+	s->deadline_ms = action == DL_NONE ? 0 : ev_now_ms() + after_ms;
+}
+
+/* Waiting for the next request: the first one gets the header timeout,
+ * later ones the keep-alive timeout until their first byte. */
+static void await_request(struct session *s)
+{
+	s->state = S_REQ_HEAD;
+	if (s->requests && !buf_len(&s->cin))
+		set_deadline(s, DL_IDLE_CLOSE, s->cfg->timeouts.keepalive_ms);
+	else
+		set_deadline(s, DL_HEADER, s->cfg->timeouts.client_header_ms);
+}
+
+void session_start(struct proxy *px, int fd, const char *listener)
 {
 	struct session *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
@@ -48,6 +79,8 @@ void session_start(struct proxy *px, int fd)
 		return;
 	}
 	s->px = px;
+	s->cfg = config_get(px->cfg);
+	s->listener = listener;
 	s->client.fd = fd;
 	s->client.on_event = on_client;
 	s->upstream.fd = -1;
@@ -56,8 +89,10 @@ void session_start(struct proxy *px, int fd)
 	buf_init(&s->uin, UIN_CAP);
 	buf_init(&s->cout, OUT_CAP);
 	buf_init(&s->uout, OUT_CAP);
+	buf_init(&s->replay, HTTP_MAX_HEAD + 4096);
 	snprintf(s->client_ip, sizeof(s->client_ip), "unknown");
 	if (!getpeername(fd, (struct sockaddr *)&ss, &len)) {
+		s->peer = ss;
 		if (ss.ss_family == AF_INET)
 			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, s->client_ip, sizeof(s->client_ip));
 		else if (ss.ss_family == AF_INET6)
@@ -65,6 +100,7 @@ void session_start(struct proxy *px, int fd)
 	}
 	px->sessions_open++;
 	conn_link_add(&px->sessions, &s->link);
+	await_request(s);
 	drive(s);
 }
 
@@ -76,21 +112,52 @@ static void session_free(void *arg)
 	buf_release(&s->uin);
 	buf_release(&s->cout);
 	buf_release(&s->uout);
+	buf_release(&s->replay);
+	config_put(s->cfg);
 	free(s);
 }
 
-static void close_upstream(struct session *s)
+/* Ends the request's claim on its upstream connection; the connection goes
+ * back to the pool when it is clean and both ends agreed to keep it. */
+static void release_upstream(struct session *s, bool reusable)
 {
 	if (s->upstream.fd < 0)
 		return;
 	ev_watch(s->px->loop, &s->upstream, 0);
-	close(s->upstream.fd);
+	if (s->server) {
+		s->server->st->active--;
+		if (reusable)
+			pool_put_idle(s->route->pool, s->server, s->upstream.fd, s->upstream_read, s->upstream_written,
+				      ev_now_ms());
+		else
+			close(s->upstream.fd);
+		s->server = NULL;
+	} else {
+		close(s->upstream.fd);
+	}
 	s->upstream.fd = -1;
 	s->upstream.events = 0;
 	s->upstream_connected = false;
 	s->upstream_eof = false;
+	s->upstream_reused = false;
+	s->upstream_read = s->upstream_written = 0;
+}
+
+static void close_upstream(struct session *s)
+{
+	release_upstream(s, false);
 	buf_release(&s->uin);
 	buf_release(&s->uout);
+	buf_release(&s->replay);
+}
+
+/* An upgrade that did not become a tunnel gives its slot back. */
+static void release_tunnel_slot(struct session *s)
+{
+	if (s->tunnel_slot) {
+		s->tunnel_slot->tunnels--;
+		s->tunnel_slot = NULL;
+	}
 }
 
 void session_close(struct session *s)
@@ -99,6 +166,7 @@ void session_close(struct session *s)
 		return;
 	s->closed = true;
 	close_upstream(s);
+	release_tunnel_slot(s);
 	ev_watch(s->px->loop, &s->client, 0);
 	if (s->client.fd >= 0)
 		close(s->client.fd);
@@ -124,24 +192,110 @@ void session_reply_error(struct session *s, int status)
 		     status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", status, reason_phrase(status));
 	log_info("client %s: %d %s", s->client_ip, status, reason_phrase(status));
 	close_upstream(s);
+	release_tunnel_slot(s);
+	set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
 	/* Whatever else was queued for the client is superseded. */
 	buf_consume(&s->cout, buf_len(&s->cout));
 	buf_append(&s->cout, resp, n);
 	s->state = S_CLOSING;
 }
 
-/* Parses a complete request head and starts forwarding it. */
+/* Gives the request an upstream connection: an idle one to the next server
+ * of the pool when there is one, else a new connect. Servers that refuse at
+ * once are marked down and the next one is tried; nothing of the request
+ * has left yet, so that is always safe. */
+static void connect_upstream(struct session *s)
+{
+	struct pool *p = s->route->pool;
+	uint64_t now = ev_now_ms();
+
+	for (;;) {
+		struct server *srv = pool_pick(p, s->tried, now);
+		int fd;
+
+		if (!srv) {
+			log_warn("pool %s: no server left to try", p->name);
+			session_reply_error(s, 502);
+			return;
+		}
+		fd = pool_take_idle(srv, &s->upstream_read, &s->upstream_written);
+		if (fd >= 0) {
+			s->upstream.fd = fd;
+			s->server = srv;
+			srv->st->active++;
+			s->upstream_reused = s->upstream_connected = true;
+			/* A bodiless request can be sent again if the server had
+			 * closed this connection just as we reused it. */
+			buf_consume(&s->replay, buf_len(&s->replay));
+			if (s->req_body.kind == BODY_NONE)
+				buf_append(&s->replay, buf_head(&s->uout), buf_len(&s->uout));
+			s->state = S_EXCHANGE;
+			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
+			return;
+		}
+		s->tried |= 1ull << (srv - p->servers);
+		fd = upstream_connect(&srv->ep);
+		if (fd < 0) {
+			log_warn("upstream %s:%s: %s", srv->ep.host, srv->ep.port, strerror(errno));
+			pool_mark_failed(p, srv, now);
+			continue;
+		}
+		s->upstream.fd = fd;
+		s->server = srv;
+		srv->st->active++;
+		s->upstream_read = s->upstream_written = 0;
+		s->state = S_CONNECTING;
+		set_deadline(s, DL_CONNECT, s->cfg->timeouts.upstream_connect_ms);
+		return;
+	}
+}
+
+/* The connect failed or timed out: next server, or 502. */
+static void upstream_failed(struct session *s, const char *why)
+{
+	struct server *srv = s->server;
+
+	log_warn("upstream %s:%s: %s", srv->ep.host, srv->ep.port, why);
+	pool_mark_failed(s->route->pool, srv, ev_now_ms());
+	release_upstream(s, false);
+	connect_upstream(s);
+}
+
+/* A reused connection ended before a byte of the answer: send the saved
+ * request on another connection. false when that is not safe. */
+static bool retry_reused(struct session *s)
+{
+	if (!s->upstream_reused || !buf_len(&s->replay) || s->resp_head_done || buf_len(&s->uin))
+		return false;
+	log_debug("reused upstream connection closed before answering: sending the request again");
+	release_upstream(s, false);
+	buf_consume(&s->uout, buf_len(&s->uout));
+	buf_append(&s->uout, buf_head(&s->replay), buf_len(&s->replay));
+	buf_consume(&s->replay, buf_len(&s->replay));
+	connect_upstream(s);
+	return true;
+}
+
+/* Parses a complete request head, picks its route and starts forwarding it. */
 static bool start_request(struct session *s)
 {
 	struct request_rewrite rw = { .client_ip = s->client_ip };
 	struct http_head head, *h = &head;
+	const struct listener_cfg *lc;
 	long r;
-	int ws;
+	int ws, status;
 
-	r = http_parse_request(buf_head(&s->cin), buf_len(&s->cin), h);
+	if (s->cfg != s->px->cfg) {
+		/* A reload happened: this request follows the new routes. */
+		config_put(s->cfg);
+		s->cfg = config_get(s->px->cfg);
+	}
+	r = http_parse_request(buf_head(&s->cin), buf_len(&s->cin), h, &s->cfg->limits);
 	if (r == 0) {
 		if (s->client_eof)
 			session_close(s);
+		else if (s->deadline_action == DL_IDLE_CLOSE)
+			set_deadline(s, DL_HEADER, s->cfg->timeouts.client_header_ms); /* its first byte came */
 		return false;
 	}
 	if (r < 0) {
@@ -152,32 +306,51 @@ static bool start_request(struct session *s)
 		session_reply_error(s, 400);
 		goto done;
 	}
+	if (h->version_minor == 0 && http_header_count(h, "Host") > 1) {
+		session_reply_error(s, 400);
+		goto done;
+	}
 	ws = ws_request_check(h, s->ws_accept);
 	if (ws < 0 || http_request_body(h, &s->req_body) < 0 || (ws && !s->req_body.done)) {
 		session_reply_error(s, ws < 0 ? -ws : 400);
 		goto done;
+	}
+	s->route = route_match(s->cfg, s->listener, h);
+	if (!s->route) {
+		session_reply_error(s, 404);
+		goto done;
+	}
+	if (ws == 1 && (status = route_admit_websocket(s->route, h))) {
+		log_info("route %s refuses the upgrade (%s)", s->route->name,
+			 status == 503 ? "max_tunnels reached" : !s->route->websocket ? "websocket off" : "origin");
+		session_reply_error(s, status);
+		goto done;
+	}
+	if (ws == 1) {
+		s->tunnel_slot = s->route->st;
+		s->tunnel_slot->tunnels++;
 	}
 	s->websocket = ws == 1;
 	s->head_request = http_str_ieq(h->method, "HEAD");
 	s->keepalive = h->version_minor == 1 && !http_header_has_token(h, "Connection", "close");
 	s->close_after = !s->keepalive;
 	s->resp_head_done = false;
+	s->upstream_keepalive = false;
+	lc = config_listener(s->cfg, s->listener);
+	rw.trust_forwarded = false;
+	for (size_t i = 0; lc && i < lc->n_trusted && !rw.trust_forwarded; i++)
+		rw.trust_forwarded = cidr_contains(&lc->trusted[i], (const struct sockaddr *)&s->peer);
 	rw.websocket = s->websocket;
-	rw.upstream_close = true; /* one upstream connection per request */
+	rw.upstream_close = !s->route->pool->keepalive;
 	if (rewrite_request(h, &rw, &s->uout)) {
 		session_reply_error(s, 431);
 		goto done;
 	}
 	buf_consume(&s->cin, r);
-	s->upstream.fd = upstream_connect(&s->px->cfg->upstream);
-	if (s->upstream.fd < 0) {
-		log_warn("upstream %s:%s: %s", s->px->cfg->upstream.host, s->px->cfg->upstream.port, strerror(errno));
-		session_reply_error(s, 502);
-		goto done;
-	}
-	s->state = S_CONNECTING;
-	log_debug("client %s: %.*s %.*s%s", s->client_ip, (int)h->method.len, h->method.p, (int)h->target.len,
-		  h->target.p, s->websocket ? " (websocket)" : "");
+	log_debug("client %s: %.*s %.*s%s -> route %s", s->client_ip, (int)h->method.len, h->method.p,
+		  (int)h->target.len, h->target.p, s->websocket ? " (websocket)" : "", s->route->name);
+	s->tried = 0;
+	connect_upstream(s);
 done:
 	return true;
 }
@@ -210,9 +383,11 @@ static bool handle_response_head(struct session *s)
 	long r;
 	bool progress = true;
 
-	r = http_parse_response(buf_head(&s->uin), buf_len(&s->uin), h);
+	r = http_parse_response(buf_head(&s->uin), buf_len(&s->uin), h, NULL);
 	if (r == 0) {
 		progress = false;
+		if (s->upstream_eof && retry_reused(s))
+			return true;
 		if (s->upstream_eof || !buf_room(&s->uin)) {
 			log_warn("upstream closed or overflowed before a complete response head");
 			session_reply_error(s, 502);
@@ -237,6 +412,7 @@ static bool handle_response_head(struct session *s)
 		}
 		buf_consume(&s->uin, r);
 		s->state = S_HANDOFF;
+		set_deadline(s, DL_NONE, 0);
 		goto done;
 	}
 	if (h->status < 200) {
@@ -257,6 +433,8 @@ static bool handle_response_head(struct session *s)
 	/* An upstream that answers before the request body is complete, or a
 	 * body delimited by close, ends the client connection too. */
 	s->close_after |= s->resp_body.kind == BODY_UNTIL_CLOSE || !s->req_body.done;
+	s->upstream_keepalive = s->route->pool->keepalive && h->version_minor == 1 &&
+				!http_header_has_token(h, "Connection", "close");
 	if (rewrite_response(h, false, s->close_after, &s->cout)) {
 		session_reply_error(s, 502);
 		goto done;
@@ -289,17 +467,27 @@ static bool forward_response_body(struct session *s)
 			/* Truncated by the upstream: the client must see it truncated too. */
 			s->close_after = true;
 			s->state = S_CLOSING;
+			set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
 			close_upstream(s);
+			release_tunnel_slot(s);
 			return true;
 		}
 		return adv > 0;
 	}
-	close_upstream(s);
+	/* Clean end of a response: the connection can serve another request. */
+	release_upstream(s, s->upstream_keepalive && s->req_body.done && !buf_len(&s->uout) && !buf_len(&s->uin) &&
+				    !s->upstream_eof && s->resp_body.kind != BODY_UNTIL_CLOSE);
+	buf_release(&s->uin);
+	buf_release(&s->uout);
+	buf_release(&s->replay);
+	release_tunnel_slot(s);
+	s->requests++;
+	s->websocket = false;
 	if (s->close_after) {
 		s->state = S_CLOSING;
+		set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
 	} else {
-		s->state = S_REQ_HEAD;
-		s->websocket = false;
+		await_request(s);
 	}
 	return true;
 }
@@ -378,6 +566,8 @@ static bool do_io(struct session *s, bool *progress)
 			s->upstream_written += n;
 			*progress = true;
 		} else if (n < 0 && errno != EAGAIN) {
+			if (retry_reused(s))
+				return true;
 			if (s->resp_head_done)
 				session_close(s);
 			else
@@ -447,8 +637,49 @@ static void drive(struct session *s)
 		}
 		if (!progress)
 			break;
+		if (s->state == S_EXCHANGE)
+			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
 	}
 	update_interest(s);
+}
+
+void session_timeouts(struct proxy *px, uint64_t now_ms)
+{
+	struct conn_link *l, *next;
+
+	for (l = px->sessions.next; l != &px->sessions; l = next) {
+		struct session *s = (struct session *)l;
+
+		next = l->next;
+		if (s->closed || !s->deadline_ms || now_ms < s->deadline_ms)
+			continue;
+		switch (s->deadline_action) {
+		case DL_IDLE_CLOSE:
+		case DL_LINGER:
+			session_close(s);
+			continue;
+		case DL_HEADER:
+			session_reply_error(s, 408);
+			break;
+		case DL_CONNECT:
+			upstream_failed(s, "connect timed out");
+			break;
+		case DL_EXCHANGE:
+			if (s->resp_head_done) {
+				log_warn("client %s: upstream stalled mid-response: closing", s->client_ip);
+				session_close(s);
+				continue;
+			}
+			/* Waiting on the client's body is the client's fault. */
+			session_reply_error(s, !s->req_body.done && !buf_len(&s->uout) ? 408 : 504);
+			break;
+		default:
+			s->deadline_ms = 0;
+			continue;
+		}
+		if (!s->closed)
+			drive(s);
+	}
 }
 
 static void on_client(struct ev_handler *h, uint32_t events)
@@ -470,12 +701,11 @@ static void on_upstream(struct ev_handler *h, uint32_t events)
 		int err = upstream_connect_result(s->upstream.fd);
 
 		if (err) {
-			log_warn("upstream %s:%s: %s", s->px->cfg->upstream.host, s->px->cfg->upstream.port,
-				 strerror(err));
-			session_reply_error(s, 502);
+			upstream_failed(s, strerror(err));
 		} else {
 			s->upstream_connected = true;
 			s->state = S_EXCHANGE;
+			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
 		}
 	}
 	drive(s);

@@ -24,6 +24,18 @@ enum session_state {
 struct session {
 	struct conn_link link; /* first: the list entry is the session */
 	struct proxy *px;
+	struct config *cfg;       /* the generation the current request runs under */
+	const char *listener;     /* the name of the listener that accepted it */
+	struct sockaddr_storage peer;
+	const struct route *route;
+	struct server *server;    /* of the upstream connection; counts in its `active` */
+	struct route_state *tunnel_slot; /* an upgrade holds one of the route's tunnel slots */
+	uint64_t tried;           /* servers of the pool tried for this request */
+	struct buf replay;        /* the request head, while a reused connection may need a retry */
+	bool upstream_reused, upstream_keepalive, trusted_peer;
+	unsigned requests;        /* answered so far */
+	uint64_t deadline_ms;     /* 0 = none */
+	int deadline_action;      /* what happens then: see session_timeouts() */
 	struct ev_handler client, upstream; /* upstream.fd < 0 when none */
 	enum session_state state;
 	bool closed, client_eof, upstream_eof, upstream_connected;
@@ -37,7 +49,9 @@ struct session {
 	char client_ip[INET6_ADDRSTRLEN];
 };
 
-void session_start(struct proxy *px, int client_fd);
+void session_start(struct proxy *px, int client_fd, const char *listener);
+/* Acts on every session whose deadline has passed. */
+void session_timeouts(struct proxy *px, uint64_t now_ms);
 /* Sends an error response and closes once it has left. */
 void session_reply_error(struct session *s, int status);
 /* Tears the session down; the memory is freed after the current batch. */

@@ -5,7 +5,11 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <time.h>
+#include "dataplane.h"
 #include "log.h"
+#include "pool.h"
+#include "route.h"
 #include "session.h"
 #include "tunnel.h"
 
@@ -51,10 +55,65 @@ void tunnel_close(struct tunnel *t, int reset_end)
 			close(t->dir[d].pipe_wr);
 		}
 	}
+	if (t->route_st)
+		t->route_st->tunnels--;
+	if (t->server_st)
+		t->server_st->active--;
 	t->px->tunnels_open--;
 	conn_link_del(&t->link);
 	log_debug("tunnel closed%s", reset_end >= 0 ? " by reset" : "");
 	ev_defer(t->px->loop, tunnel_free, t);
+}
+
+static bool half_closed(const struct tunnel *t)
+{
+	return t->dir[0].src_eof || t->dir[1].src_eof || t->dir[0].dst_shut || t->dir[1].dst_shut;
+}
+
+/* The kernel stamps last_active with the coarse monotonic clock. */
+static uint64_t kernel_last_active_ms(struct tunnel *t)
+{
+	struct ws_tunnel wt;
+	struct timespec now;
+	uint64_t age_ms;
+
+	if (dataplane_tunnel_read(t->px->dp, t->id, &wt) || !wt.last_active_ns)
+		return t->last_active_ms;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	age_ms = ((uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec - wt.last_active_ns) / 1000000;
+	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
+}
+
+void tunnel_timeouts(struct proxy *px, uint64_t now_ms)
+{
+	const struct timeouts *to = &px->cfg->timeouts;
+	struct conn_link *l, *next;
+
+	if (!to->tunnel_idle_ms && !to->tunnel_fin_ms)
+		return;
+	for (l = px->tunnels.next; l != &px->tunnels; l = next) {
+		struct tunnel *t = (struct tunnel *)l;
+		uint64_t limit = half_closed(t) && to->tunnel_fin_ms ? to->tunnel_fin_ms : to->tunnel_idle_ms;
+		uint64_t last;
+
+		next = l->next;
+		if (t->closed || !limit || now_ms < t->next_check_ms)
+			continue;
+		last = t->last_active_ms;
+		if (t->in_kernel) {
+			uint64_t k = kernel_last_active_ms(t);
+
+			last = k > last ? k : last;
+		}
+		if (now_ms - last < limit) {
+			/* Not idle long enough: look again when it could be. */
+			t->next_check_ms = last + limit;
+			continue;
+		}
+		log_info("tunnel %u: %s for %llu ms: closing", t->id, half_closed(t) ? "half-closed and idle" : "idle",
+			 (unsigned long long)(now_ms - last));
+		tunnel_close(t, -1);
+	}
 }
 
 void tunnel_describe(struct tunnel *t, char *out, size_t len)
@@ -189,6 +248,11 @@ static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mo
 	t->dir[WS_DIR_C2U].user_written = s->upstream_written;
 	t->dir[WS_DIR_U2C].user_read = s->upstream_read;
 	t->dir[WS_DIR_U2C].user_written = s->client_written;
+	t->route_st = s->tunnel_slot;
+	s->tunnel_slot = NULL;
+	t->server_st = s->server ? s->server->st : NULL;
+	s->server = NULL;
+	t->last_active_ms = ev_now_ms();
 	s->px->tunnels_open++;
 	conn_link_add(&s->px->tunnels, &t->link);
 	return t;

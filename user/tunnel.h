@@ -46,6 +46,12 @@ struct tunnel {
 	 * took over; what it queued since is what the redirects delivered. */
 	uint64_t queued_base[2];
 	bool closed, in_kernel;
+	/* Held for the tunnel's life: a slot of its route's max_tunnels, and a
+	 * connection counted against its server for leastconn. */
+	struct route_state *route_st;
+	struct server_state *server_st;
+	uint64_t last_active_ms;  /* relays: last byte moved; sockmap: see tunnel_timeouts */
+	uint64_t next_check_ms;   /* sockmap: when the BPF activity stamp is read next */
 };
 
 static inline int dir_src(int d) { return d == WS_DIR_C2U ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM; }
@@ -67,6 +73,10 @@ void tunnel_sockmap_pause(struct tunnel *t, int dir);
 /* One line about a tunnel's state, for the SIGUSR1 dump. */
 void tunnel_describe(struct tunnel *t, char *out, size_t len);
 void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len);
+/* Closes tunnels idle past tunnel_idle_timeout, or half-closed and idle
+ * past tunnel_fin_timeout. Sockmap tunnels are judged by the activity
+ * stamp the BPF program keeps, read at most once per timeout period. */
+void tunnel_timeouts(struct proxy *px, uint64_t now_ms);
 /* Logs every open tunnel (SIGUSR1). */
 void tunnel_dump_all(struct proxy *px);
 /* Removes the tunnel from the BPF maps; called by tunnel_close. */

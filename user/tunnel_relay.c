@@ -164,6 +164,7 @@ static void relay_run(struct tunnel *t)
 		}
 		if (!progress)
 			break;
+		t->last_active_ms = ev_now_ms();
 	}
 	relay_update_interest(t);
 }

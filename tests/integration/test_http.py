@@ -96,7 +96,8 @@ def test_hop_by_hop_fields_are_stripped_both_ways(upstream, start_proxy, mode):
     assert not {"x-secret", "keep-alive"} & set(fields)
     _, seen = upstream_fields(up)
     assert not {"x-private", "keep-alive", "proxy-connection", "te", "trailer"} & set(seen)
-    assert seen["x-end"] == ["e"] and seen["connection"] == ["close"]
+    # Persistent by default (HTTP/1.1): no Connection field towards the pool.
+    assert seen["x-end"] == ["e"] and "connection" not in seen
     s.close()
 
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include "args.h"
+#include "config_value.h"
 
 #define ARGV(...) ((char *[]){ "wsplice", __VA_ARGS__, NULL })
 #define ARGC(...) ((int)(sizeof((char *[]){ "wsplice", __VA_ARGS__ }) / sizeof(char *)))
@@ -13,7 +14,7 @@
 
 static void defaults_and_addresses(void **state)
 {
-	struct config cfg;
+	struct cli_options cfg;
 	char err[256];
 
 	(void)state;
@@ -29,7 +30,7 @@ static void defaults_and_addresses(void **state)
 
 static void every_option(void **state)
 {
-	struct config cfg;
+	struct cli_options cfg;
 	char err[256];
 
 	(void)state;
@@ -47,7 +48,7 @@ static void every_option(void **state)
 
 static void errors_say_what_is_wrong(void **state)
 {
-	struct config cfg;
+	struct cli_options cfg;
 	char err[256];
 
 	(void)state;

@@ -14,7 +14,7 @@ static char *rewrite_req(const char *raw, bool websocket, char *out, size_t outl
 	struct buf b;
 
 	buf_init(&b, 8192);
-	assert_true(http_parse_request(raw, strlen(raw), &h) > 0);
+	assert_true(http_parse_request(raw, strlen(raw), &h, NULL) > 0);
 	assert_int_equal(rewrite_request(&h, &rw, &b), 0);
 	assert_true(buf_len(&b) < outlen);
 	memcpy(out, buf_head(&b), buf_len(&b));
@@ -60,7 +60,7 @@ static void response_for_the_client(void **state)
 
 	(void)state;
 	buf_init(&b, 4096);
-	assert_true(http_parse_response(raw, strlen(raw), &h) > 0);
+	assert_true(http_parse_response(raw, strlen(raw), &h, NULL) > 0);
 	assert_int_equal(rewrite_response(&h, false, false, &b), 0);
 	assert_int_equal(buf_len(&b), strlen("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n"));
 	assert_memory_equal(buf_head(&b), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n", buf_len(&b));

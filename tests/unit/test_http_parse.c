@@ -10,7 +10,7 @@
 
 static long req(const char *raw, struct http_head *h)
 {
-	return http_parse_request(raw, strlen(raw), h);
+	return http_parse_request(raw, strlen(raw), h, NULL);
 }
 
 static void parses_a_request(void **state)
@@ -61,25 +61,25 @@ static void rejects_smuggling_shapes(void **state)
 
 		if (i == 5)
 			len = sizeof("GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n") - 1;
-		assert_int_equal(http_parse_request(bad[i], len, &h), -400);
+		assert_int_equal(http_parse_request(bad[i], len, &h, NULL), -400);
 	}
 	assert_int_equal(req("GET / HTTP/2.0\r\n\r\n", &h), -505);
 }
 
 static void limits(void **state)
 {
-	static char big[HTTP_MAX_HEAD + 200];
+	static char big[HTTP_DEFAULT_HEAD + 200];
 	struct http_head h;
 	size_t n;
 
 	(void)state;
 	memset(big, 'a', sizeof(big));
 	memcpy(big, "GET /", 5);
-	assert_int_equal(http_parse_request(big, HTTP_MAX_REQUEST_LINE + 10, &h), -414);
+	assert_int_equal(http_parse_request(big, HTTP_DEFAULT_REQUEST_LINE + 10, &h, NULL), -414);
 	n = (size_t)snprintf(big, sizeof(big), "GET / HTTP/1.1\r\n");
 	while (n + 8 < sizeof(big))
 		n += (size_t)snprintf(big + n, sizeof(big) - n, "X: y\r\n");
-	assert_int_equal(http_parse_request(big, n, &h), -431);
+	assert_int_equal(http_parse_request(big, n, &h, NULL), -431);
 }
 
 static void parses_responses(void **state)
@@ -89,11 +89,11 @@ static void parses_responses(void **state)
 	struct http_head h;
 
 	(void)state;
-	assert_int_equal(http_parse_response(ok, strlen(ok), &h), (long)strlen(ok));
+	assert_int_equal(http_parse_response(ok, strlen(ok), &h, NULL), (long)strlen(ok));
 	assert_int_equal(h.status, 204);
-	assert_int_equal(http_parse_response(noreason, strlen(noreason), &h), (long)strlen(noreason));
-	assert_int_equal(http_parse_response("SSH-2.0-x\r\n", 11, &h), -502);
-	assert_int_equal(http_parse_response("HTTP/1.1 2000 x\r\n\r\n", 19, &h), -502);
+	assert_int_equal(http_parse_response(noreason, strlen(noreason), &h, NULL), (long)strlen(noreason));
+	assert_int_equal(http_parse_response("SSH-2.0-x\r\n", 11, &h, NULL), -502);
+	assert_int_equal(http_parse_response("HTTP/1.1 2000 x\r\n\r\n", 19, &h, NULL), -502);
 }
 
 static void connection_tokens(void **state)

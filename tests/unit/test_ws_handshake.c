@@ -9,7 +9,7 @@
 
 static long parse(const char *raw, struct http_head *h)
 {
-	return http_parse_request(raw, strlen(raw), h);
+	return http_parse_request(raw, strlen(raw), h, NULL);
 }
 
 static void rfc6455_example_accept(void **state)
@@ -91,11 +91,11 @@ static void response_must_carry_the_matching_accept(void **state)
 	struct http_head h;
 
 	(void)state;
-	assert_true(http_parse_response(ok, strlen(ok), &h) > 0);
+	assert_true(http_parse_response(ok, strlen(ok), &h, NULL) > 0);
 	assert_true(ws_response_accepts(&h, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
-	assert_true(http_parse_response(bad, strlen(bad), &h) > 0);
+	assert_true(http_parse_response(bad, strlen(bad), &h, NULL) > 0);
 	assert_false(ws_response_accepts(&h, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
-	assert_true(http_parse_response(h2c, strlen(h2c), &h) > 0);
+	assert_true(http_parse_response(h2c, strlen(h2c), &h, NULL) > 0);
 	assert_false(ws_response_accepts(&h, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
 

@@ -1,0 +1,133 @@
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "proxy.h"
+#include "route.h"
+
+int route_bind_states(struct proxy *px, struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_routes; i++) {
+		struct route *r = &cfg->routes[i];
+		struct route_state *st;
+
+		for (st = px->route_states; st && strcmp(st->name, r->name); st = st->next)
+			;
+		if (!st) {
+			st = calloc(1, sizeof(*st));
+			if (!st)
+				return -1;
+			memcpy(st->name, r->name, sizeof(st->name));
+			st->next = px->route_states;
+			px->route_states = st;
+		}
+		r->st = st;
+	}
+	return 0;
+}
+
+void route_free_states(struct proxy *px)
+{
+	while (px->route_states) {
+		struct route_state *next = px->route_states->next;
+
+		free(px->route_states);
+		px->route_states = next;
+	}
+}
+
+/* The authority the request names: the absolute-form target's, else Host,
+ * without the port. */
+static struct http_str request_host(const struct http_head *req, struct http_str *path)
+{
+	struct http_str host = { "", 0 }, t = req->target;
+	int i;
+
+	*path = t;
+	if (t.len && t.p[0] != '/' && t.p[0] != '*') {
+		const char *a = memchr(t.p, ':', t.len) + 3; /* valid_target saw "http(s)://" */
+		const char *end = t.p + t.len, *slash = memchr(a, '/', end - a);
+
+		host = (struct http_str){ a, (slash ? slash : end) - a };
+		*path = slash ? (struct http_str){ slash, end - slash } : (struct http_str){ "/", 1 };
+	} else if ((i = http_header_find(req, "Host", 0)) >= 0) {
+		host = req->headers[i].value;
+	}
+	if (host.len && host.p[0] == '[') {
+		const char *close = memchr(host.p, ']', host.len);
+
+		if (close)
+			host.len = close + 1 - host.p;
+	} else {
+		const char *colon = memchr(host.p, ':', host.len);
+
+		if (colon)
+			host.len = colon - host.p;
+	}
+	while (host.len && host.p[host.len - 1] == '.')
+		host.len--; /* "example.com." is example.com */
+	return host;
+}
+
+/* 0 no match; else a rank: exact host 3 + 256, suffix by its length, any 1. */
+static size_t host_rank(const char *pattern, struct http_str host)
+{
+	size_t plen = strlen(pattern);
+
+	if (!plen)
+		return 1;
+	if (pattern[0] == '*' && pattern[1] == '.') {
+		size_t slen = plen - 1; /* ".example.com" */
+
+		return host.len > slen && !strncasecmp(host.p + host.len - slen, pattern + 1, slen) ? 1 + slen : 0;
+	}
+	return plen == host.len && !strncasecmp(pattern, host.p, plen) ? 1 + 256 + plen : 0;
+}
+
+const struct route *route_match(const struct config *cfg, const char *listener, const struct http_head *req)
+{
+	const struct route *best = NULL;
+	size_t best_host = 0, best_path = 0;
+	struct http_str path;
+	struct http_str host = request_host(req, &path);
+	const char *q = memchr(path.p, '?', path.len);
+
+	if (q)
+		path.len = q - path.p;
+	for (size_t i = 0; i < cfg->n_routes; i++) {
+		const struct route *r = &cfg->routes[i];
+		size_t hr, plen = strlen(r->path);
+
+		if (r->listener[0] && strcmp(r->listener, listener))
+			continue;
+		hr = host_rank(r->host, host);
+		if (!hr || plen > path.len || memcmp(r->path, path.p, plen))
+			continue;
+		if (hr > best_host || (hr == best_host && plen > best_path)) {
+			best = r;
+			best_host = hr;
+			best_path = plen;
+		}
+	}
+	return best;
+}
+
+int route_admit_websocket(const struct route *r, const struct http_head *req)
+{
+	if (!r->websocket)
+		return 403;
+	if (r->n_origins) {
+		int i = http_header_find(req, "Origin", 0);
+		bool ok = false;
+
+		/* One Origin, equal to an allowed one: a page on another site
+		 * cannot ride the user's cookies into a WebSocket (CSWSH). */
+		if (i >= 0 && http_header_count(req, "Origin") == 1)
+			for (size_t j = 0; j < r->n_origins && !ok; j++)
+				ok = http_str_ieq(req->headers[i].value, r->origins[j]);
+		if (!ok)
+			return 403;
+	}
+	if (r->max_tunnels && r->st->tunnels >= r->max_tunnels)
+		return 503;
+	return 0;
+}
