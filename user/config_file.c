@@ -17,6 +17,7 @@ struct load {
 	FILE *f;
 	int line;                /* of the line inih is handling */
 	int section_line;
+	bool new_section;        /* a [header] was read since the last key */
 	char section[MAX_LINE];  /* the header inih reported last */
 	enum section_kind kind;
 	void *obj;               /* the listener, pool or route being filled */
@@ -67,8 +68,10 @@ static char *read_line(char *str, int num, void *stream)
 		s[0] = '\0'; /* a blank line to inih */
 		return s;
 	}
-	if (s[strspn(s, " \t")] == '[')
+	if (s[strspn(s, " \t")] == '[') {
 		ld->section_line = ld->line;
+		ld->new_section = true;
+	}
 	return s;
 }
 
@@ -403,8 +406,9 @@ static int on_key(void *user, const char *section, const char *key, const char *
 {
 	struct load *ld = user;
 
-	if (strcmp(section, ld->section) || ld->kind == SEC_NONE)
+	if (ld->new_section || strcmp(section, ld->section))
 		open_section(ld, section);
+	ld->new_section = false;
 	switch (ld->kind) {
 	case SEC_NONE:
 		error_at(ld, ld->line, "'%s' outside any section", key);

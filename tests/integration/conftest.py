@@ -29,14 +29,24 @@ def free_port():
 
 
 class Proxy:
-    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1"):
+    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None):
+        """config: the text of a -c file; "{port}" in it is this proxy's
+        listening port (self.port), and upstream_port is then unused."""
         self.mode = mode
         self.port = free_port()
         self.pin_dir = "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
         self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
-        listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
-        self.argv = [WSPLICE, "--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port,
-                     "--mode", mode, "--bpffs", self.pin_dir, *extra] + (["-v"] if os.environ.get("WSPLICE_TEST_VERBOSE") else [])
+        self.config_path = None
+        if config is not None:
+            with tempfile.NamedTemporaryFile("w", prefix="wsplice-", suffix=".conf", delete=False) as f:
+                f.write(config.replace("{port}", str(self.port)))
+            self.config_path = f.name
+            where = ["-c", self.config_path]
+        else:
+            listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
+            where = ["--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port]
+        self.argv = [WSPLICE, *where, "--mode", mode, "--bpffs", self.pin_dir, *extra] + \
+            (["-v"] if os.environ.get("WSPLICE_TEST_VERBOSE") else [])
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
         while True:
@@ -55,6 +65,16 @@ class Proxy:
     def fd_count_after(self, delay):
         time.sleep(delay)
         return self.fd_count()
+
+    def rewrite_config(self, config):
+        with open(self.config_path, "w") as f:
+            f.write(config.replace("{port}", str(self.port)))
+
+    def reload(self, expect="reloaded"):
+        """SIGHUP, then waits for the log line that says how it went."""
+        before = self.read_log().count(expect)
+        self.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: self.read_log().count(expect) > before, timeout=5), self.read_log()
 
     def read_log(self):
         with open(self.log.name, errors="replace") as f:
@@ -89,6 +109,8 @@ class Proxy:
                 raise AssertionError("wsplice ignored SIGTERM:\n" + self.read_log())
         log = self.read_log()
         os.unlink(self.log.name)
+        if self.config_path:
+            os.unlink(self.config_path)
         assert self.proc.returncode == 0, "wsplice exited %d:\n%s" % (self.proc.returncode, log)
         assert "ERROR: AddressSanitizer" not in log and "runtime error" not in log, log
         assert not os.path.exists(self.pin_dir), "pins left behind in " + self.pin_dir

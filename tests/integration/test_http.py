@@ -147,9 +147,27 @@ def test_websocket_request_as_the_upstream_sees_it(upstream, start_proxy, mode):
     (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 4\r\n\r\nabcd", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX\x7fY: a\r\n\r\n", 400),
+    (b"GET foo HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"GET /a\x01 HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505),
+    (b"GET / HTTX/1.1\r\nHost: h\r\n\r\n", 400),
 ], ids=["no-key", "short-key", "version-8", "post", "http-1.0", "no-connection-upgrade", "bare-lf",
         "space-before-colon", "obs-fold", "no-host", "two-hosts", "cl-and-te", "http-2", "long-line",
-        "too-many-fields"])
+        "too-many-fields", "two-content-lengths", "content-length-list", "content-length-sign", "te-gzip",
+        "te-chunked-not-last", "te-chunked-twice", "te-repeated", "nul-in-value", "ctl-in-value", "bare-cr",
+        "del-in-name", "target-not-a-path", "ctl-in-target", "asterisk-not-options", "http-1.2", "not-http"])
 def test_bad_requests_get_a_status_and_never_reach_upstream(upstream, start_proxy, mode, raw, status):
     up = upstream(reply())
     px = start_proxy(up.port, mode)
