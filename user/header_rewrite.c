@@ -64,7 +64,10 @@ int rewrite_request(const struct http_head *req, const struct request_rewrite *r
 	struct http_str ip = { rw->client_ip, strlen(rw->client_ip) };
 
 	if (put(out, req->method.p, req->method.len) || put(out, " ", 1) ||
-	    put(out, req->target.p, req->target.len) || put_str(out, " HTTP/1.1\r\n"))
+	    put(out, req->target.p, req->target.len) ||
+	    /* An HTTP/1.0 client cannot read chunked: ask as it asked, so the
+	     * upstream answers with a body it can read (RFC 9112 §7.1). */
+	    put_str(out, req->version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n"))
 		return -1;
 	if (copy_fields(req, out, forwarded))
 		return -1;

@@ -1,0 +1,196 @@
+"""Message framing on both sides (RFC 9112): pooled keep-alive upstream
+connections, pipelined requests answered in order, 100-continue, bodiless
+responses, HTTP/1.0 clients."""
+import socket
+import threading
+import time
+
+from conftest import free_port
+from wsutil import HttpReader, parse_head, recv_exact, recv_head
+
+
+def config(server, keepalive=16):
+    return """
+[listener main]
+listen = 127.0.0.1:{port}
+[pool p]
+server = 127.0.0.1:%d
+keepalive = %d
+[route r]
+pool = p
+""" % (server, keepalive)
+
+
+class CountingUpstream:
+    """Serves many requests per connection (Content-Length bodies), counts
+    connections, and answers with the path it was asked for."""
+
+    def __init__(self, close_after=None):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests = []
+        self.close_after = close_after
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        rest = b""
+        served = 0
+        try:
+            while True:
+                head, rest = recv_head(conn, timeout=30) if not rest else self._head(conn, rest)
+                line, fields = parse_head(head)
+                n = int(fields.get("content-length", ["0"])[0])
+                body = rest[:n] + (recv_exact(conn, n - len(rest)) if n > len(rest) else b"")
+                rest = rest[n:]
+                self.requests.append((line, fields, body))
+                path = line.split(" ")[1].encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+                served += 1
+                if self.close_after and served >= self.close_after:
+                    return
+        except Exception:
+            return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _head(conn, rest):
+        while b"\r\n\r\n" not in rest:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError
+            rest += chunk
+        head, rest = rest.split(b"\r\n\r\n", 1)
+        return head + b"\r\n\r\n", rest
+
+    def close(self):
+        self.sock.close()
+
+
+def get(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
+        return HttpReader(s).response()
+
+
+def test_upstream_connections_are_pooled_and_reused(start_proxy):
+    up = CountingUpstream()
+    px = start_proxy(0, "copy", config=config(up.port))
+    for i in range(5):
+        status, _, body = get(px.port, "/r%d" % i)  # five clients, one after another
+        assert (status, body) == (200, b"/r%d" % i)
+    assert up.connections == 1
+    assert all("connection" not in f for _, f, _ in up.requests)
+    up.close()
+
+
+def test_keepalive_0_closes_every_upstream_connection(start_proxy):
+    up = CountingUpstream()
+    px = start_proxy(0, "copy", config=config(up.port, keepalive=0))
+    for i in range(3):
+        assert get(px.port, "/r%d" % i)[0] == 200
+    assert up.connections == 3
+    assert all(f["connection"] == ["close"] for _, f, _ in up.requests)
+    up.close()
+
+
+def test_a_pooled_connection_the_server_closed_is_not_used(start_proxy):
+    up = CountingUpstream(close_after=1)  # like a server with a short keep-alive timeout
+    px = start_proxy(0, "copy", config=config(up.port))
+    for i in range(4):
+        assert get(px.port, "/r%d" % i)[2] == b"/r%d" % i
+        time.sleep(0.05)
+    assert up.connections == 4
+
+
+def test_pipelined_requests_are_answered_in_order(start_proxy):
+    up = CountingUpstream()
+    px = start_proxy(0, "copy", config=config(up.port))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    s.sendall(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n"
+              b"POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+              b"GET /three HTTP/1.1\r\nHost: h\r\n\r\n")
+    r = HttpReader(s)
+    assert [r.response()[2] for _ in range(3)] == [b"/one", b"/two", b"/three"]
+    assert up.requests[1][2] == b"hello"
+    s.close()
+    up.close()
+
+
+def test_expect_100_continue(upstream, start_proxy):
+    def handler(conn, head, rest):
+        fields = parse_head(head)[1]
+        assert fields["expect"] == ["100-continue"]
+        assert rest == b""  # the client waits for the 100
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = recv_exact(conn, 6)
+        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\n" + body)
+
+    up = upstream(handler)
+    px = start_proxy(0, "copy", config=config(up.port))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    s.sendall(b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n")
+    r = HttpReader(s)
+    assert r.response()[0] == 100
+    s.sendall(b"upload")
+    assert r.response()[0::2] == (201, b"upload")
+    s.close()
+
+
+def test_bodiless_responses_keep_the_connection_in_step(upstream, start_proxy):
+    answers = [b"HTTP/1.1 204 No Content\r\nContent-Length: 99\r\n\r\n",
+               b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"]
+
+    def handler(conn, head, rest):
+        for i, a in enumerate(answers):
+            if i:
+                recv_head(conn)
+            conn.sendall(a)
+
+    up = upstream(handler)
+    px = start_proxy(0, "copy", config=config(up.port))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    r = HttpReader(s)
+    for status in (204, 304):
+        s.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert r.response()[0] == status
+    s.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert r.response()[0::2] == (200, b"last")
+    s.close()
+
+
+def test_http_1_0_client_never_gets_chunked(upstream, start_proxy):
+    def handler(conn, head, rest):
+        line = parse_head(head)[0]
+        if line.endswith("HTTP/1.0"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nplain body")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nplain\r\n0\r\n\r\n")
+
+    up = upstream(handler)
+    px = start_proxy(0, "copy", config=config(up.port))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    s.sendall(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert body == b"plain body" and b"chunked" not in head.lower()
+    assert parse_head(up.requests[0])[0] == "GET / HTTP/1.0"
