@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 
-.PHONY: all deps run test unit integration clean bench bench-tools bench-vm vmtest
+.PHONY: all deps run test unit integration clean bench bench-tools bench-vm vmtest fuzz
 .SECONDARY:
 all: $(BUILD)/wsplice
 
@@ -96,3 +96,24 @@ bench-vm: all bench-tools
 
 clean:
 	rm -rf build
+
+# libFuzzer targets (clang + Debian's libclang-rt): each runs FUZZ_SECONDS
+# from the seed corpus in tests/fuzz/corpus; new inputs stay under build/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request response chunked
+FUZZ_LIB := user/http_parse.c user/http_body.c user/ws_handshake.c
+.PHONY: fuzz
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB) user/*.h
+	@mkdir -p $(@D)
+	clang -g -O1 -std=gnu11 -D_GNU_SOURCE -Iuser -Iinclude -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined $< $(FUZZ_LIB) -o $@ -lcrypto
+fuzz: $(addprefix $(BUILD)/fuzz/fuzz_,$(FUZZ_TARGETS))
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(BUILD)/fuzz/corpus/$$t; \
+		echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+		$(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-dict=tests/fuzz/http.dict -artifact_prefix=$(BUILD)/fuzz/crash-$$t- \
+			$(BUILD)/fuzz/corpus/$$t tests/fuzz/corpus/$$t 2>$(BUILD)/fuzz/$$t.log || \
+			{ tail -40 $(BUILD)/fuzz/$$t.log; exit 1; }; \
+		grep -E "stat::number_of_executed_units|stat::peak_rss_mb" $(BUILD)/fuzz/$$t.log; \
+	done
