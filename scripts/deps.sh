@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(make gcc clang llvm libbpf-dev libelf-dev zlib1g-dev libssl-dev libinih-dev
       libcmocka-dev libclang-rt-14-dev bpftool pkg-config iproute2 python3 python3-websockets
-      python3-pytest)
+      python3-pytest chromium)
 # node and npm may come from elsewhere than Debian (the CI image ships them);
 # only ask apt when they are missing.
 command -v node >/dev/null || pkgs+=(nodejs)
@@ -30,4 +30,11 @@ fi
 if [ ! -d tests/peers/node_modules/ws ]; then
 	echo "deps: npm ci in tests/peers"
 	(cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# The Vite 7 dev server and playwright-core that drive Debian's chromium in
+# the HMR test.
+if [ ! -d tests/hmr/node_modules/vite ] || [ ! -d tests/hmr/node_modules/playwright-core ]; then
+	echo "deps: npm ci in tests/hmr"
+	(cd tests/hmr && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -29,11 +29,11 @@ def free_port():
 
 
 class Proxy:
-    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None):
+    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None, listen_port=None):
         """config: the text of a -c file; "{port}" in it is this proxy's
         listening port (self.port), and upstream_port is then unused."""
         self.mode = mode
-        self.port = free_port()
+        self.port = listen_port or free_port()
         self.pin_dir = "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
         self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
         self.config_path = None

@@ -1,0 +1,56 @@
+"""A real Vite 7 dev server behind wsplice in sockmap mode: headless Chromium
+loads the page through wsplice, sees "[vite] connected.", and an edit on
+disk reaches the page over the HMR socket without a reload. The browser is
+told to open the HMR socket on wsplice's port (server.hmr.clientPort), so
+the test cannot pass by talking to Vite directly."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import ROOT, free_port
+from wsutil import wait_for
+
+HMR = os.path.join(ROOT, "tests", "hmr")
+
+
+@pytest.fixture
+def vite():
+    work = tempfile.mkdtemp(prefix="wsplice-vite-")
+    app = os.path.join(work, "app")
+    shutil.copytree(os.path.join(HMR, "app"), app)  # the test edits msg.js
+    port = free_port()
+    proxy_port = free_port()
+    log = open(os.path.join(work, "vite.log"), "w+")
+    env = dict(os.environ, VITE_PORT=str(port), WSPLICE_PORT=str(proxy_port))
+    proc = subprocess.Popen(["node", os.path.join(HMR, "node_modules", "vite", "bin", "vite.js"),
+                             "--config", os.path.join(app, "vite.config.js")],
+                            cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready():
+        log.seek(0)
+        return "ready in" in log.read()
+
+    try:
+        assert wait_for(ready, timeout=30), open(log.name).read()
+        yield {"port": port, "proxy_port": proxy_port, "app": app, "log": log.name}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_vite_hmr_through_wsplice_sockmap(vite, start_proxy):
+    px = start_proxy(vite["port"], "sockmap", listen_port=vite["proxy_port"])
+    r = subprocess.run(["node", os.path.join(HMR, "hmr_check.js"), "http://127.0.0.1:%d/" % px.port,
+                        os.path.join(vite["app"], "msg.js")], capture_output=True, text=True, timeout=120)
+    out = r.stdout.strip().splitlines()
+    result = json.loads(out[-1]) if out else {}
+    assert r.returncode == 0, (result, r.stderr[-2000:], open(vite["log"]).read()[-2000:], px.read_log())
+    assert result["connected"] and result["updated"] and not result["reloaded"]
+    # The HMR update crossed the kernel splice, not a userspace relay.
+    px.assert_kernel_path()
+    assert "hmr update /main.js" in open(vite["log"]).read()  # main.js accepts msg.js
