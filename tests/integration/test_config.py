@@ -403,3 +403,17 @@ def test_limits_are_configurable(upstream, start_proxy):
     assert get(px.port, extra=b"X: " + b"y" * 700 + b"\r\n")[0] == 431
     assert get(px.port, extra=b"X: y\r\n") == (200, "a")
     assert len(up.requests) == 1
+
+
+def test_the_documented_example_is_valid():
+    from conftest import ROOT
+    example = os.path.join(ROOT, "docs", "wsplice.example.conf")
+    r = subprocess.run([WSPLICE, "-t", "-c", example], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(ROOT, "docs", "CONFIG.md")) as f:
+        doc = f.read()
+    # Every directive the example uses is documented.
+    for line in open(example):
+        key = line.split(";")[0].split("=")[0].strip()
+        if key and not key.startswith("[") and not line.lstrip().startswith(";"):
+            assert "`%s`" % key in doc, key
