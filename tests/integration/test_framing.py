@@ -5,8 +5,10 @@ import socket
 import threading
 import time
 
-from conftest import free_port
-from wsutil import HttpReader, parse_head, recv_exact, recv_head
+import pytest
+
+from wsutil import (HttpReader, bpf_tunnels, key_of, open_tunnel, parse_head, recv_exact, recv_head,
+                    switching_protocols, wait_for)
 
 
 def config(server, keepalive=16):
@@ -194,3 +196,39 @@ def test_http_1_0_client_never_gets_chunked(upstream, start_proxy):
     head, body = data.split(b"\r\n\r\n", 1)
     assert body == b"plain body" and b"chunked" not in head.lower()
     assert parse_head(up.requests[0])[0] == "GET / HTTP/1.0"
+
+
+@pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
+def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
+    """The pooled connection has carried a request before the upgrade: the
+    tunnel's byte accounting (the sockmap FIN check) must count from the
+    socket's birth, not from the upgrade."""
+    def handler(conn, head, rest):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npage")
+        head, rest = recv_head(conn, timeout=10)
+        conn.sendall(switching_protocols(key_of(head)))
+        data = rest
+        while True:
+            if data:
+                conn.sendall(data)
+            data = conn.recv(65536)
+            if not data:
+                return
+
+    up = upstream(handler)
+    px = start_proxy(0, mode, config=config(up.port))
+    assert get(px.port, "/")[2] == b"page"
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x" * 100000)
+    assert recv_exact(s, 100000) == b"x" * 100000
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    assert s.recv(10) == b""  # the upstream's FIN came through: both directions closed
+    s.close()
+    assert len(up.requests) == 1  # one upstream connection carried both
+    assert wait_for(lambda: px.read_log() is not None and not bpf_tunnels_or_empty(px), timeout=5)
+    px.assert_kernel_path()
+
+
+def bpf_tunnels_or_empty(px):
+    return bpf_tunnels(px.pin_dir) if px.mode == "sockmap" else []
