@@ -75,12 +75,17 @@ static uint64_t kernel_last_active_ms(struct tunnel *t)
 {
 	struct ws_tunnel wt;
 	struct timespec now;
-	uint64_t age_ms;
+	uint64_t age_ms, now_ns;
 
 	if (dataplane_tunnel_read(t->px->dp, t->id, &wt) || !wt.last_active_ns)
 		return t->last_active_ms;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	age_ms = ((uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec - wt.last_active_ns) / 1000000;
+	now_ns = (uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec;
+	/* The vDSO's coarse clock can trail the kernel's by a tick: a stamp
+	 * "from the future" is activity just now, not 584 years ago. */
+	if (wt.last_active_ns >= now_ns)
+		return ev_now_ms();
+	age_ms = (now_ns - wt.last_active_ns) / 1000000;
 	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
 }
 
