@@ -417,3 +417,17 @@ def test_the_documented_example_is_valid():
         key = line.split(";")[0].split("=")[0].strip()
         if key and not key.startswith("[") and not line.lstrip().startswith(";"):
             assert "`%s`" % key in doc, key
+
+
+def test_no_retry_once_the_request_was_sent(upstream, start_proxy):
+    """A server that took the request and then died may have acted on it:
+    the request is not replayed on another server (502 instead)."""
+    def dies(conn, head, rest):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    bad, good = upstream(dies), upstream(named("good"))
+    px = start_proxy(0, "copy", config=pool_config([bad.port, good.port]))
+    status, _ = get(px.port)
+    assert status == 502
+    assert len(bad.requests) == 1 and good.requests == []
+    assert "marked down" not in px.read_log()  # it connected fine: not a health failure
