@@ -135,6 +135,39 @@ static void tput_prepare(void)
 	}
 }
 
+/* On a mismatch, says where in the sent stream the received bytes do come
+ * from: a negative shift is a duplicate, a positive one a loss (modulo the
+ * 16-frame period of the patterns). */
+static void tput_explain(const unsigned char *got, size_t n, uint64_t pos)
+{
+	const uint64_t period = (uint64_t)TPUT_PATTERNS * TPUT_FRAME;
+	size_t cmp = n < 64 ? n : 64;
+
+	for (uint64_t q = 0; q < period; q++) {
+		size_t k;
+
+		for (k = 0; k < cmp; k++) {
+			uint64_t at = q + k;
+
+			if (tput_frames[(at / TPUT_FRAME) % TPUT_PATTERNS][at % TPUT_FRAME] != got[k])
+				break;
+		}
+		if (k == cmp) {
+			int64_t shift = (int64_t)q - (int64_t)(pos % period);
+
+			if (shift > (int64_t)period / 2)
+				shift -= period;
+			if (shift < -(int64_t)period / 2)
+				shift += period;
+			fprintf(stderr, "tput: at stream byte %llu came the bytes of stream byte %llu (shift %+lld, mod %llu)\n",
+				(unsigned long long)pos, (unsigned long long)(pos + shift), (long long)shift,
+				(unsigned long long)period);
+			return;
+		}
+	}
+	fprintf(stderr, "tput: at stream byte %llu came bytes that were never sent\n", (unsigned long long)pos);
+}
+
 /* Writer and reader interleave on one non-blocking socket so neither side's
  * buffers fill up; every echoed byte is compared with what was sent. */
 static void mode_tput(int mib)
@@ -178,8 +211,15 @@ static void mode_tput(int mib)
 					die("tput: connection closed");
 				break;
 			}
-			if (memcmp(in + in_off, exp + in_off, r))
+			if (memcmp(in + in_off, exp + in_off, r)) {
+				size_t k = 0;
+
+				while (in[in_off + k] == exp[in_off + k])
+					k++;
+				tput_explain(in + in_off + k, r - k, recvd + k);
+				fprintf(stderr, "tput: mismatch seen at monotonic %llu ns\n", (unsigned long long)now_ns());
 				die("tput: payload mismatch in frame %llu", (unsigned long long)frame_in);
+			}
 			in_off += r;
 			recvd += r;
 			if (in_off == TPUT_FRAME) {
