@@ -145,27 +145,29 @@ static void raise_fd_limit(void)
 	}
 }
 
-/* Resolves --mode auto and opens the data plane when sockmap is wanted. */
+/* Resolves --mode auto and opens the data plane when sockmap is wanted.
+ * auto means the copy relay: it measured best at 64 connections and in bulk
+ * throughput (docs/PERFORMANCE.md), and the sockmap backpressure has an
+ * open SMP race (docs/KERNEL.md §13); sockmap is there when asked for. */
 static int choose_mode(struct proxy *px, struct config *cfg)
 {
 	char why[256];
 
 	px->mode = cfg->mode;
-	if (cfg->mode != MODE_AUTO && cfg->mode != MODE_SOCKMAP)
+	if (cfg->mode == MODE_AUTO) {
+		log_info("mode auto: the copy relay (measured best here; --mode sockmap splices in the kernel)");
+		px->mode = MODE_COPY;
+		return 0;
+	}
+	if (cfg->mode != MODE_SOCKMAP)
 		return 0;
 	px->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, px, why, sizeof(why));
-	if (px->dp) {
-		px->mode = MODE_SOCKMAP;
-		px->tunnel_by_id = calloc(WSPLICE_MAX_TUNNELS, sizeof(*px->tunnel_by_id));
-		return px->tunnel_by_id ? 0 : -1;
-	}
-	if (cfg->mode == MODE_SOCKMAP) {
+	if (!px->dp) {
 		log_error("--mode sockmap: %s", why);
 		return -1;
 	}
-	log_warn("sockmap unavailable (%s): using the splice relay", why);
-	px->mode = MODE_SPLICE;
-	return 0;
+	px->tunnel_by_id = calloc(WSPLICE_MAX_TUNNELS, sizeof(*px->tunnel_by_id));
+	return px->tunnel_by_id ? 0 : -1;
 }
 
 /* The configuration from -c FILE or the --listen/--upstream shortcut.
