@@ -29,18 +29,17 @@ void config_defaults(struct config *cfg)
 	};
 }
 
-static void *grow(void *array, size_t *n, size_t size)
+bool config_grow(void **array, size_t *n, size_t size)
 {
-	char *p = realloc(array, (*n + 1) * size);
+	char *p = realloc(*array, (*n + 1) * size);
 
 	if (!p)
-		return NULL;
+		return false;
 	memset(p + *n * size, 0, size);
+	*array = p;
 	(*n)++;
-	return p;
+	return true;
 }
-
-#define GROW(array, n) ((array) = grow((array), &(n), sizeof(*(array))))
 
 struct config *config_from_endpoints(const struct config *globals, const struct endpoint *listen,
 				     const struct endpoint *upstream)
@@ -55,8 +54,8 @@ struct config *config_from_endpoints(const struct config *globals, const struct 
 	cfg->routes = NULL;
 	cfg->pools = NULL;
 	cfg->n_listeners = cfg->n_routes = cfg->n_pools = 0;
-	if (!GROW(cfg->listeners, cfg->n_listeners) || !GROW(cfg->pools, cfg->n_pools) ||
-	    !GROW(cfg->routes, cfg->n_routes) || !GROW(cfg->pools[0].servers, cfg->pools[0].n_servers)) {
+	if (!CONFIG_GROW(cfg->listeners, cfg->n_listeners) || !CONFIG_GROW(cfg->pools, cfg->n_pools) ||
+	    !CONFIG_GROW(cfg->routes, cfg->n_routes) || !CONFIG_GROW(cfg->pools[0].servers, cfg->pools[0].n_servers)) {
 		config_put(cfg);
 		return NULL;
 	}

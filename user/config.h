@@ -110,5 +110,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen);
 struct config *config_get(struct config *cfg);
 void config_put(struct config *cfg);
 const struct listener_cfg *config_listener(const struct config *cfg, const char *name);
+/* Appends one zeroed element to a realloc'd array; false (and the array
+ * untouched) when out of memory. */
+bool config_grow(void **array, size_t *n, size_t size);
+#define CONFIG_GROW(array, n) config_grow((void **)&(array), &(n), sizeof(*(array)))
 
 #endif

@@ -75,19 +75,6 @@ static char *read_line(char *str, int num, void *stream)
 	return s;
 }
 
-static void *grow(void *array, size_t *n, size_t size)
-{
-	char *p = realloc(array, (*n + 1) * size);
-
-	if (!p)
-		return NULL;
-	memset(p + *n * size, 0, size);
-	(*n)++;
-	return p;
-}
-
-#define GROW(array, n) ((array) = grow((array), &(n), sizeof(*(array))))
-
 static bool valid_name(const char *s)
 {
 	if (!*s || strlen(s) >= CFG_NAME_MAX)
@@ -134,7 +121,7 @@ static void open_section(struct load *ld, const char *section)
 	case SEC_LISTENER:
 		if (config_listener(cfg, name))
 			break;
-		if (!GROW(cfg->listeners, cfg->n_listeners))
+		if (!CONFIG_GROW(cfg->listeners, cfg->n_listeners))
 			goto oom;
 		ld->obj = &cfg->listeners[cfg->n_listeners - 1];
 		snprintf(cfg->listeners[cfg->n_listeners - 1].name, CFG_NAME_MAX, "%s", name);
@@ -144,7 +131,7 @@ static void open_section(struct load *ld, const char *section)
 		for (size_t i = 0; i < cfg->n_pools; i++)
 			if (!strcmp(cfg->pools[i].name, name))
 				goto duplicate;
-		if (!GROW(cfg->pools, cfg->n_pools))
+		if (!CONFIG_GROW(cfg->pools, cfg->n_pools))
 			goto oom;
 		ld->obj = &cfg->pools[cfg->n_pools - 1];
 		snprintf(cfg->pools[cfg->n_pools - 1].name, CFG_NAME_MAX, "%s", name);
@@ -156,7 +143,7 @@ static void open_section(struct load *ld, const char *section)
 		for (size_t i = 0; i < cfg->n_routes; i++)
 			if (!strcmp(cfg->routes[i].name, name))
 				goto duplicate;
-		if (!GROW(cfg->routes, cfg->n_routes))
+		if (!CONFIG_GROW(cfg->routes, cfg->n_routes))
 			goto oom;
 		ld->obj = &cfg->routes[cfg->n_routes - 1];
 		snprintf(cfg->routes[cfg->n_routes - 1].name, CFG_NAME_MAX, "%s", name);
@@ -202,7 +189,7 @@ static void add_trusted(struct load *ld, const char *key, const char *item)
 {
 	struct listener_cfg *l = ld->obj;
 
-	if (!GROW(l->trusted, l->n_trusted)) {
+	if (!CONFIG_GROW(l->trusted, l->n_trusted)) {
 		error_at(ld, ld->line, "out of memory");
 		return;
 	}
@@ -221,7 +208,7 @@ static void add_server(struct load *ld, const char *key, const char *item)
 		error_at(ld, ld->line, "%s: at most %d servers per pool", key, MAX_SERVERS);
 		return;
 	}
-	if (!GROW(p->servers, p->n_servers)) {
+	if (!CONFIG_GROW(p->servers, p->n_servers)) {
 		error_at(ld, ld->line, "out of memory");
 		return;
 	}
@@ -237,7 +224,7 @@ static void add_origin(struct load *ld, const char *key, const char *item)
 	char *copy = strdup(item);
 
 	(void)key;
-	if (!copy || !GROW(r->origins, r->n_origins)) {
+	if (!copy || !CONFIG_GROW(r->origins, r->n_origins)) {
 		free(copy);
 		error_at(ld, ld->line, "out of memory");
 		return;

@@ -1,5 +1,4 @@
 """The command line contract, the process lifecycle, and what bpftool shows."""
-import json
 import os
 import signal
 import socket
@@ -9,7 +8,7 @@ import time
 import pytest
 
 from conftest import NO_BPF, WSPLICE, Proxy, free_port
-from wsutil import bpf_tunnels, key_of, open_tunnel, recv_exact, switching_protocols, wait_for
+from wsutil import bpf_tunnels, echo_after_101, open_tunnel, recv_exact, wait_for
 
 needs_bpf = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
 
@@ -45,18 +44,9 @@ def test_invalid_arguments_exit_2_with_one_line(args, needle):
     assert len(lines) == 1 and lines[0].startswith("wsplice: ") and needle in lines[0], r.stderr
 
 
-def echo(conn, head, rest):
-    conn.sendall(switching_protocols(key_of(head)) + rest)
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return
-        conn.sendall(data)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_exits_cleanly_and_unpins(upstream, mode, sig):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = Proxy(up.port, mode)
     s, _ = open_tunnel(px.port)
     px.proc.send_signal(sig)
@@ -66,7 +56,7 @@ def test_signal_exits_cleanly_and_unpins(upstream, mode, sig):
 
 
 def test_ipv6_listen_and_hostname_upstream(upstream, mode):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = Proxy(up.port, mode, listen_host="::1")
     try:
         s = socket.create_connection(("::1", px.port), timeout=5)
@@ -101,7 +91,7 @@ def _connects(port):
 
 @needs_bpf
 def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = start_proxy(up.port, "sockmap")
     s, _ = open_tunnel(px.port)
     s.sendall(b"x" * 1000)
@@ -125,7 +115,7 @@ def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy):
 
 @needs_bpf
 def test_two_instances_with_different_pin_dirs(upstream):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     a, b = Proxy(up.port, "sockmap"), Proxy(up.port, "sockmap")
     try:
         for px in (a, b):
@@ -141,7 +131,7 @@ def test_two_instances_with_different_pin_dirs(upstream):
 
 @needs_bpf
 def test_same_pin_dir_is_refused(upstream):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     a = Proxy(up.port, "sockmap")
     try:
         r = run("--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:%d" % up.port,
@@ -176,7 +166,7 @@ def test_mounts_bpffs_when_missing():
 def test_auto_mode_is_the_copy_relay_and_says_so(upstream, start_proxy, tmp_path):
     """auto = the measured best (docs/PERFORMANCE.md): the copy relay, with
     one line saying so; no BPF is loaded and nothing is pinned."""
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = start_proxy(up.port, "auto", extra=["--bpffs", str(tmp_path / "pins")])
     s, _ = open_tunnel(px.port)
     s.sendall(b"auto")

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import WSPLICE, free_port
-from wsutil import (HttpReader, open_tunnel, parse_head, recv_exact, recv_head, switching_protocols,
-                    upgrade_request, key_of, status_of, wait_for)
+from wsutil import (HttpReader, echo_after_101, open_tunnel, parse_head, recv_exact, recv_head,
+                    upgrade_request, status_of, wait_for)
 
 
 def named(name):
@@ -21,14 +21,7 @@ def named(name):
     def handler(conn, head, rest):
         while True:
             if parse_head(head)[1].get("upgrade"):
-                conn.sendall(switching_protocols(key_of(head)))
-                data = rest
-                while True:
-                    if data:
-                        conn.sendall(data)
-                    data = conn.recv(65536)
-                    if not data:
-                        return
+                return echo_after_101(conn, head, rest)
             body = name.encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             try:
@@ -316,17 +309,21 @@ def test_max_tunnels_per_route(upstream, start_proxy, mode):
     t2.close()
 
 
-def test_x_forwarded_from_a_trusted_proxy_is_extended(upstream, start_proxy):
-    up = upstream(named("a"))
-    px = start_proxy(0, "copy", config="""
+def trusting(cidr, server):
+    return """
 [listener main]
 listen = 127.0.0.1:{port}
-trusted_proxies = 127.0.0.0/8
+trusted_proxies = %s
 [pool p]
 server = 127.0.0.1:%d
 [route r]
 pool = p
-""" % up.port)
+""" % (cidr, server)
+
+
+def test_x_forwarded_from_a_trusted_proxy_is_extended(upstream, start_proxy):
+    up = upstream(named("a"))
+    px = start_proxy(0, "copy", config=trusting("127.0.0.0/8", up.port))
     get(px.port, extra=b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\n")
     fields = parse_head(up.requests[-1])[1]
     assert fields["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]
@@ -335,15 +332,7 @@ pool = p
 
 def test_x_forwarded_from_an_untrusted_peer_is_replaced(upstream, start_proxy):
     up = upstream(named("a"))
-    px = start_proxy(0, "copy", config="""
-[listener main]
-listen = 127.0.0.1:{port}
-trusted_proxies = 10.0.0.0/8
-[pool p]
-server = 127.0.0.1:%d
-[route r]
-pool = p
-""" % up.port)
+    px = start_proxy(0, "copy", config=trusting("10.0.0.0/8", up.port))
     get(px.port, extra=b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n")
     fields = parse_head(up.requests[-1])[1]
     assert fields["x-forwarded-for"] == ["127.0.0.1"] and fields["x-forwarded-proto"] == ["http"]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from wsutil import (HttpReader, bpf_tunnels, key_of, open_tunnel, parse_head, recv_exact, recv_head,
-                    switching_protocols, wait_for)
+from wsutil import (HttpReader, bpf_tunnels, echo_after_101, open_tunnel, parse_head, recv_exact, recv_head,
+                    wait_for)
 
 
 def config(server, keepalive=16):
@@ -206,14 +206,7 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
     def handler(conn, head, rest):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npage")
         head, rest = recv_head(conn, timeout=10)
-        conn.sendall(switching_protocols(key_of(head)))
-        data = rest
-        while True:
-            if data:
-                conn.sendall(data)
-            data = conn.recv(65536)
-            if not data:
-                return
+        echo_after_101(conn, head, rest)
 
     up = upstream(handler)
     px = start_proxy(0, mode, config=config(up.port))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import free_port
-from wsutil import HttpReader, open_tunnel, recv_exact, recv_head, switching_protocols, key_of
+from wsutil import HttpReader, echo_after_101, key_of, open_tunnel, recv_exact, switching_protocols
 
 
 def config(server, globals_=""):
@@ -102,20 +102,9 @@ def test_unreachable_upstream_is_502_at_once(start_proxy):
     assert time.monotonic() - t0 < 0.5
 
 
-def echo(conn, head, rest):
-    conn.sendall(switching_protocols(key_of(head)))
-    data = rest
-    while True:
-        if data:
-            conn.sendall(data)
-        data = conn.recv(65536)
-        if not data:
-            return
-
-
 @pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
 def test_idle_tunnel_timeout_counts_traffic_the_kernel_moved(upstream, start_proxy, mode):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = start_proxy(0, mode, config=config(up.port, "tunnel_idle_timeout = 1s"))
     s, _ = open_tunnel(px.port)
     # 2 s of traffic, a message every 0.3 s: never idle for 1 s.
@@ -136,7 +125,7 @@ def test_idle_tunnel_timeout_counts_traffic_the_kernel_moved(upstream, start_pro
 
 @pytest.mark.parametrize("mode", ["sockmap", "copy"])
 def test_tunnels_never_time_out_by_default(upstream, start_proxy, mode):
-    up = upstream(echo)
+    up = upstream(echo_after_101)
     px = start_proxy(0, mode, config=config(up.port))
     s, _ = open_tunnel(px.port)
     assert eof_within(s, 2.5) is None  # nginx would have cut it after its 60 s default

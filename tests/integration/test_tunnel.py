@@ -9,20 +9,8 @@ import time
 
 import pytest
 
-from wsutil import (key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
+from wsutil import (echo_after_101, key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
-
-
-def echo_after_101(conn, head, rest, greeting=b""):
-    conn.sendall(switching_protocols(key_of(head)) + greeting)
-    if rest:
-        conn.sendall(rest)
-    while True:
-        data = conn.recv(1 << 20)
-        if not data:
-            break
-        conn.sendall(data)
-    conn.shutdown(socket.SHUT_WR)
 
 
 def roundtrip_upstream(conn, rest):

@@ -125,6 +125,20 @@ class ScriptedUpstream:
         self.sock.close()
 
 
+def echo_after_101(conn, head, rest, greeting=b""):
+    """Upstream handler: accepts the upgrade, echoes every byte, and
+    half-closes back once the client has half-closed."""
+    conn.sendall(switching_protocols(key_of(head)) + greeting)
+    if rest:
+        conn.sendall(rest)
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
 def key_of(head):
     return parse_head(head)[1]["sec-websocket-key"][0].encode()
 
