@@ -1,9 +1,9 @@
-"""Soak (WSPLICE_SOAK=1): bulk echo streams through each mode, unpinned so
-the verdict, the redirect worker and the daemon run on different CPUs, with
-backpressure engaging all the time; every byte is compared by ws_load.
-sockmap mode fails this today: pausing a direction from userspace races
-with the verdict on another CPU (docs/KERNEL.md §13). The default run leaves
-it out because it is known to fail, not because it is slow (~1 min)."""
+"""Bulk echo streams through each mode, unpinned so the relay (or, in
+sockmap mode, the verdict, the redirect worker and the daemon) runs on both
+CPUs, with backpressure engaging all the time; ws_load compares every byte.
+The sockmap case fails today: pausing a direction from userspace races with
+the verdict on another CPU (docs/KERNEL.md §13). It runs only with
+WSPLICE_SOAK=1 so that the default run stays green for the modes that hold."""
 import os
 import subprocess
 
@@ -16,8 +16,9 @@ BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
 SOAK = os.environ.get("WSPLICE_SOAK") == "1"
 
 
-@pytest.mark.skipif(not SOAK, reason="soak: set WSPLICE_SOAK=1")
 def test_bulk_streams_under_backpressure_arrive_intact(start_proxy, mode):
+    if mode == "sockmap" and not SOAK:
+        pytest.skip("known to fail (docs/KERNEL.md §13): run with WSPLICE_SOAK=1")
     echo_port = free_port()
     echo = subprocess.Popen([os.path.join(BENCH, "ws_echo"), str(echo_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
