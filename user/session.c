@@ -623,6 +623,8 @@ static void update_interest(struct session *s)
 
 static void drive(struct session *s)
 {
+	bool moved = false;
+
 	for (int rounds = 0; rounds < 1024; rounds++) {
 		bool progress = false;
 
@@ -637,9 +639,11 @@ static void drive(struct session *s)
 		}
 		if (!progress)
 			break;
-		if (s->state == S_EXCHANGE)
-			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
+		moved = true;
 	}
+	/* One clock read per wakeup, not per round: an exchange that moves is alive. */
+	if (moved && s->state == S_EXCHANGE)
+		set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
 	update_interest(s);
 }
 

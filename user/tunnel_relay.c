@@ -138,6 +138,8 @@ static void relay_update_interest(struct tunnel *t)
 
 static void relay_run(struct tunnel *t)
 {
+	bool moved = false;
+
 	for (int rounds = 0; rounds < 64; rounds++) {
 		bool progress = false;
 
@@ -164,8 +166,10 @@ static void relay_run(struct tunnel *t)
 		}
 		if (!progress)
 			break;
-		t->last_active_ms = ev_now_ms();
+		moved = true;
 	}
+	if (moved)
+		t->last_active_ms = ev_now_ms(); /* once per wakeup: tunnel_timeouts reads it */
 	relay_update_interest(t);
 }
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import WSPLICE, free_port
-from wsutil import (HttpReader, echo_after_101, open_tunnel, parse_head, recv_exact, recv_head,
+from wsutil import (HttpReader, echo_after_101, one_route_config, open_tunnel, parse_head, recv_exact, recv_head,
                     upgrade_request, status_of, wait_for)
 
 
@@ -193,17 +193,7 @@ def test_routes_by_host_and_longest_path_prefix(upstream, start_proxy):
 
 
 def pool_config(servers, balance="roundrobin", fail_timeout="10s"):
-    return """
-[listener main]
-listen = 127.0.0.1:{port}
-[pool p]
-balance = %s
-fail_timeout = %s
-keepalive = 0
-%s
-[route r]
-pool = p
-""" % (balance, fail_timeout, "\n".join("server = 127.0.0.1:%d" % port for port in servers))
+    return one_route_config(*servers, pool="balance = %s\nfail_timeout = %s\nkeepalive = 0" % (balance, fail_timeout))
 
 
 def test_round_robin_spreads_requests(upstream, start_proxy):
@@ -256,19 +246,7 @@ def test_passive_health_expires_and_all_dead_is_502(upstream, start_proxy):
 
 
 def ws_config(server, extra):
-    return """
-[listener main]
-listen = 127.0.0.1:{port}
-[pool p]
-server = 127.0.0.1:%d
-[route r]
-pool = p
-%s
-[route plain]
-path = /plain
-pool = p
-websocket = off
-""" % (server, extra)
+    return one_route_config(server, route=extra, extra="[route plain]\npath = /plain\npool = p\nwebsocket = off\n")
 
 
 def upgrade(port, path="/", origin=None):
@@ -310,15 +288,7 @@ def test_max_tunnels_per_route(upstream, start_proxy, mode):
 
 
 def trusting(cidr, server):
-    return """
-[listener main]
-listen = 127.0.0.1:{port}
-trusted_proxies = %s
-[pool p]
-server = 127.0.0.1:%d
-[route r]
-pool = p
-""" % (cidr, server)
+    return one_route_config(server, listener="trusted_proxies = %s" % cidr)
 
 
 def test_x_forwarded_from_a_trusted_proxy_is_extended(upstream, start_proxy):
@@ -338,18 +308,6 @@ def test_x_forwarded_from_an_untrusted_peer_is_replaced(upstream, start_proxy):
     assert fields["x-forwarded-for"] == ["127.0.0.1"] and fields["x-forwarded-proto"] == ["http"]
 
 
-def reload_config(server, limits=""):
-    return """
-[listener main]
-listen = 127.0.0.1:{port}
-[pool p]
-server = 127.0.0.1:%d
-[route r]
-pool = p
-%s
-""" % (server, limits)
-
-
 @pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
 def test_sighup_reload_keeps_tunnels_and_requests_in_flight(upstream, start_proxy, mode):
     release = threading.Event()
@@ -359,7 +317,7 @@ def test_sighup_reload_keeps_tunnels_and_requests_in_flight(upstream, start_prox
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
 
     a, b, slow_up = upstream(named("a")), upstream(named("b")), upstream(slow)
-    px = start_proxy(0, mode, config=reload_config(a.port) + "[route slow]\npath = /slow\npool = s\n"
+    px = start_proxy(0, mode, config=one_route_config(a.port) + "[route slow]\npath = /slow\npool = s\n"
                      "[pool s]\nserver = 127.0.0.1:%d\n" % slow_up.port)
     tunnel, _ = open_tunnel(px.port)
     tunnel.sendall(b"before")
@@ -367,7 +325,7 @@ def test_sighup_reload_keeps_tunnels_and_requests_in_flight(upstream, start_prox
     pending = socket.create_connection(("127.0.0.1", px.port), timeout=5)
     pending.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
     assert wait_for(lambda: len(slow_up.requests) == 1)
-    px.rewrite_config(reload_config(b.port))
+    px.rewrite_config(one_route_config(b.port))
     px.reload()
     assert get(px.port) == (200, "b")          # new requests follow the new routes
     release.set()
@@ -385,8 +343,8 @@ def test_sighup_reload_keeps_tunnels_and_requests_in_flight(upstream, start_prox
 
 def test_limits_are_configurable(upstream, start_proxy):
     up = upstream(named("a"))
-    px = start_proxy(0, "copy", config=reload_config(up.port).replace(
-        "[listener main]", "[global]\nmax_request_line = 100\nmax_headers = 5\nmax_header_size = 600\n[listener main]"))
+    px = start_proxy(0, "copy", config=one_route_config(
+        up.port, global_="max_request_line = 100\nmax_headers = 5\nmax_header_size = 600"))
     assert get(px.port, "/" + "x" * 120)[0] == 414
     assert get(px.port, extra=b"".join(b"X-%d: y\r\n" % i for i in range(5)))[0] == 431
     assert get(px.port, extra=b"X: " + b"y" * 700 + b"\r\n")[0] == 431

@@ -7,20 +7,12 @@ import time
 
 import pytest
 
-from wsutil import (HttpReader, bpf_tunnels, echo_after_101, open_tunnel, parse_head, recv_exact, recv_head,
+from wsutil import (HttpReader, bpf_tunnels, echo_after_101, one_route_config, open_tunnel, parse_head, recv_exact, recv_head,
                     wait_for)
 
 
 def config(server, keepalive=16):
-    return """
-[listener main]
-listen = 127.0.0.1:{port}
-[pool p]
-server = 127.0.0.1:%d
-keepalive = %d
-[route r]
-pool = p
-""" % (server, keepalive)
+    return one_route_config(server, pool="keepalive = %d" % keepalive)
 
 
 class CountingUpstream:

@@ -8,20 +8,11 @@ import time
 import pytest
 
 from conftest import free_port
-from wsutil import HttpReader, echo_after_101, key_of, open_tunnel, recv_exact, switching_protocols
+from wsutil import HttpReader, echo_after_101, one_route_config, key_of, open_tunnel, recv_exact, switching_protocols
 
 
 def config(server, globals_=""):
-    return """
-[global]
-%s
-[listener main]
-listen = 127.0.0.1:{port}
-[pool p]
-server = 127.0.0.1:%d
-[route r]
-pool = p
-""" % (globals_, server)
+    return one_route_config(server, global_=globals_)
 
 
 def ok_handler(conn, head, rest):

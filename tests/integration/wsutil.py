@@ -139,6 +139,16 @@ def echo_after_101(conn, head, rest, greeting=b""):
     conn.shutdown(socket.SHUT_WR)
 
 
+def one_route_config(*servers, global_="", listener="", pool="", route="", extra=""):
+    """The text of a -c file: one listener on "{port}" (the Proxy fixture
+    fills it in), pool p of these servers, catch-all route r to it; each
+    keyword's lines go into that section, extra after them all."""
+    text = "[global]\n%s\n" % global_ if global_ else ""
+    text += "[listener main]\nlisten = 127.0.0.1:{port}\n%s\n" % listener
+    text += "[pool p]\n%s\n%s\n" % ("\n".join("server = 127.0.0.1:%d" % s for s in servers), pool)
+    return text + "[route r]\npool = p\n%s\n%s" % (route, extra)
+
+
 def key_of(head):
     return parse_head(head)[1]["sec-websocket-key"][0].encode()
 
