@@ -218,17 +218,18 @@ static void connect_upstream(struct session *s)
 			session_reply_error(s, 502);
 			return;
 		}
-		fd = pool_take_idle(srv, &s->upstream_read, &s->upstream_written);
+		/* A server may close an idle connection just as we reuse it. A
+		 * bodiless request is then sent again (its head is kept in
+		 * replay); one with a body could not be, so it never takes an
+		 * idle connection. */
+		fd = s->req_body.kind == BODY_NONE ? pool_take_idle(srv, &s->upstream_read, &s->upstream_written) : -1;
 		if (fd >= 0) {
 			s->upstream.fd = fd;
 			s->server = srv;
 			srv->st->active++;
 			s->upstream_reused = s->upstream_connected = true;
-			/* A bodiless request can be sent again if the server had
-			 * closed this connection just as we reused it. */
 			buf_consume(&s->replay, buf_len(&s->replay));
-			if (s->req_body.kind == BODY_NONE)
-				buf_append(&s->replay, buf_head(&s->uout), buf_len(&s->uout));
+			buf_append(&s->replay, buf_head(&s->uout), buf_len(&s->uout));
 			s->state = S_EXCHANGE;
 			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
 			return;
