@@ -5,7 +5,13 @@
  * (the kernel bounds that queue by nothing; see docs/KERNEL.md). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "wsplice_maps.h"
+
+/* Linux 6.2+: the kernel skb behind the context and its socket as a
+ * tcp_sock, for the skb's sequence number and the socket's copied_seq. */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 /* Pause threshold in bytes per direction; 0 disables backpressure. */
 const volatile __u64 tunnel_budget = 4 << 20;
@@ -54,12 +60,17 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline void count(__u32 idx)
+static __always_inline void add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 
 	if (v)
-		(*v)++;
+		*v += n;
+}
+
+static __always_inline void count(__u32 idx)
+{
+	add(idx, 1);
 }
 
 /* Reads the peer's write_seq and folds its advance into ds->peer_sent.
@@ -108,6 +119,53 @@ static __always_inline void check_budget(struct ws_dir_stats *ds, __u32 tunnel_i
 	count(WS_CNT_PAUSE_EVENTS);
 }
 
+/* TCP_SKB_CB(skb)->seq: the first 4 bytes of skb->cb (host order). */
+static __always_inline __u32 tcp_skb_seq(const struct sk_buff *kskb)
+{
+	return (__u32)(__u8)kskb->cb[0] | (__u32)(__u8)kskb->cb[1] << 8 | (__u32)(__u8)kskb->cb[2] << 16 |
+	       (__u32)(__u8)kskb->cb[3] << 24;
+}
+
+/* tcp_read_skb() hands the verdict whole skbs, but TCP queues a
+ * retransmitted segment that partly overlaps bytes already received as it
+ * came, and only its other readers skip the overlap (by copied_seq - seq).
+ * Redirected whole, those bytes reach the peer twice, and tcp_eat_skb()
+ * pushes copied_seq past rcv_nxt, after which pruning discards real data
+ * (docs/KERNEL.md §14). So cut off the head before copied_seq; tcp_eat_skb()
+ * then advances copied_seq by exactly what is left. Returns false when
+ * nothing is left (an skb of old bytes only, now empty: drop it). sk_skb
+ * may shrink 4095 bytes per call: 64 calls cover 256 KiB. */
+static __always_inline bool trim_delivered_head(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct sock *sk = kskb->sk;
+	struct tcp_sock *tp;
+	__u32 len = skb->len, over, left;
+
+	if (!sk)
+		return true;
+	/* Only TCP sockets enter the maps. */
+	tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
+	over = tp->copied_seq - tcp_skb_seq(kskb);
+	if ((__s32)over <= 0)
+		return true;
+	if (over > len)
+		over = len;
+	left = over;
+	for (int i = 0; i < 64 && left; i++) {
+		__u32 n = left > 4095 ? 4095 : left;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)n, 0, 0))
+			break;
+		left -= n;
+	}
+	count(WS_CNT_OVERLAP_SKBS);
+	add(WS_CNT_OVERLAP_BYTES, over - left);
+	if (left)
+		count(WS_CNT_TRIM_FAILED);
+	return skb->len != 0;
+}
+
 SEC("sk_skb")
 int wsplice_verdict(struct __sk_buff *skb)
 {
@@ -116,8 +174,12 @@ int wsplice_verdict(struct __sk_buff *skb)
 	struct ws_dir_stats *ds;
 	struct ws_tunnel *t;
 	__u64 peer_key;
-	__u32 tid, dir, len = skb->len;
+	__u32 tid, dir, len;
 
+	/* A drop of the emptied skb eats nothing: copied_seq stays right. */
+	if (!trim_delivered_head(skb))
+		return SK_DROP;
+	len = skb->len;
 	link = bpf_map_lookup_elem(&sock_links, &cookie);
 	if (!link) {
 		count(WS_CNT_NO_LINK);

@@ -66,6 +66,9 @@ enum ws_counter {
 	WS_CNT_NO_PEER = 1,   /* peer missing from target_map: passed, not dropped */
 	WS_CNT_REDIRECTED = 2,
 	WS_CNT_PAUSE_EVENTS = 3,
+	WS_CNT_OVERLAP_SKBS = 4,  /* skbs whose head had already been delivered: trimmed */
+	WS_CNT_OVERLAP_BYTES = 5, /* bytes cut off those heads (never sent twice) */
+	WS_CNT_TRIM_FAILED = 6,   /* a trim that could not complete (must stay 0) */
 	WS_CNT_MAX = 8,
 };
 

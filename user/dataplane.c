@@ -165,6 +165,12 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
 	err = splice_bpf__load(dp->skel);
+	if (err == -ESRCH) {
+		/* libbpf: a kfunc the verdict calls is not in this kernel's BTF. */
+		snprintf(why, whylen, "this kernel lacks the kfuncs bpf_cast_to_kern_ctx/bpf_rdonly_cast (Linux 6.2+) "
+				      "that the verdict needs to send a partly delivered skb once (docs/KERNEL.md §14)");
+		goto fail;
+	}
 	if (err) {
 		snprintf(why, whylen, "cannot load the BPF programs: %s%s", strerror(-err),
 			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)" : "");
