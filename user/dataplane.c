@@ -13,6 +13,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include "dataplane.h"
 #include "log.h"
@@ -138,6 +139,20 @@ static int on_ring_event(void *ctx, void *data, size_t size)
 	return 0;
 }
 
+/* The verdict calls kfuncs of Linux 6.2+; libbpf reports their absence
+ * only as EINVAL, so look them up in the kernel's BTF first. */
+static bool kernel_has_kfuncs(void)
+{
+	static const char *const kfuncs[] = { "bpf_cast_to_kern_ctx", "bpf_rdonly_cast" };
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	bool ok = vmlinux != NULL;
+
+	for (size_t i = 0; ok && i < sizeof(kfuncs) / sizeof(kfuncs[0]); i++)
+		ok = btf__find_by_name_kind(vmlinux, kfuncs[i], BTF_KIND_FUNC) > 0;
+	btf__free(vmlinux);
+	return ok;
+}
+
 struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, void *ctx,
 				 char *why, size_t whylen)
 {
@@ -164,13 +179,12 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	dp->skel->rodata->tunnel_budget = budget;
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
-	err = splice_bpf__load(dp->skel);
-	if (err == -ESRCH) {
-		/* libbpf: a kfunc the verdict calls is not in this kernel's BTF. */
+	if (!kernel_has_kfuncs()) {
 		snprintf(why, whylen, "this kernel lacks the kfuncs bpf_cast_to_kern_ctx/bpf_rdonly_cast (Linux 6.2+) "
 				      "that the verdict needs to send a partly delivered skb once (docs/KERNEL.md §14)");
 		goto fail;
 	}
+	err = splice_bpf__load(dp->skel);
 	if (err) {
 		snprintf(why, whylen, "cannot load the BPF programs: %s%s", strerror(-err),
 			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)" : "");

@@ -147,8 +147,8 @@ static void raise_fd_limit(void)
 
 /* Resolves --mode auto and opens the data plane when sockmap is wanted.
  * auto means the copy relay: it measured best at 64 connections and in bulk
- * throughput (docs/PERFORMANCE.md), and the sockmap backpressure has an
- * open SMP race (docs/KERNEL.md §13); sockmap is there when asked for. */
+ * throughput (docs/PERFORMANCE.md) and runs on every kernel; sockmap (Linux
+ * 6.2+, docs/KERNEL.md §14) is there when asked for. */
 static int choose_mode(struct proxy *px, struct config *cfg)
 {
 	char why[256];

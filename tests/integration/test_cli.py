@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import NO_BPF, WSPLICE, Proxy, free_port
+from conftest import NO_BPF, WSPLICE, Proxy, free_port, need_sockmap
 from wsutil import bpf_tunnels, echo_after_101, open_tunnel, recv_exact, wait_for
 
 needs_bpf = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
@@ -131,6 +131,7 @@ def test_two_instances_with_different_pin_dirs(upstream):
 
 @needs_bpf
 def test_same_pin_dir_is_refused(upstream):
+    need_sockmap()
     up = upstream(echo_after_101)
     a = Proxy(up.port, "sockmap")
     try:
@@ -144,6 +145,7 @@ def test_same_pin_dir_is_refused(upstream):
 
 @needs_bpf
 def test_pin_dir_outside_bpffs_is_a_clear_error(tmp_path):
+    need_sockmap()
     r = run("--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:1",
             "--mode", "sockmap", "--bpffs", str(tmp_path / "pins"))
     assert r.returncode == 1 and "is not on a bpf filesystem" in r.stderr, r.stderr
@@ -152,6 +154,7 @@ def test_pin_dir_outside_bpffs_is_a_clear_error(tmp_path):
 @needs_bpf
 def test_mounts_bpffs_when_missing():
     """In a private mount namespace where /sys/fs/bpf is not bpffs."""
+    need_sockmap()
     port = free_port()
     script = ("mount -t tmpfs none /sys/fs/bpf && "
               "{ %s --listen 127.0.0.1:%d --upstream 127.0.0.1:1 --mode sockmap & pid=$!; sleep 1; "
@@ -180,6 +183,7 @@ def test_auto_mode_is_the_copy_relay_and_says_so(upstream, start_proxy, tmp_path
 
 def test_sockmap_without_capabilities_fails_with_one_line(upstream, tmp_path):
     """Root without CAP_BPF & co (an empty bounding set): --mode sockmap says why and exits 1."""
+    need_sockmap()
     r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", WSPLICE,
                         "--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:1", "--mode", "sockmap",
                         "--bpffs", "/sys/fs/bpf/wsplice-nocap-%d" % os.getpid()],

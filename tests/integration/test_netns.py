@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import NO_BPF, ROOT, WSPLICE
+from conftest import NO_BPF, ROOT, WSPLICE, need_sockmap
 from wsutil import bpf_counter, wait_for
 
 BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
@@ -52,19 +52,15 @@ def in_ns(ns, *args):
 
 
 def test_sockmap_splice_across_veth_hosts_and_native_xdp(hosts):
+    need_sockmap()
     pin = "/sys/fs/bpf/wsplice-netns-%d" % os.getpid()
     echo = subprocess.Popen(in_ns(hosts["upstream"], os.path.join(BENCH, "ws_echo"), "9000", "10.77.2.2"),
                             stdout=subprocess.PIPE, text=True)
     proxy = None
     try:
         assert echo.stdout.readline().strip() == "ready"
-        # This test is about splicing across veth; a budget the 64 MiB transfer
-        # cannot reach keeps the pause/resume out of it, whose SMP race
-        # (docs/KERNEL.md §13) corrupted it once on 6.12 and has its own
-        # test (test_integrity.py, WSPLICE_SOAK=1).
         proxy = subprocess.Popen(in_ns(hosts["proxy"], WSPLICE, "--listen", "10.77.1.1:8080",
-                                       "--upstream", "10.77.2.2:9000", "--mode", "sockmap", "--bpffs", pin,
-                                       "--tunnel-buffer", "256M"),
+                                       "--upstream", "10.77.2.2:9000", "--mode", "sockmap", "--bpffs", pin),
                                  stderr=subprocess.PIPE, text=True)
         load = os.path.join(BENCH, "ws_load")
 
