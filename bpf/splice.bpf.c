@@ -48,6 +48,15 @@ struct {
 	__type(value, struct ws_sock_link);
 } sock_links SEC(".maps");
 
+/* Sockets the daemon wants out of verdict_map (a pause), by cookie; the
+ * pause iterator below carries the requests out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WSPLICE_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u32);
+} pause_requests SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -210,6 +219,27 @@ int wsplice_verdict(struct __sk_buff *skb)
 	count(WS_CNT_REDIRECTED);
 	check_budget(ds, tid, dir);
 	return SK_PASS;
+}
+
+/* Pauses a direction by taking its source socket out of verdict_map. A
+ * delete from userspace takes no socket lock, so a verdict loop running in
+ * softirq on the other CPU can see its program vanish between two skbs and
+ * drop the rest (docs/KERNEL.md §13). The TCP iterator runs this with each
+ * socket locked, when no verdict loop can be running on it. */
+SEC("iter/tcp")
+int wsplice_pause(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	__u64 cookie;
+
+	if (!skc)
+		return 0;
+	cookie = skc->skc_cookie.counter;
+	if (!cookie || !bpf_map_lookup_elem(&pause_requests, &cookie))
+		return 0;
+	bpf_map_delete_elem(&verdict_map, &cookie);
+	bpf_map_delete_elem(&pause_requests, &cookie);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -22,7 +22,8 @@
 struct dataplane {
 	struct splice_bpf *skel;
 	struct ring_buffer *rb;
-	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
+	struct bpf_link *pause_iter;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd, pause_req_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
@@ -205,6 +206,12 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		snprintf(why, whylen, "cannot pin maps under %s: %s", pin_dir, strerror(errno));
 		goto fail;
 	}
+	dp->pause_req_fd = bpf_map__fd(dp->skel->maps.pause_requests);
+	dp->pause_iter = bpf_program__attach_iter(dp->skel->progs.wsplice_pause, NULL);
+	if (!dp->pause_iter) {
+		snprintf(why, whylen, "cannot attach the pause iterator: %s", strerror(errno));
+		goto fail;
+	}
 	dp->rb = ring_buffer__new(bpf_map__fd(dp->skel->maps.pause_events), on_ring_event, dp, NULL);
 	if (!dp->rb) {
 		snprintf(why, whylen, "cannot open the pause ring buffer: %s", strerror(errno));
@@ -223,6 +230,7 @@ void dataplane_close(struct dataplane *dp)
 	if (!dp)
 		return;
 	ring_buffer__free(dp->rb);
+	bpf_link__destroy(dp->pause_iter);
 	if (dp->attached)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
 	if (dp->owns_pin_dir) {
@@ -329,12 +337,29 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 	return bpf_map_lookup_elem(dp->tunnels_fd, &id, out);
 }
 
-int dataplane_pause(struct dataplane *dp, int fd, uint64_t cookie)
+/* Runs the pause iterator over the namespace's TCP sockets (it locks each
+ * in turn) for the one request; the request is gone once carried out. */
+int dataplane_pause(struct dataplane *dp, uint64_t cookie)
 {
-	/* Gate first: without it a chunk arriving between the two steps was
-	 * lost once in the prototype. */
-	set_lowat(fd, INT_MAX);
-	return bpf_map_delete_elem(dp->verdict_fd, &cookie);
+	__u32 one = 1;
+	char buf[64];
+	int it;
+
+	if (bpf_map_update_elem(dp->pause_req_fd, &cookie, &one, BPF_ANY))
+		return -1;
+	it = bpf_iter_create(bpf_link__fd(dp->pause_iter));
+	if (it >= 0) {
+		while (read(it, buf, sizeof(buf)) > 0)
+			;
+		close(it);
+	}
+	if (!bpf_map_lookup_elem(dp->pause_req_fd, &cookie, &one)) {
+		/* Not carried out (the socket is gone): leave nothing behind. */
+		bpf_map_delete_elem(dp->pause_req_fd, &cookie);
+		errno = it < 0 ? errno : ENOENT;
+		return -1;
+	}
+	return 0;
 }
 
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)

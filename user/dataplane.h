@@ -31,7 +31,7 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
 /* Backpressure: stop / restart the verdict for one source socket. */
-int dataplane_pause(struct dataplane *dp, int fd, uint64_t cookie);
+int dataplane_pause(struct dataplane *dp, uint64_t cookie);
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
 uint64_t socket_cookie(int fd);
 

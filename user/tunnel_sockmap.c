@@ -259,7 +259,7 @@ void tunnel_sockmap_pause(struct tunnel *t, int d)
 
 	if (t->closed || dd->paused || dd->src_eof || dd->dst_shut)
 		return;
-	if (dataplane_pause(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0)
+	if (dataplane_pause(t->px->dp, t->cookie[src]) < 0)
 		return;
 	dd->paused = true;
 	log_debug("tunnel %u: %s paused", t->id, d == WS_DIR_C2U ? "client->upstream" : "upstream->client");
