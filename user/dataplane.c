@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include "dataplane.h"
+#include "dataplane_pause.h"
 #include "log.h"
 #include "splice.skel.h"
 
@@ -23,12 +25,15 @@ struct dataplane {
 	struct splice_bpf *skel;
 	struct ring_buffer *rb;
 	struct bpf_link *pause_iter;
+	struct pauser *pauser;
+	int epfd; /* the ring buffer and pause completions */
 	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd, pause_req_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
 	char pin_dir[256];
 	pause_fn on_pause;
+	paused_fn on_paused;
 	void *ctx;
 };
 
@@ -154,8 +159,8 @@ static bool kernel_has_kfuncs(void)
 	return ok;
 }
 
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, void *ctx,
-				 char *why, size_t whylen)
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, paused_fn on_paused,
+				 void *ctx, char *why, size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
 	int err;
@@ -165,8 +170,10 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		return NULL;
 	}
 	dp->lock_fd = -1;
+	dp->epfd = -1;
 	dp->rcvbuf = budget / 2 > (4u << 20) ? (4 << 20) : budget / 2 < 65536 ? 65536 : (int)(budget / 2);
 	dp->on_pause = on_pause;
+	dp->on_paused = on_paused;
 	dp->ctx = ctx;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
 	libbpf_set_print(libbpf_log);
@@ -212,9 +219,21 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		snprintf(why, whylen, "cannot attach the pause iterator: %s", strerror(errno));
 		goto fail;
 	}
+	dp->pauser = pauser_start(bpf_link__fd(dp->pause_iter), dp->pause_req_fd);
+	if (!dp->pauser) {
+		snprintf(why, whylen, "cannot start the pause thread: %s", strerror(errno));
+		goto fail;
+	}
 	dp->rb = ring_buffer__new(bpf_map__fd(dp->skel->maps.pause_events), on_ring_event, dp, NULL);
 	if (!dp->rb) {
 		snprintf(why, whylen, "cannot open the pause ring buffer: %s", strerror(errno));
+		goto fail;
+	}
+	dp->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (dp->epfd < 0 ||
+	    epoll_ctl(dp->epfd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(dp->rb), &(struct epoll_event){ .events = EPOLLIN }) ||
+	    epoll_ctl(dp->epfd, EPOLL_CTL_ADD, pauser_fd(dp->pauser), &(struct epoll_event){ .events = EPOLLIN })) {
+		snprintf(why, whylen, "cannot watch the data plane's events: %s", strerror(errno));
 		goto fail;
 	}
 	return dp;
@@ -229,7 +248,10 @@ void dataplane_close(struct dataplane *dp)
 
 	if (!dp)
 		return;
+	if (dp->epfd >= 0)
+		close(dp->epfd);
 	ring_buffer__free(dp->rb);
+	pauser_stop(dp->pauser);
 	bpf_link__destroy(dp->pause_iter);
 	if (dp->attached)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
@@ -248,12 +270,17 @@ void dataplane_close(struct dataplane *dp)
 
 int dataplane_event_fd(struct dataplane *dp)
 {
-	return ring_buffer__epoll_fd(dp->rb);
+	return dp->epfd;
 }
 
 void dataplane_poll(struct dataplane *dp)
 {
+	struct epoll_event ev[2];
+
+	/* Empties the nested epoll set so it reports only new readiness. */
+	epoll_wait(dp->epfd, ev, 2, 0);
 	ring_buffer__consume(dp->rb);
+	pauser_collect(dp->pauser, dp->on_paused, dp->ctx);
 }
 
 static const int spliced_sndbuf = 4 << 20;
@@ -325,6 +352,7 @@ undo:
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2])
 {
 	for (int e = 0; e < 2; e++) {
+		pauser_cancel(dp->pauser, cookie[e]);
 		bpf_map_delete_elem(dp->verdict_fd, &cookie[e]);
 		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
 		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
@@ -337,29 +365,9 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 	return bpf_map_lookup_elem(dp->tunnels_fd, &id, out);
 }
 
-/* Runs the pause iterator over the namespace's TCP sockets (it locks each
- * in turn) for the one request; the request is gone once carried out. */
-int dataplane_pause(struct dataplane *dp, uint64_t cookie)
+int dataplane_pause(struct dataplane *dp, uint64_t cookie, uint64_t tag)
 {
-	__u32 one = 1;
-	char buf[64];
-	int it;
-
-	if (bpf_map_update_elem(dp->pause_req_fd, &cookie, &one, BPF_ANY))
-		return -1;
-	it = bpf_iter_create(bpf_link__fd(dp->pause_iter));
-	if (it >= 0) {
-		while (read(it, buf, sizeof(buf)) > 0)
-			;
-		close(it);
-	}
-	if (!bpf_map_lookup_elem(dp->pause_req_fd, &cookie, &one)) {
-		/* Not carried out (the socket is gone): leave nothing behind. */
-		bpf_map_delete_elem(dp->pause_req_fd, &cookie);
-		errno = it < 0 ? errno : ENOENT;
-		return -1;
-	}
-	return 0;
+	return pauser_request(dp->pauser, cookie, tag);
 }
 
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)

@@ -7,17 +7,20 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "dataplane_pause.h"
 #include "wsplice_maps.h"
 
 struct dataplane;
 
 typedef void (*pause_fn)(void *ctx, const struct ws_pause_event *ev);
 
-/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, void *ctx,
-				 char *why, size_t whylen);
+/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF).
+ * on_pause: the verdict asks for a pause; on_paused: one was carried out. */
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, paused_fn on_paused,
+				 void *ctx, char *why, size_t whylen);
 void dataplane_close(struct dataplane *dp);
-/* Fd to watch for pause requests; call dataplane_poll when readable. */
+/* Fd to watch for pause requests and completions; call dataplane_poll
+ * when readable. */
 int dataplane_event_fd(struct dataplane *dp);
 void dataplane_poll(struct dataplane *dp);
 
@@ -30,8 +33,9 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 			 bool flowing[2]);
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
-/* Backpressure: stop / restart the verdict for one source socket. */
-int dataplane_pause(struct dataplane *dp, uint64_t cookie);
+/* Backpressure: stop / restart the verdict for one source socket. A pause
+ * completes later, through on_paused with the tag given here. */
+int dataplane_pause(struct dataplane *dp, uint64_t cookie, uint64_t tag);
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
 uint64_t socket_cookie(int fd);
 

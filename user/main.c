@@ -135,6 +135,16 @@ static void on_pause(void *ctx, const struct ws_pause_event *ev)
 		tunnel_sockmap_pause(t, ev->dir & 1);
 }
 
+static void on_paused(void *ctx, uint64_t cookie, uint64_t tag, bool ok, uint64_t waited_us)
+{
+	struct proxy *px = ctx;
+	uint64_t id = tag >> 1;
+	struct tunnel *t = id < WSPLICE_MAX_TUNNELS ? px->tunnel_by_id[id] : NULL;
+
+	if (t)
+		tunnel_sockmap_paused(t, tag & 1, cookie, ok, waited_us);
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
@@ -161,7 +171,7 @@ static int choose_mode(struct proxy *px, struct config *cfg)
 	}
 	if (cfg->mode != MODE_SOCKMAP)
 		return 0;
-	px->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, px, why, sizeof(why));
+	px->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, on_paused, px, why, sizeof(why));
 	if (!px->dp) {
 		log_error("--mode sockmap: %s", why);
 		return -1;

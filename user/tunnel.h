@@ -27,6 +27,7 @@ struct tunnel_dir {
 	uint32_t in_pipe;
 	bool src_eof;          /* FIN received from the source */
 	bool dst_shut;         /* FIN sent to the destination */
+	bool pausing;          /* sockmap: a pause was asked for and is under way */
 	bool paused;           /* sockmap: removed from verdict_map by backpressure */
 	bool user_finish;      /* sockmap: finishing this direction in userspace */
 	uint64_t user_read;    /* bytes userspace ever read from the source */
@@ -70,6 +71,9 @@ int tunnel_relay_start(struct tunnel *t);
 int tunnel_sockmap_start(struct tunnel *t);
 /* Called for a ring-buffer pause request from the verdict program. */
 void tunnel_sockmap_pause(struct tunnel *t, int dir);
+/* The pause asked for by tunnel_sockmap_pause has been carried out (ok) or
+ * found no socket; cookie tells a reused tunnel id from the one that asked. */
+void tunnel_sockmap_paused(struct tunnel *t, int dir, uint64_t cookie, bool ok, uint64_t waited_us);
 /* One line about a tunnel's state, for the SIGUSR1 dump. */
 void tunnel_describe(struct tunnel *t, char *out, size_t len);
 void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len);

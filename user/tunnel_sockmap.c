@@ -11,7 +11,6 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <time.h>
 #include "dataplane.h"
 #include "log.h"
 #include "tunnel.h"
@@ -258,19 +257,28 @@ void tunnel_sockmap_pause(struct tunnel *t, int d)
 	struct tunnel_dir *dd = &t->dir[d];
 	int src = dir_src(d);
 
-	struct timespec t0, t1;
+	if (t->closed || dd->pausing || dd->paused || dd->src_eof || dd->dst_shut)
+		return;
+	/* Until it is carried out the verdict keeps redirecting: that delay
+	 * is the reaction-time term of the bound (docs/KERNEL.md §4). */
+	if (dataplane_pause(t->px->dp, t->cookie[src], (uint64_t)t->id << 1 | d) == 0)
+		dd->pausing = true;
+}
 
-	if (t->closed || dd->paused || dd->src_eof || dd->dst_shut)
+void tunnel_sockmap_paused(struct tunnel *t, int d, uint64_t cookie, bool ok, uint64_t waited_us)
+{
+	struct tunnel_dir *dd = &t->dir[d];
+
+	if (t->closed || !dd->pausing || t->cookie[dir_src(d)] != cookie)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (dataplane_pause(t->px->dp, t->cookie[src]) < 0)
+	dd->pausing = false;
+	if (!ok)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
 	dd->paused = true;
 	/* The pause walks every TCP socket of the namespace: say what it cost. */
-	log_debug("tunnel %u: %s paused in %ld us", t->id, d == WS_DIR_C2U ? "client->upstream" : "upstream->client",
-		  (long)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000));
-	ev_ticker_start(t->px->loop, &t->ticker);
+	log_debug("tunnel %u: %s paused in %llu us", t->id, d == WS_DIR_C2U ? "client->upstream" : "upstream->client",
+		  (unsigned long long)waited_us);
+	sockmap_progress(t);
 }
 
 void tunnel_sockmap_release(struct tunnel *t)
@@ -292,8 +300,9 @@ void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len)
 		int src = t->ep[dir_src(d)].fd;
 
 		n += snprintf(out + n, len - n,
-			      " | %s: eof=%d shut=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
-			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->paused, dd->user_finish,
+			      " | %s: eof=%d shut=%d pausing=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
+			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->pausing, dd->paused,
+			      dd->user_finish,
 			      (unsigned long long)tv.dir[d].bytes, (unsigned long long)dd->user_read,
 			      (unsigned long long)bytes_received(src), (unsigned long long)inflight(t, d, &tv));
 	}
