@@ -27,7 +27,7 @@ struct dataplane {
 	struct bpf_link *pause_iter;
 	struct pauser *pauser;
 	int epfd; /* the ring buffer and pause completions */
-	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd, pause_req_fd;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
@@ -213,13 +213,12 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		snprintf(why, whylen, "cannot pin maps under %s: %s", pin_dir, strerror(errno));
 		goto fail;
 	}
-	dp->pause_req_fd = bpf_map__fd(dp->skel->maps.pause_requests);
 	dp->pause_iter = bpf_program__attach_iter(dp->skel->progs.wsplice_pause, NULL);
 	if (!dp->pause_iter) {
 		snprintf(why, whylen, "cannot attach the pause iterator: %s", strerror(errno));
 		goto fail;
 	}
-	dp->pauser = pauser_start(bpf_link__fd(dp->pause_iter), dp->pause_req_fd);
+	dp->pauser = pauser_start(bpf_link__fd(dp->pause_iter), bpf_map__fd(dp->skel->maps.pause_requests));
 	if (!dp->pauser) {
 		snprintf(why, whylen, "cannot start the pause thread: %s", strerror(errno));
 		goto fail;
