@@ -20,16 +20,32 @@
 
 static void sockmap_progress(struct tunnel *t);
 
-/* Every byte ever queued for sending on fd (acknowledged or not). */
-static uint64_t bytes_queued(int fd)
+static uint64_t bytes_acked(int fd)
 {
 	struct tcp_info ti = { 0 };
 	socklen_t len = sizeof(ti);
-	int outq = 0;
 
 	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
-	ioctl(fd, SIOCOUTQ, &outq);
-	return ti.tcpi_bytes_acked + (uint64_t)outq;
+	return ti.tcpi_bytes_acked;
+}
+
+/* Every byte ever queued for sending on fd (acknowledged or not). The two
+ * reads are not atomic: an ACK between them moves bytes from the queue to
+ * the acked count unseen, and a low base would later declare bytes sent
+ * that still sit in the psock queue (a FIN sent ahead of them). So read
+ * until no ACK came in between. */
+static uint64_t bytes_queued(int fd)
+{
+	uint64_t acked = bytes_acked(fd), again;
+	int outq = 0;
+
+	for (int i = 0; i < 16; i++, acked = again) {
+		ioctl(fd, SIOCOUTQ, &outq);
+		again = bytes_acked(fd);
+		if (again == acked)
+			break;
+	}
+	return acked + (uint64_t)outq;
 }
 
 static int tcp_state(int fd)

@@ -91,11 +91,22 @@ def maps_empty(pin_dir):
 
 def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
     up = upstream(cycle_upstream)
-    px = start_proxy(up.port, mode)
+    # Debug logging: a cycle that fails in CI must say which path it took.
+    px = start_proxy(up.port, mode, extra=["-v"])
     base_fds = px.fd_count()
     rnd = random.Random(1)
     for i in range(1000):
-        run_cycle(px.port, rnd.choice(PATTERNS), i)
+        pattern = rnd.choice(PATTERNS)
+        started = time.monotonic()
+        try:
+            run_cycle(px.port, pattern, i)
+        except (AssertionError, OSError) as e:
+            took = time.monotonic() - started
+            px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
+            time.sleep(0.5)
+            raise AssertionError("cycle %d (%s) failed after %.3f s: %r\nupstream errors: %s\ndaemon log:\n%s"
+                                 % (i, pattern, took, e, up.errors[-3:],
+                                    "\n".join(px.read_log().splitlines()[-40:]))) from e
     if not wait_for(lambda: px.fd_count() == base_fds, timeout=10):
         px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
         time.sleep(0.5)
