@@ -33,6 +33,8 @@ static void tunnel_free(void *arg)
 
 void tunnel_close(struct tunnel *t, int reset_end)
 {
+	bool spliced = t->in_kernel;
+
 	if (t->closed)
 		return;
 	t->closed = true;
@@ -61,7 +63,8 @@ void tunnel_close(struct tunnel *t, int reset_end)
 		t->server_st->active--;
 	t->px->tunnels_open--;
 	conn_link_del(&t->link);
-	log_debug("tunnel closed%s", reset_end >= 0 ? " by reset" : "");
+	log_debug("tunnel %u (%s) closed%s", t->id, spliced ? "sockmap" : mode_name(t->mode),
+		  reset_end >= 0 ? " by reset" : "");
 	ev_defer(t->px->loop, tunnel_free, t);
 }
 

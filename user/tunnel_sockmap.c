@@ -20,6 +20,11 @@
 
 static void sockmap_progress(struct tunnel *t);
 
+static const char *dir_name(int d)
+{
+	return d == WS_DIR_C2U ? "client->upstream" : "upstream->client";
+}
+
 static uint64_t bytes_acked(int fd)
 {
 	struct tcp_info ti = { 0 };
@@ -117,6 +122,8 @@ static int finish_in_userspace(struct tunnel *t, int d)
 	buf_release(&dd->buf);
 	shutdown(dst, SHUT_WR);
 	dd->dst_shut = true;
+	log_debug("tunnel %u: %s FIN passed on from userspace (%llu bytes read there, %llu written)", t->id,
+		  dir_name(d), (unsigned long long)dd->user_read, (unsigned long long)dd->user_written);
 	return 1;
 }
 
@@ -150,6 +157,8 @@ static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
 		return 0;
 	shutdown(t->ep[dst].fd, SHUT_WR);
 	dd->dst_shut = true;
+	log_debug("tunnel %u: %s FIN passed on after %llu bytes redirected, %llu read in userspace", t->id,
+		  dir_name(d), (unsigned long long)tv->dir[d].bytes, (unsigned long long)dd->user_read);
 	return 1;
 }
 
@@ -292,8 +301,7 @@ void tunnel_sockmap_paused(struct tunnel *t, int d, uint64_t cookie, bool ok, ui
 		return;
 	dd->paused = true;
 	/* The pause walks every TCP socket of the namespace: say what it cost. */
-	log_debug("tunnel %u: %s paused in %llu us", t->id, d == WS_DIR_C2U ? "client->upstream" : "upstream->client",
-		  (unsigned long long)waited_us);
+	log_debug("tunnel %u: %s paused in %llu us", t->id, dir_name(d), (unsigned long long)waited_us);
 	sockmap_progress(t);
 }
 
