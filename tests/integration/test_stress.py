@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import report
-from wsutil import (bpf_tunnels, bpftool_dump, key_of, mem_available, open_tunnel, recv_exact,
+from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, key_of, mem_available, open_tunnel, recv_exact,
                     recv_until_eof, switching_protocols, wait_for)
 
 PATTERNS = ["client-fin", "upstream-fin", "both-fin", "client-rst", "upstream-rst", "client-close-unread"]
@@ -104,9 +104,17 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
             took = time.monotonic() - started
             px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
             time.sleep(0.5)
-            raise AssertionError("cycle %d (%s) failed after %.3f s: %r\nupstream errors: %s\ndaemon log:\n%s"
-                                 % (i, pattern, took, e, up.errors[-3:],
-                                    "\n".join(px.read_log().splitlines()[-40:]))) from e
+            counters = ""
+            try:  # no_link, no_peer, redirected, pauses, trimmed skbs, trimmed bytes, failed trims
+                if mode == "sockmap":
+                    counters = " ".join(str(bpf_counter(px.pin_dir, k)) for k in range(7))
+            except Exception as ce:
+                counters = repr(ce)
+            state = "running" if px.proc.poll() is None else "exited %s" % px.proc.returncode
+            raise AssertionError("cycle %d (%s) failed after %.3f s: %r\nupstream errors: %s\nBPF counters: %s\n"
+                                 "daemon %s, log:\n%s" % (i, pattern, took, e, up.errors[-3:], counters, state,
+                                                       "\n".join([ln for ln in px.read_log().splitlines()
+                                                                  if "libbpf:" not in ln][-40:]))) from e
     if not wait_for(lambda: px.fd_count() == base_fds, timeout=10):
         px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
         time.sleep(0.5)
