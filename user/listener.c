@@ -23,7 +23,9 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 	(void)events;
 	/* Bounded so one busy listener cannot starve established tunnels. */
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(h->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage peer = { .ss_family = AF_UNSPEC };
+		socklen_t len = sizeof(peer);
+		int fd = accept4(h->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -31,7 +33,7 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 			return;
 		}
 		socket_tune(fd);
-		session_start(l->px, fd, l->name);
+		session_start(l->px, fd, l->name, &peer);
 	}
 }
 

@@ -68,11 +68,9 @@ static void await_request(struct session *s)
 		set_deadline(s, DL_HEADER, s->cfg->timeouts.client_header_ms);
 }
 
-void session_start(struct proxy *px, int fd, const char *listener)
+void session_start(struct proxy *px, int fd, const char *listener, const struct sockaddr_storage *peer)
 {
 	struct session *s = calloc(1, sizeof(*s));
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
 
 	if (!s) {
 		close(fd);
@@ -91,13 +89,11 @@ void session_start(struct proxy *px, int fd, const char *listener)
 	buf_init(&s->uout, OUT_CAP);
 	buf_init(&s->replay, HTTP_MAX_HEAD + 4096);
 	snprintf(s->client_ip, sizeof(s->client_ip), "unknown");
-	if (!getpeername(fd, (struct sockaddr *)&ss, &len)) {
-		s->peer = ss;
-		if (ss.ss_family == AF_INET)
-			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, s->client_ip, sizeof(s->client_ip));
-		else if (ss.ss_family == AF_INET6)
-			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, s->client_ip, sizeof(s->client_ip));
-	}
+	s->peer = *peer;
+	if (peer->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, s->client_ip, sizeof(s->client_ip));
+	else if (peer->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, s->client_ip, sizeof(s->client_ip));
 	px->sessions_open++;
 	conn_link_add(&px->sessions, &s->link);
 	await_request(s);
@@ -108,11 +104,6 @@ static void session_free(void *arg)
 {
 	struct session *s = arg;
 
-	buf_release(&s->cin);
-	buf_release(&s->uin);
-	buf_release(&s->cout);
-	buf_release(&s->uout);
-	buf_release(&s->replay);
 	config_put(s->cfg);
 	free(s);
 }
@@ -166,6 +157,11 @@ void session_close(struct session *s)
 		return;
 	s->closed = true;
 	close_upstream(s);
+	/* Blocks go back to the pool now, not with the deferred free: an
+	 * accept batch of handshakes would otherwise empty the pool (mmap)
+	 * and then overflow it (munmap) every time. */
+	buf_release(&s->cin);
+	buf_release(&s->cout);
 	release_tunnel_slot(s);
 	ev_watch(s->px->loop, &s->client, 0);
 	if (s->client.fd >= 0)
@@ -249,6 +245,13 @@ static void connect_upstream(struct session *s)
 		set_deadline(s, DL_CONNECT, s->cfg->timeouts.upstream_connect_ms);
 		return;
 	}
+}
+
+static void upstream_established(struct session *s)
+{
+	s->upstream_connected = true;
+	s->state = S_EXCHANGE;
+	set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
 }
 
 /* The connect failed or timed out: next server, or 502. */
@@ -561,11 +564,20 @@ static bool do_io(struct session *s, bool *progress)
 			return false;
 		}
 	}
-	if (s->upstream_connected && buf_len(&s->uout)) {
+	/* A connect to a local upstream has usually completed by the time
+	 * connect() returns EINPROGRESS: send at once instead of waiting for
+	 * EPOLLOUT (one epoll round trip less per upstream connection). */
+	if ((s->upstream_connected || s->state == S_CONNECTING) && buf_len(&s->uout)) {
 		n = buf_write_fd(&s->uout, s->upstream.fd);
 		if (n > 0) {
+			if (!s->upstream_connected)
+				upstream_established(s);
 			s->upstream_written += n;
 			*progress = true;
+		} else if (n < 0 && errno != EAGAIN && !s->upstream_connected) {
+			/* Refused (or the like) before a byte left: next server. */
+			upstream_failed(s, strerror(errno));
+			return !s->closed;
 		} else if (n < 0 && errno != EAGAIN) {
 			if (retry_reused(s))
 				return true;
@@ -705,13 +717,10 @@ static void on_upstream(struct ev_handler *h, uint32_t events)
 	if (s->state == S_CONNECTING && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
 		int err = upstream_connect_result(s->upstream.fd);
 
-		if (err) {
+		if (err)
 			upstream_failed(s, strerror(err));
-		} else {
-			s->upstream_connected = true;
-			s->state = S_EXCHANGE;
-			set_deadline(s, DL_EXCHANGE, s->cfg->timeouts.upstream_response_ms);
-		}
+		else
+			upstream_established(s);
 	}
 	drive(s);
 }

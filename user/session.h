@@ -49,7 +49,9 @@ struct session {
 	char client_ip[INET6_ADDRSTRLEN];
 };
 
-void session_start(struct proxy *px, int client_fd, const char *listener);
+/* peer: the client's address, as accept4() returned it. */
+void session_start(struct proxy *px, int client_fd, const char *listener,
+		   const struct sockaddr_storage *peer);
 /* Acts on every session whose deadline has passed. */
 void session_timeouts(struct proxy *px, uint64_t now_ms);
 /* Sends an error response and closes once it has left. */
