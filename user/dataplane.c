@@ -293,11 +293,12 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 			 bool flowing[2])
 {
 	struct ws_tunnel tv = { .client_cookie = cookie[0], .upstream_cookie = cookie[1] };
-	int e, err;
+	int e, linked = 0, targeted = 0, err;
+	bool gated = false;
 
 	if (bpf_map_update_elem(dp->tunnels_fd, &id, &tv, BPF_ANY))
 		return -1;
-	for (e = 0; e < 2; e++) {
+	for (e = 0; e < 2; e++, linked++) {
 		struct ws_sock_link link = { .peer_cookie = cookie[1 - e], .tunnel_id = id,
 					     .dir = e == 0 ? WS_DIR_C2U : WS_DIR_U2C };
 
@@ -319,9 +320,10 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 	 * inserted; the kick below replays what queued meanwhile. */
 	for (e = 0; e < 2; e++)
 		set_lowat(fd[e], INT_MAX);
+	gated = true;
 	/* Targets first: until a socket is in verdict_map nothing is
 	 * redirected, so a failure here can still be undone without loss. */
-	for (e = 0; e < 2; e++) {
+	for (e = 0; e < 2; e++, targeted++) {
 		uint64_t v = fd[e];
 
 		if (bpf_map_update_elem(dp->target_fd, &cookie[e], &v, BPF_NOEXIST))
@@ -340,9 +342,16 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 		set_lowat(fd[e], 1);
 	return 0;
 undo:
+	/* Most often a client that closes right after the 101 sent its FIN
+	 * before the target insert (EOPNOTSUPP). Take back only what went in:
+	 * on this path every system call counts against handshakes/s. */
 	err = errno;
-	dataplane_tunnel_del(dp, id, cookie);
-	for (e = 0; e < 2; e++)
+	for (e = 0; e < targeted; e++)
+		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
+	for (e = 0; e < linked; e++)
+		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
+	bpf_map_delete_elem(dp->tunnels_fd, &id);
+	for (e = 0; e < 2 && gated; e++)
 		set_lowat(fd[e], 1);
 	errno = err;
 	return -1;

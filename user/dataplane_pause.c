@@ -162,11 +162,13 @@ void pauser_collect(struct pauser *p, paused_fn done_fn, void *ctx)
 
 void pauser_cancel(struct pauser *p, uint64_t cookie)
 {
+	/* The map holds a request only while it is pending here: a tunnel
+	 * that never paused costs no system call. */
 	for (size_t i = 0; i < p->n_pending; i++) {
 		if (p->pending[i].cookie == cookie) {
 			p->pending[i] = p->pending[--p->n_pending];
-			break;
+			bpf_map_delete_elem(p->map_fd, &cookie);
+			return;
 		}
 	}
-	bpf_map_delete_elem(p->map_fd, &cookie);
 }

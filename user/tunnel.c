@@ -24,11 +24,7 @@ int tunnel_sock_error(int fd)
 
 static void tunnel_free(void *arg)
 {
-	struct tunnel *t = arg;
-
-	for (int d = 0; d < 2; d++)
-		buf_release(&t->dir[d].buf);
-	free(t);
+	free(arg);
 }
 
 void tunnel_close(struct tunnel *t, int reset_end)
@@ -52,6 +48,7 @@ void tunnel_close(struct tunnel *t, int reset_end)
 		close(t->ep[e].fd);
 	}
 	for (int d = 0; d < 2; d++) {
+		buf_release(&t->dir[d].buf); /* now, not deferred: see session_close */
 		if (t->dir[d].pipe_rd >= 0) {
 			close(t->dir[d].pipe_rd);
 			close(t->dir[d].pipe_wr);
@@ -298,7 +295,12 @@ void tunnel_handoff(struct session *s)
 			}
 			session_close(s);
 			if (tunnel_sockmap_start(t) < 0) {
-				log_info("tunnel falls back to the copy relay: %s", strerror(errno));
+				/* EOPNOTSUPP: a FIN arrived since the drain (a client
+				 * that closes right after the 101), not worth a line. */
+				if (errno == EOPNOTSUPP)
+					log_debug("tunnel falls back to the copy relay: %s", strerror(errno));
+				else
+					log_warn("tunnel falls back to the copy relay: %s", strerror(errno));
 				t->mode = MODE_COPY;
 				tunnel_relay_start(t);
 			}
