@@ -24,6 +24,12 @@ RTT1_MSGS=20000 RTT64_MSGS=500 TPUT_MIB=1024 HS_SECS=3
 if [ -n "${BENCH_QUICK:-}" ]; then
 	RTT1_MSGS=2000 RTT64_MSGS=50 TPUT_MIB=128 HS_SECS=2 IDLE=${IDLE_QUICK:-500}
 fi
+# The sockmap verdict needs Linux 6.2+ (docs/KERNEL.md §14); wsplice refuses
+# sockmap mode on older kernels, so the bench leaves that target out there.
+if [[ " $TARGETS " == *" sockmap "* ]] && ! grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then
+	echo "bench: leaving out sockmap: kernel $(uname -r) lacks the kfuncs its verdict needs (Linux 6.2+)" >&2
+	TARGETS=$(echo " $TARGETS " | sed 's/ sockmap / /; s/^ *//; s/ *$//')
+fi
 LOAD=build/bench/ws_load
 ECHO=build/bench/ws_echo
 # Below the ephemeral range, so no client connection can be holding them.
@@ -60,8 +66,11 @@ wait_port() {
 
 cpu_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
+proc_user_sys() { awk '{print $14, $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
+# jiffies spent over N handshakes, as µs per handshake
+us_per_hs() { awk -v j="$1" -v n="$2" -v hz="$HZ" 'BEGIN{ if (n>0) printf "%.1f", j/hz*1e6/n; else print 0 }'; }
 
 # Sets TP (the port the client connects to) and PROXY_PID (the process
 # whose CPU and RSS are measured; empty for direct).
@@ -115,7 +124,7 @@ port=21200
 for t in $TARGETS; do
 	port=$((port + 1))
 	echo "bench: $t" >&2
-	declare -a p50=() p99=() p999=() mx=() r64=() r64_99=() mbps=() hs=() cpu_p=() cpu_s=()
+	declare -a p50=() p99=() p999=() mx=() r64=() r64_99=() mbps=() hs=() cpu_p=() cpu_s=() hs_u=() hs_k=() hs_s=()
 	for rep in $(seq "$REPS"); do
 		start_target "$t" $port
 		tp=$TP
@@ -133,8 +142,15 @@ for t in $TARGETS; do
 		bytes=$(field bytes <<<"$line")
 		cpu_s+=("$(awk -v d=$((s1 - s0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
 		[ -n "$PROXY_PID" ] && cpu_p+=("$(awk -v d=$((p1 - p0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
+		# CPU per handshake: the proxy's user and system time, and the
+		# whole system's (two TCP connections per proxied handshake).
+		s0=$(cpu_jiffies); read -r u0 k0 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u0 k0 < <(proc_user_sys "$PROXY_PID")
 		line=$(pin $LOAD 127.0.0.1 "$tp" hs $HS_SECS)
+		s1=$(cpu_jiffies); read -r u1 k1 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u1 k1 < <(proc_user_sys "$PROXY_PID")
 		hs+=("$(field hs_per_s <<<"$line")")
+		n=$(field handshakes <<<"$line")
+		hs_s+=("$(us_per_hs $((s1 - s0)) "$n")")
+		[ -n "$PROXY_PID" ] && hs_u+=("$(us_per_hs $((u1 - u0)) "$n")") hs_k+=("$(us_per_hs $((k1 - k0)) "$n")")
 		stop_target "$t"
 	done
 	R[$t.p50]=$(echo "${p50[*]}" | stat3) R[$t.p99]=$(echo "${p99[*]}" | stat3)
@@ -142,6 +158,8 @@ for t in $TARGETS; do
 	R[$t.r64]=$(echo "${r64[*]}" | stat3) R[$t.r64_99]=$(echo "${r64_99[*]}" | stat3)
 	R[$t.mbps]=$(echo "${mbps[*]}" | stat3) R[$t.hs]=$(echo "${hs[*]}" | stat3)
 	R[$t.cpu_s]=$(echo "${cpu_s[*]}" | stat3) R[$t.cpu_p]=$(echo "${cpu_p[*]:-}" | stat3)
+	R[$t.hs_u]=$(echo "${hs_u[*]:-}" | stat3) R[$t.hs_k]=$(echo "${hs_k[*]:-}" | stat3)
+	R[$t.hs_s]=$(echo "${hs_s[*]}" | stat3)
 	R[$t.rss]="-"
 	if [ "$IDLE" -gt 0 ] && [ "$t" != direct ]; then
 		start_target "$t" $port
@@ -187,6 +205,11 @@ ratio() { # value of target / value of nginx
 	for t in $TARGETS; do
 		printf "%-8s | %-24s | %-24s | %-10s | %-10s | %-10s\n" "$t" "$(fmt $t.cpu_p)" "$(fmt $t.cpu_s)" \
 			"$(ratio $t.p50)" "$(ratio $t.hs)" "$(ratio $t.r64)"
+	done
+	echo
+	printf "%-8s | %-26s | %-26s | %-26s\n" target "proxy user µs/handshake" "proxy system µs/handshake" "whole system µs/handshake"
+	for t in $TARGETS; do
+		printf "%-8s | %-26s | %-26s | %-26s\n" "$t" "$(fmt $t.hs_u)" "$(fmt $t.hs_k)" "$(fmt $t.hs_s)"
 	done
 	if [[ " $TARGETS " == *" sockmap "* && " $TARGETS " == *" nginx "* && " $TARGETS " == *" direct "* ]]; then
 		echo
