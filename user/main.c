@@ -156,8 +156,9 @@ static void raise_fd_limit(void)
 }
 
 /* Resolves --mode auto and opens the data plane when sockmap is wanted.
- * auto means the copy relay: it measured best at 64 connections and in bulk
- * throughput (docs/PERFORMANCE.md) and runs on every kernel; sockmap (Linux
+ * auto means the copy relay: it measured best in bulk throughput, CPU per
+ * byte and handshakes (docs/PERFORMANCE.md), does not stall when the CPU is
+ * saturated (docs/KERNEL.md §15) and runs on every kernel; sockmap (Linux
  * 6.2+, docs/KERNEL.md §14) is there when asked for. */
 static int choose_mode(struct proxy *px, struct config *cfg)
 {
