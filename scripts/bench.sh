@@ -144,9 +144,9 @@ for t in $TARGETS; do
 		[ -n "$PROXY_PID" ] && cpu_p+=("$(awk -v d=$((p1 - p0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
 		# CPU per handshake: the proxy's user and system time, and the
 		# whole system's (two TCP connections per proxied handshake).
-		s0=$(cpu_jiffies); read -r u0 k0 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u0 k0 < <(proc_user_sys "$PROXY_PID")
+		s0=$(cpu_jiffies); read -r u0 k0 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u0 k0 <<<"$(proc_user_sys "$PROXY_PID")"
 		line=$(pin $LOAD 127.0.0.1 "$tp" hs $HS_SECS)
-		s1=$(cpu_jiffies); read -r u1 k1 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u1 k1 < <(proc_user_sys "$PROXY_PID")
+		s1=$(cpu_jiffies); read -r u1 k1 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u1 k1 <<<"$(proc_user_sys "$PROXY_PID")"
 		hs+=("$(field hs_per_s <<<"$line")")
 		n=$(field handshakes <<<"$line")
 		hs_s+=("$(us_per_hs $((s1 - s0)) "$n")")
