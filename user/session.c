@@ -574,11 +574,12 @@ static bool do_io(struct session *s, bool *progress)
 				upstream_established(s);
 			s->upstream_written += n;
 			*progress = true;
-		} else if (n < 0 && errno != EAGAIN && !s->upstream_connected) {
-			/* Refused (or the like) before a byte left: next server. */
-			upstream_failed(s, strerror(errno));
-			return !s->closed;
 		} else if (n < 0 && errno != EAGAIN) {
+			if (!s->upstream_connected) {
+				/* Refused (or the like) before a byte left: next server. */
+				upstream_failed(s, strerror(errno));
+				return !s->closed;
+			}
 			if (retry_reused(s))
 				return true;
 			if (s->resp_head_done)

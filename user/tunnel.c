@@ -22,11 +22,6 @@ int tunnel_sock_error(int fd)
 	return err;
 }
 
-static void tunnel_free(void *arg)
-{
-	free(arg);
-}
-
 void tunnel_close(struct tunnel *t, int reset_end)
 {
 	bool spliced = t->in_kernel;
@@ -62,7 +57,7 @@ void tunnel_close(struct tunnel *t, int reset_end)
 	conn_link_del(&t->link);
 	log_debug("tunnel %u (%s) closed%s", t->id, spliced ? "sockmap" : mode_name(t->mode),
 		  reset_end >= 0 ? " by reset" : "");
-	ev_defer(t->px->loop, tunnel_free, t);
+	ev_defer(t->px->loop, free, t); /* buffers went back at close */
 }
 
 static bool half_closed(const struct tunnel *t)
