@@ -131,7 +131,8 @@ void pool_expire_idle(struct proxy *px, uint64_t now_ms, uint64_t max_idle_ms)
 		unsigned keep = 0;
 
 		for (unsigned i = 0; i < st->n_idle; i++) {
-			if (now_ms - st->idle[i].since_ms >= max_idle_ms)
+			/* since_ms can be later than now_ms (pooled during this sweep). */
+			if (now_ms > st->idle[i].since_ms && now_ms - st->idle[i].since_ms >= max_idle_ms)
 				close(st->idle[i].fd);
 			else
 				st->idle[keep++] = st->idle[i];

@@ -105,6 +105,12 @@ void tunnel_timeouts(struct proxy *px, uint64_t now_ms)
 
 			last = k > last ? k : last;
 		}
+		/* now_ms was read before this sweep started: a tunnel handed off
+		 * by session_timeouts just now, or a kernel stamp taken as "now",
+		 * is later than it. Unclamped, now_ms - last wrapped to 2^64 - 1
+		 * and closed a tunnel right after its first FIN (KERNEL.md §12). */
+		if (last > now_ms)
+			last = now_ms;
 		if (now_ms - last < limit) {
 			/* Not idle long enough: look again when it could be. */
 			t->next_check_ms = last + limit;
