@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,15 +134,31 @@ void tunnel_describe(struct tunnel *t, char *out, size_t len)
 		 t->dir[1].src_eof, t->dir[1].dst_shut, buf_len(&t->dir[1].buf) + t->dir[1].in_pipe);
 }
 
+/* The client's port and the upstream connection's local port: what ss shows
+ * for the two sockets, so a dumped tunnel can be matched to its queues. */
+static void tunnel_ports(struct tunnel *t, char *out, size_t len)
+{
+	struct sockaddr_storage a, b;
+	socklen_t la = sizeof(a), lb = sizeof(b);
+	unsigned pa = 0, pb = 0;
+
+	if (!getpeername(t->ep[TUNNEL_END_CLIENT].fd, (struct sockaddr *)&a, &la) && a.ss_family != AF_UNIX)
+		pa = ntohs(((struct sockaddr_in *)&a)->sin_port); /* same offset in sockaddr_in6 */
+	if (!getsockname(t->ep[TUNNEL_END_UPSTREAM].fd, (struct sockaddr *)&b, &lb) && b.ss_family != AF_UNIX)
+		pb = ntohs(((struct sockaddr_in *)&b)->sin_port);
+	snprintf(out, len, "client port %u, upstream local port %u", pa, pb);
+}
+
 void tunnel_dump_all(struct proxy *px)
 {
-	char line[512];
+	char line[512], ports[64];
 
 	log_info("%llu sessions, %llu tunnels open", (unsigned long long)px->sessions_open,
 		 (unsigned long long)px->tunnels_open);
 	for (struct conn_link *l = px->tunnels.next; l != &px->tunnels; l = l->next) {
 		tunnel_describe((struct tunnel *)l, line, sizeof(line));
-		log_info("%s", line);
+		tunnel_ports((struct tunnel *)l, ports, sizeof(ports));
+		log_info("%s (%s)", line, ports);
 	}
 }
 

@@ -5,6 +5,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -131,23 +132,53 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
     px.assert_kernel_path(at_least=1000)
 
 
+def stuck_sockets(*ports):
+    """ss's view of every socket on these ports that still holds bytes: where a stalled tunnel's bytes sit."""
+    flt = " or ".join("sport = :%d or dport = :%d" % (p, p) for p in ports)
+    out = subprocess.run(["ss", "-tnieOH", "state", "all", "( %s )" % flt], capture_output=True, text=True).stdout
+    keep = ("timer:", "bytes_sent:", "bytes_acked:", "bytes_received:", "notsent:", "snd_wnd:", "rcv_space:",
+            "lastsnd:", "lastrcv:")
+    rows = [" ".join(f for i, f in enumerate(ln.split()) if i < 5 or f.startswith(keep))
+            for ln in out.splitlines() if ln.split()[1:3] != ["0", "0"]]
+    return "%d sockets hold bytes:\n%s" % (len(rows), "\n".join(rows[:40]))
+
+
 def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
     size = 256 * 1024
     n = 200
+    # What a stuck tunnel looked like when its first reader gave up; taken
+    # then, because closing the reader's socket resets the tunnel.
+    first_stall = {}
+    snapshot_lock = threading.Lock()
 
     def stream(seed, side):
         return random.Random("%s/%s" % (seed, side)).randbytes(size)
 
-    def stalled_reader(sock, expected, rnd, out, key):
+    def snapshot(who, got, expected):
+        with snapshot_lock:
+            if first_stall:
+                return
+            first_stall["who"] = "%s read %d of %d bytes, then nothing for 30 s" % (who, got, expected)
+            first_stall["sockets"] = stuck_sockets(px.port, up.port)
+            px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
+            time.sleep(0.5)
+            lines = [ln for ln in px.read_log().splitlines() if "tunnel" in ln and "libbpf:" not in ln]
+            first_stall["daemon"] = "\n".join(lines[-30:])
+
+    def stalled_reader(sock, expected, rnd, out, key, who):
         got = bytearray()
         sock.settimeout(30)
-        while len(got) < len(expected):
-            if rnd.random() < 0.05:
-                time.sleep(rnd.random() * 0.05)
-            chunk = sock.recv(rnd.choice([1, 100, 4096, 65536]))
-            if not chunk:
-                break
-            got += chunk
+        try:
+            while len(got) < len(expected):
+                if rnd.random() < 0.05:
+                    time.sleep(rnd.random() * 0.05)
+                chunk = sock.recv(rnd.choice([1, 100, 4096, 65536]))
+                if not chunk:
+                    break
+                got += chunk
+        except socket.timeout:
+            snapshot("%s %s" % (who, key), len(got), len(expected))
+            raise
         out[key] = bytes(got) == expected
 
     up_ok = {}
@@ -159,7 +190,7 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
         w.start()
         expected = stream(seed, "up")
         assert expected.startswith(rest)
-        stalled_reader(conn, expected[len(rest):], random.Random(seed + "u"), up_ok, seed)
+        stalled_reader(conn, expected[len(rest):], random.Random(seed + "u"), up_ok, seed, "upstream")
         w.join()
         recv_until_eof(conn)
 
@@ -167,25 +198,40 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
     px = start_proxy(up.port, mode)
     client_ok = {}
 
-    def client(i):
-        s, rest = open_tunnel(px.port, "/stall/%d" % i)
-        expected = stream(str(i), "down")
-        w = threading.Thread(target=s.sendall, args=(stream(str(i), "up"),))
-        w.start()
-        assert expected.startswith(rest)
-        stalled_reader(s, expected[len(rest):], random.Random(i), client_ok, str(i))
-        w.join()
-        s.shutdown(socket.SHUT_WR)
-        s.close()
+    client_errors = {}
 
+    def client(i):
+        s = None
+        try:
+            s, rest = open_tunnel(px.port, "/stall/%d" % i)
+            expected = stream(str(i), "down")
+            w = threading.Thread(target=s.sendall, args=(stream(str(i), "up"),))
+            w.start()
+            assert expected.startswith(rest)
+            stalled_reader(s, expected[len(rest):], random.Random(i), client_ok, str(i), "client")
+            w.join()
+            s.shutdown(socket.SHUT_WR)
+        except Exception as e:
+            # Said in the failure, not left to a thread warning that holds the socket open.
+            client_errors[str(i)] = "%s at %.1f s" % (repr(e)[:200], time.monotonic() - started)
+        finally:
+            if s:
+                s.close()
+
+    started = time.monotonic()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert wait_for(lambda: len(up_ok) == n, timeout=30)
-    assert sorted(k for k, v in client_ok.items() if v) == sorted(str(i) for i in range(n))
-    assert all(up_ok.values()), [k for k, v in up_ok.items() if not v]
+    done = wait_for(lambda: len(up_ok) == n, timeout=30)
+    bad = sorted(set(str(i) for i in range(n)) - set(k for k, v in client_ok.items() if v))
+    bad_up = sorted(set(str(i) for i in range(n)) - set(k for k, v in up_ok.items() if v))
+    if not done or bad or bad_up:
+        raise AssertionError("clients short or wrong: %s; upstream readers short or wrong: %s\nclient errors: %s\n"
+                             "first stall: %s\n%s\n%s"
+                             % (bad[:20], bad_up[:20], sorted(client_errors.items())[:10], first_stall.get("who"),
+                                first_stall.get("sockets", ""), first_stall.get("daemon", "")))
     px.assert_kernel_path(at_least=n)
 
 
