@@ -183,28 +183,7 @@ static bool move_leftovers(struct session *s)
 	return !buf_len(&s->cin) && !buf_len(&s->uin);
 }
 
-enum drain_result { DRAIN_WAIT, DRAIN_READY, DRAIN_EOF, DRAIN_ERROR };
-
-/* Reads a socket into q until EAGAIN. Returns 1 on EAGAIN (the receive queue
- * was empty at that instant, with no partly read skb left behind), 0 when q
- * filled first, -1 on EOF, -2 on error. */
-static int read_until_again(int fd, struct buf *q, uint64_t *count)
-{
-	for (;;) {
-		ssize_t n;
-
-		if (!buf_room(q))
-			return 0;
-		n = buf_read_fd(q, fd);
-		if (n > 0) {
-			*count += n;
-			continue;
-		}
-		if (n == 0)
-			return -1;
-		return errno == EAGAIN ? 1 : -2;
-	}
-}
+enum drain_result { DRAIN_WAIT, DRAIN_READY, DRAIN_ERROR };
 
 static int flush(int fd, struct buf *q, uint64_t *count)
 {
@@ -218,26 +197,24 @@ static int flush(int fd, struct buf *q, uint64_t *count)
 	return 1;
 }
 
-/* The sockmap preconditions (docs/KERNEL.md §2): everything userspace read
- * is written out, and both receive queues were read to EAGAIN, so no skb is
- * left half-read for the verdict to send again. */
+/* The sockmap precondition: every byte userspace read is written out, or
+ * the verdict would overtake it. What is still in the receive queues, an skb
+ * read in part included, is left to the kernel: the kick verdicts it and the
+ * verdict cuts off the part already read (docs/KERNEL.md §14). Reading on
+ * until both queues were empty at once never converged against a peer that
+ * sends right after the 101: the whole transfer went through this loop
+ * (KERNEL.md §17). */
 static enum drain_result drain_for_sockmap(struct session *s)
 {
-	int rc, ru, wc, wu;
+	int wc, wu;
 
 	if (!move_leftovers(s))
 		return DRAIN_WAIT;
-	rc = read_until_again(s->client.fd, &s->uout, &s->client_read);
-	ru = read_until_again(s->upstream.fd, &s->cout, &s->upstream_read);
 	wc = flush(s->client.fd, &s->cout, &s->client_written);
 	wu = flush(s->upstream.fd, &s->uout, &s->upstream_written);
-	if (rc == -2 || ru == -2 || wc < 0 || wu < 0)
+	if (wc < 0 || wu < 0)
 		return DRAIN_ERROR;
-	if (rc == -1 || ru == -1)
-		return DRAIN_EOF;
-	if (rc == 1 && ru == 1 && wc == 1 && wu == 1)
-		return DRAIN_READY;
-	return DRAIN_WAIT;
+	return wc == 1 && wu == 1 && !buf_len(&s->cin) && !buf_len(&s->uin) ? DRAIN_READY : DRAIN_WAIT;
 }
 
 static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mode)
@@ -323,11 +300,6 @@ void tunnel_handoff(struct session *s)
 				tunnel_relay_start(t);
 			}
 			return;
-		case DRAIN_EOF:
-			/* A half-closed socket cannot enter a sockmap (EOPNOTSUPP). */
-			log_debug("peer half-closed during the handshake: copy relay");
-			start_relay(s, MODE_COPY);
-			return;
 		case DRAIN_ERROR: {
 			/* A reset during the handoff: deliver the 101 and what came
 			 * with it if we can, then pass the reset on. */
@@ -342,13 +314,9 @@ void tunnel_handoff(struct session *s)
 			break;
 		}
 	}
-	/* Only the sockmap drain reads during the handoff. */
-	if (s->px->mode == MODE_SOCKMAP && buf_room(&s->uout))
-		ce |= EPOLLIN;
+	/* Nobody reads during the handoff: what arrives waits in the kernel. */
 	if (buf_len(&s->cout))
 		ce |= EPOLLOUT;
-	if (s->px->mode == MODE_SOCKMAP && buf_room(&s->cout))
-		ue |= EPOLLIN;
 	if (buf_len(&s->uout))
 		ue |= EPOLLOUT;
 	ev_watch(s->px->loop, &s->client, ce ? ce : EPOLLERR);

@@ -275,7 +275,8 @@ int tunnel_sockmap_start(struct tunnel *t)
 		}
 		ev_watch(px->loop, &t->ep[e], flowing[e] ? EPOLLRDHUP : EPOLLERR);
 	}
-	log_debug("tunnel %u spliced in the kernel", t->id);
+	log_debug("tunnel %u spliced in the kernel (userspace moved %llu bytes client->upstream, %llu upstream->client)",
+		  t->id, (unsigned long long)t->dir[WS_DIR_C2U].user_read, (unsigned long long)t->dir[WS_DIR_U2C].user_read);
 	sockmap_progress(t);
 	return 0;
 }

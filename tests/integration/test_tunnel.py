@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from wsutil import (echo_after_101, key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
+from wsutil import (bpf_tunnels, echo_after_101, key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
 
 
@@ -51,6 +51,39 @@ def test_random_4mib_both_ways(upstream, start_proxy, mode):
     assert got["up"] == hashlib.sha256(payload).hexdigest()
     s.close()
     px.assert_kernel_path(at_least=2)
+
+
+def test_peers_streaming_from_the_101_on_are_spliced(upstream, start_proxy):
+    """The upstream writes the 101 and 4 MiB in one call and the client
+    streams 4 MiB as soon as it has the 101: the handshake must still hand the
+    sockets to the kernel, not relay the transfer while it waits for the
+    queues to go quiet (KERNEL.md §17). Userspace may move at most its
+    64 KiB buffers' worth each way."""
+    size = 4 << 20
+    up_payload, payload = os.urandom(size), os.urandom(size)
+    got = {}
+
+    def handler(conn, head, rest):
+        t = threading.Thread(target=conn.sendall, args=(switching_protocols(key_of(head)) + up_payload,))
+        t.start()
+        got["up"] = rest + recv_exact(conn, size - len(rest), timeout=20)
+        t.join()
+        recv_until_eof(conn)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, "sockmap")
+    s, rest = open_tunnel(px.port)
+    t = threading.Thread(target=s.sendall, args=(payload,))
+    t.start()
+    received = rest + recv_exact(s, size - len(rest), timeout=20)
+    t.join()
+    assert wait_for(lambda: "up" in got, timeout=20), "upstream did not receive 4 MiB"
+    (tunnel,) = bpf_tunnels(px.pin_dir)
+    s.close()
+    assert received == up_payload and got["up"] == payload
+    c2u, u2c = (d["bytes"] for d in tunnel["dir"])
+    assert c2u >= size - (64 << 10) and u2c >= size - (64 << 10), \
+        "the kernel moved only %d bytes client->upstream and %d upstream->client of %d" % (c2u, u2c, size)
 
 
 def test_10000_small_messages_in_order(upstream, start_proxy, mode):
