@@ -185,6 +185,7 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
 
     def handler(conn, head, rest):
         seed = head.split(b" ")[1].decode().strip("/").split("/")[1]
+        handler_at[seed] = time.monotonic()
         conn.sendall(switching_protocols(key_of(head)))
         w = threading.Thread(target=conn.sendall, args=(stream(seed, "down"),))
         w.start()
@@ -199,11 +200,18 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
     client_ok = {}
 
     client_errors = {}
+    handshake_s = {}
+    connect_at, handler_at = {}, {}
 
     def client(i):
         s = None
         try:
-            s, rest = open_tunnel(px.port, "/stall/%d" % i)
+            # 200 handshakes at once: under qemu some took over 5 s (the
+            # Python upstream starts a thread per connection), which is
+            # not what this test is about (KERNEL.md §16).
+            t0 = connect_at[str(i)] = time.monotonic()
+            s, rest = open_tunnel(px.port, "/stall/%d" % i, timeout=30)
+            handshake_s[i] = time.monotonic() - t0
             expected = stream(str(i), "down")
             w = threading.Thread(target=s.sendall, args=(stream(str(i), "up"),))
             w.start()
@@ -233,6 +241,12 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
                              % (bad[:20], bad_up[:20], sorted(client_errors.items())[:10], first_stall.get("who"),
                                 first_stall.get("sockets", ""), first_stall.get("daemon", "")))
     px.assert_kernel_path(at_least=n)
+    # How much of the slowest handshake passed before the upstream's handler
+    # had the request: the proxy's part and the Python server's accept.
+    report("200 tunnels with stalls [%s]: slowest handshake %.2f s (request at the upstream's handler after "
+           "%.2f s at most), test %.1f s" % (mode, max(handshake_s.values()),
+                                               max(handler_at[k] - connect_at[k] for k in connect_at),
+                                               time.monotonic() - started))
 
 
 def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):

@@ -153,13 +153,13 @@ def key_of(head):
     return parse_head(head)[1]["sec-websocket-key"][0].encode()
 
 
-def open_tunnel(port, path="/", with_request=b"", extra=b""):
+def open_tunnel(port, path="/", with_request=b"", extra=b"", timeout=5.0):
     """Connects through the proxy and upgrades; returns (sock, bytes that
     came with or right after the 101)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     req, _ = upgrade_request(path, extra=extra)
     s.sendall(req + with_request)
-    head, rest = recv_head(s)
+    head, rest = recv_head(s, timeout)
     assert status_of(head) == 101, head
     return s, rest
 
