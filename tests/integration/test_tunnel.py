@@ -53,7 +53,7 @@ def test_random_4mib_both_ways(upstream, start_proxy, mode):
     px.assert_kernel_path(at_least=2)
 
 
-def test_peers_streaming_from_the_101_on_are_spliced(upstream, start_proxy):
+def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy):
     """The upstream writes the 101 and 4 MiB in one call and the client
     streams 4 MiB as soon as it has the 101: the handshake must still hand the
     sockets to the kernel, not relay the transfer while it waits for the
