@@ -214,7 +214,7 @@ static enum drain_result drain_for_sockmap(struct session *s)
 	wu = flush(s->upstream.fd, &s->uout, &s->upstream_written);
 	if (wc < 0 || wu < 0)
 		return DRAIN_ERROR;
-	return wc == 1 && wu == 1 && !buf_len(&s->cin) && !buf_len(&s->uin) ? DRAIN_READY : DRAIN_WAIT;
+	return wc == 1 && wu == 1 ? DRAIN_READY : DRAIN_WAIT;
 }
 
 static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mode)
