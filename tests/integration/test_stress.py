@@ -160,10 +160,7 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
                 return
             first_stall["who"] = "%s read %d of %d bytes, then nothing for 30 s" % (who, got, expected)
             first_stall["sockets"] = stuck_sockets(px.port, up.port)
-            px.proc.send_signal(signal.SIGUSR1)  # the daemon logs every open tunnel
-            time.sleep(0.5)
-            lines = [ln for ln in px.read_log().splitlines() if "tunnel" in ln and "libbpf:" not in ln]
-            first_stall["daemon"] = "\n".join(lines[-30:])
+            first_stall["daemon"] = what_the_proxy_saw(px, up, mode)
 
     def stalled_reader(sock, expected, rnd, out, key, who):
         got = bytearray()
