@@ -12,7 +12,8 @@
 #include <sys/socket.h>
 #include "http_parse.h"
 
-enum tunnel_mode { MODE_AUTO, MODE_SOCKMAP, MODE_SPLICE, MODE_COPY };
+/* The tunnel engines by name; engines.c maps each to its implementation. */
+enum tunnel_mode { MODE_AUTO, MODE_SOCKMAP, MODE_SPLICE, MODE_COPY, MODE_COUNT };
 enum lb_algo { LB_ROUND_ROBIN, LB_LEAST_CONN };
 
 #define CFG_NAME_MAX 64

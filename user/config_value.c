@@ -10,14 +10,14 @@
 
 const char *mode_name(enum tunnel_mode m)
 {
-	static const char *names[] = { "auto", "sockmap", "splice", "copy" };
+	static const char *const names[MODE_COUNT] = { "auto", "sockmap", "splice", "copy" };
 
 	return names[m];
 }
 
 int parse_mode(const char *s, enum tunnel_mode *m)
 {
-	for (int i = MODE_AUTO; i <= MODE_COPY; i++) {
+	for (int i = MODE_AUTO; i < MODE_COUNT; i++) {
 		if (!strcmp(s, mode_name(i))) {
 			*m = i;
 			return 0;

@@ -1,4 +1,4 @@
-/* wsplice: accept -> parse -> upstream -> 101 check -> splice -> close.
+/* wsplice: accept -> parse -> upstream -> 101 check -> hand-off -> engine -> close.
  * This file wires the pieces together and owns the process lifecycle. */
 #include <errno.h>
 #include <signal.h>
@@ -11,7 +11,6 @@
 #include <unistd.h>
 #include "args.h"
 #include "config_file.h"
-#include "dataplane.h"
 #include "listener.h"
 #include "log.h"
 #include "pool.h"
@@ -32,10 +31,6 @@ struct signal_watch {
 	struct proxy *px;
 };
 
-struct ring_watch {
-	struct ev_handler h;
-	struct dataplane *dp;
-};
 
 static void log_lines(const char *text)
 {
@@ -109,7 +104,8 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	if (read(h->fd, &si, sizeof(si)) != sizeof(si))
 		return;
 	if (si.ssi_signo == SIGUSR1) {
-		tunnel_dump_all(sw->px);
+		log_info("%llu sessions open", (unsigned long long)sw->px->sessions_open);
+		tunnel_dump_all(sw->px->tunnels);
 		return;
 	}
 	if (si.ssi_signo == SIGHUP) {
@@ -120,31 +116,6 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	ev_loop_stop(sw->loop);
 }
 
-static void on_ring(struct ev_handler *h, uint32_t events)
-{
-	(void)events;
-	dataplane_poll(container_of(h, struct ring_watch, h)->dp);
-}
-
-static void on_pause(void *ctx, const struct ws_pause_event *ev)
-{
-	struct proxy *px = ctx;
-	struct tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? px->tunnel_by_id[ev->tunnel_id] : NULL;
-
-	if (t)
-		tunnel_sockmap_pause(t, ev->dir & 1);
-}
-
-static void on_paused(void *ctx, uint64_t cookie, uint64_t tag, bool ok, uint64_t waited_us)
-{
-	struct proxy *px = ctx;
-	uint64_t id = tag >> 1;
-	struct tunnel *t = id < WSPLICE_MAX_TUNNELS ? px->tunnel_by_id[id] : NULL;
-
-	if (t)
-		tunnel_sockmap_paused(t, tag & 1, cookie, ok, waited_us);
-}
-
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
@@ -153,32 +124,6 @@ static void raise_fd_limit(void)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-}
-
-/* Resolves --mode auto and opens the data plane when sockmap is wanted.
- * auto means the copy relay: it measured best in bulk throughput, CPU per
- * byte and handshakes (docs/PERFORMANCE.md), does not stall when the CPU is
- * saturated (docs/KERNEL.md §15) and runs on every kernel; sockmap (Linux
- * 6.2+, docs/KERNEL.md §14) is there when asked for. */
-static int choose_mode(struct proxy *px, struct config *cfg)
-{
-	char why[256];
-
-	px->mode = cfg->mode;
-	if (cfg->mode == MODE_AUTO) {
-		log_info("mode auto: the copy relay (measured best here; --mode sockmap splices in the kernel)");
-		px->mode = MODE_COPY;
-		return 0;
-	}
-	if (cfg->mode != MODE_SOCKMAP)
-		return 0;
-	px->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, on_paused, px, why, sizeof(why));
-	if (!px->dp) {
-		log_error("--mode sockmap: %s", why);
-		return -1;
-	}
-	px->tunnel_by_id = calloc(WSPLICE_MAX_TUNNELS, sizeof(*px->tunnel_by_id));
-	return px->tunnel_by_id ? 0 : -1;
 }
 
 /* The configuration from -c FILE or the --listen/--upstream shortcut.
@@ -215,7 +160,6 @@ int main(int argc, char **argv)
 	struct cli_options opt;
 	struct proxy px = { 0 };
 	struct signal_watch sw = { 0 };
-	struct ring_watch rw = { 0 };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
 	struct config *cfg;
@@ -263,21 +207,19 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
 	px.sessions.next = px.sessions.prev = &px.sessions;
-	px.tunnels.next = px.tunnels.prev = &px.tunnels;
 	px.loop = ev_loop_new();
-	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg) || choose_mode(&px, cfg))
+	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
 		goto out;
+	px.tunnels = tunnel_set_open(cfg, px.loop, err, sizeof(err));
+	if (!px.tunnels) {
+		log_error("%s", err);
+		goto out;
+	}
 	sw.loop = px.loop;
 	sw.px = &px;
 	sw.h.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	sw.h.on_event = on_signal;
 	ev_watch(px.loop, &sw.h, EPOLLIN);
-	if (px.dp) {
-		rw.dp = px.dp;
-		rw.h.fd = dataplane_event_fd(px.dp);
-		rw.h.on_event = on_ring;
-		ev_watch(px.loop, &rw.h, EPOLLIN);
-	}
 	tw = timeouts_start(&px);
 	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
 	if (!tw || !listeners)
@@ -293,12 +235,12 @@ int main(int argc, char **argv)
 				 cfg->listeners[i].ep.port);
 	}
 	if (cfg->path[0])
-		log_info("configuration %s: %zu routes, %zu pools, mode %s%s%s", cfg->path, cfg->n_routes,
-			 cfg->n_pools, mode_name(px.mode), px.dp ? ", maps pinned in " : "", px.dp ? cfg->bpffs : "");
+		log_info("configuration %s: %zu routes, %zu pools, mode %s", cfg->path, cfg->n_routes, cfg->n_pools,
+			 tunnel_set_engine(px.tunnels));
 	else
-		log_info("listening on %s:%s, upstream %s:%s, mode %s%s%s", cfg->listeners[0].ep.host,
+		log_info("listening on %s:%s, upstream %s:%s, mode %s", cfg->listeners[0].ep.host,
 			 cfg->listeners[0].ep.port, cfg->pools[0].servers[0].ep.host, cfg->pools[0].servers[0].ep.port,
-			 mode_name(px.mode), px.dp ? ", maps pinned in " : "", px.dp ? cfg->bpffs : "");
+			 tunnel_set_engine(px.tunnels));
 	ev_loop_run(px.loop);
 	rc = 0;
 out:
@@ -307,15 +249,12 @@ out:
 	free(listeners);
 	timeouts_stop(tw);
 	session_close_all(&px);
-	tunnel_close_all(&px);
 	if (px.loop)
 		ev_run_deferred(px.loop);
+	/* Tunnels die with the process; so do the engines' maps and pins. */
+	tunnel_set_close(px.tunnels);
 	if (sw.h.fd > 0)
 		close(sw.h.fd);
-	/* Tunnels die with the process; closing the maps' owner detaches the
-	 * verdict and removes the pins. */
-	dataplane_close(px.dp);
-	free(px.tunnel_by_id);
 	ev_loop_free(px.loop);
 	pool_free_states(&px);
 	route_free_states(&px);

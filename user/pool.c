@@ -140,3 +140,9 @@ void pool_expire_idle(struct proxy *px, uint64_t now_ms, uint64_t max_idle_ms)
 		st->n_idle = keep;
 	}
 }
+
+void pool_server_done(struct server_state *st)
+{
+	if (st)
+		st->active--;
+}

@@ -40,6 +40,8 @@ void pool_mark_failed(struct pool *p, struct server *s, uint64_t now_ms);
 int pool_take_idle(struct server *s, uint64_t *read, uint64_t *written);
 /* Keeps fd for reuse when the pool allows it; otherwise closes it. */
 void pool_put_idle(struct pool *p, struct server *s, int fd, uint64_t read, uint64_t written, uint64_t now_ms);
+/* A request or tunnel on the server ended (leastconn's count); NULL: none. */
+void pool_server_done(struct server_state *st);
 /* Closes idle connections older than max_idle_ms. */
 void pool_expire_idle(struct proxy *px, uint64_t now_ms, uint64_t max_idle_ms);
 

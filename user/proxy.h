@@ -1,6 +1,5 @@
 /* The process-wide state every connection reaches through: settings, the
- * event loop, the resolved tunnel mode and, in sockmap mode, the BPF data
- * plane. */
+ * event loop, the open sessions and the tunnel layer. */
 #ifndef WSPLICE_PROXY_H
 #define WSPLICE_PROXY_H
 
@@ -8,8 +7,7 @@
 #include "config.h"
 #include "event_loop.h"
 
-struct dataplane;
-struct tunnel;
+struct tunnel_set;
 
 /* Intrusive list membership, so shutdown can close every connection. */
 struct conn_link {
@@ -37,12 +35,9 @@ struct server_state;
 struct proxy {
 	struct config *cfg;    /* the current generation; SIGHUP swaps it */
 	struct ev_loop *loop;
-	enum tunnel_mode mode; /* never MODE_AUTO once running */
-	struct dataplane *dp;  /* sockmap mode only */
-	struct tunnel **tunnel_by_id;
-	uint32_t next_tunnel_id;
-	struct conn_link sessions, tunnels; /* list heads */
-	uint64_t sessions_open, tunnels_open;
+	struct tunnel_set *tunnels; /* tunnel.c's: every tunnel and its engines */
+	struct conn_link sessions;  /* list head; session.c's */
+	uint64_t sessions_open;
 	struct route_state *route_states;
 	struct server_state *server_states;
 };

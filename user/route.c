@@ -131,3 +131,9 @@ int route_admit_websocket(const struct route *r, const struct http_head *req)
 		return 503;
 	return 0;
 }
+
+void route_tunnel_done(struct route_state *st)
+{
+	if (st)
+		st->tunnels--;
+}

@@ -22,6 +22,8 @@ void route_free_states(struct proxy *px);
 /* Host (exact beats *.suffix beats any), then the longest path prefix;
  * NULL when none matches (404). */
 const struct route *route_match(const struct config *cfg, const char *listener, const struct http_head *req);
+/* A tunnel (or an upgrade that did not become one) gives its slot back; NULL: none. */
+void route_tunnel_done(struct route_state *st);
 /* 0 if the upgrade may proceed, else the status to answer (403, 503). */
 int route_admit_websocket(const struct route *r, const struct http_head *req);
 

@@ -5,7 +5,11 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include "buf.h"
 #include "config_value.h"
+#include "http_body.h"
 #include "header_rewrite.h"
 #include "log.h"
 #include "pool.h"
@@ -13,6 +17,44 @@
 #include "session.h"
 #include "tunnel.h"
 #include "upstream.h"
+#include "ws_handshake.h"
+
+enum session_state {
+	S_REQ_HEAD,   /* waiting for a complete request head */
+	S_CONNECTING, /* upstream connect() in progress */
+	S_EXCHANGE,   /* request body out, response head and body back */
+	S_HANDOFF,    /* 101 accepted: queueing what was read before the hand-off */
+	S_CLOSING,    /* flushing a final response, then close */
+};
+
+struct session {
+	struct conn_link link; /* first: the list entry is the session */
+	struct proxy *px;
+	struct config *cfg;       /* the generation the current request runs under */
+	const char *listener;     /* the name of the listener that accepted it */
+	struct sockaddr_storage peer;
+	const struct route *route;
+	struct server *server;    /* of the upstream connection; counts in its `active` */
+	struct route_state *tunnel_slot; /* an upgrade holds one of the route's tunnel slots */
+	uint64_t tried;           /* servers of the pool tried for this request */
+	struct buf replay;        /* the request head, while a reused connection may need a retry */
+	bool upstream_reused, upstream_keepalive, trusted_peer;
+	unsigned requests;        /* answered so far */
+	uint64_t deadline_ms;     /* 0 = none */
+	int deadline_action;      /* what happens then: see session_timeouts() */
+	struct ev_handler client, upstream; /* upstream.fd < 0 when none */
+	enum session_state state;
+	bool closed, client_eof, upstream_eof, upstream_connected;
+	bool websocket, head_request, keepalive, close_after, resp_head_done;
+	struct buf cin, uin, cout, uout;
+	struct http_body req_body, resp_body;
+	/* Bytes userspace moved on each socket: the sockmap FIN check compares
+	 * them with the kernel's own counts. */
+	uint64_t client_read, client_written, upstream_read, upstream_written;
+	char ws_accept[WS_ACCEPT_LEN + 1];
+	char client_ip[INET6_ADDRSTRLEN];
+};
+
 
 /* What happens when a session's deadline passes. */
 enum deadline_action {
@@ -116,7 +158,7 @@ static void release_upstream(struct session *s, bool reusable)
 		return;
 	ev_watch(s->px->loop, &s->upstream, 0);
 	if (s->server) {
-		s->server->st->active--;
+		pool_server_done(s->server->st);
 		if (reusable)
 			pool_put_idle(s->route->pool, s->server, s->upstream.fd, s->upstream_read, s->upstream_written,
 				      ev_now_ms());
@@ -145,10 +187,8 @@ static void close_upstream(struct session *s)
 /* An upgrade that did not become a tunnel gives its slot back. */
 static void release_tunnel_slot(struct session *s)
 {
-	if (s->tunnel_slot) {
-		s->tunnel_slot->tunnels--;
-		s->tunnel_slot = NULL;
-	}
+	route_tunnel_done(s->tunnel_slot);
+	s->tunnel_slot = NULL;
 }
 
 void session_close(struct session *s)
@@ -496,6 +536,47 @@ static bool forward_response_body(struct session *s)
 	return true;
 }
 
+/* Queues what the session read but did not forward, so the tunnel starts
+ * with one queue per direction. false while an output buffer is too full. */
+static bool move_leftovers(struct session *s)
+{
+	size_t n;
+
+	n = buf_len(&s->cin) < buf_room(&s->uout) ? buf_len(&s->cin) : buf_room(&s->uout);
+	buf_append(&s->uout, buf_head(&s->cin), n);
+	buf_consume(&s->cin, n);
+	n = buf_len(&s->uin) < buf_room(&s->cout) ? buf_len(&s->uin) : buf_room(&s->cout);
+	buf_append(&s->cout, buf_head(&s->uin), n);
+	buf_consume(&s->uin, n);
+	return !buf_len(&s->cin) && !buf_len(&s->uin);
+}
+
+/* The 101 and everything read since are queued: the sockets, the queues,
+ * the byte counts and the route and server slots go to the tunnel layer,
+ * and the session ends. */
+static void hand_off(struct session *s)
+{
+	struct tunnel_handoff h = {
+		.fd = { [TUNNEL_END_CLIENT] = s->client.fd, [TUNNEL_END_UPSTREAM] = s->upstream.fd },
+		.queue = { [WS_DIR_C2U] = s->uout, [WS_DIR_U2C] = s->cout },
+		.read = { [WS_DIR_C2U] = s->client_read, [WS_DIR_U2C] = s->upstream_read },
+		.written = { [WS_DIR_C2U] = s->upstream_written, [WS_DIR_U2C] = s->client_written },
+		.route_st = s->tunnel_slot,
+		.server_st = s->server ? s->server->st : NULL,
+	};
+
+	/* The session's epoll registrations carry its own pointers: drop them. */
+	ev_watch(s->px->loop, &s->client, 0);
+	ev_watch(s->px->loop, &s->upstream, 0);
+	s->client.fd = s->upstream.fd = -1;
+	buf_init(&s->uout, 0);
+	buf_init(&s->cout, 0);
+	s->tunnel_slot = NULL;
+	s->server = NULL;
+	session_close(s);
+	tunnel_start(s->px->tunnels, &h);
+}
+
 static bool step(struct session *s)
 {
 	switch (s->state) {
@@ -647,8 +728,8 @@ static void drive(struct session *s)
 		progress |= step(s);
 		if (s->closed)
 			return;
-		if (s->state == S_HANDOFF) {
-			tunnel_handoff(s); /* owns the sockets and their interest from here */
+		if (s->state == S_HANDOFF && move_leftovers(s)) {
+			hand_off(s);
 			return;
 		}
 		if (!progress)

@@ -23,7 +23,7 @@ static void on_sweep(struct ev_handler *h, uint32_t events)
 	if (read(h->fd, &expirations, sizeof(expirations)) != sizeof(expirations))
 		return;
 	session_timeouts(tw->px, now);
-	tunnel_timeouts(tw->px, now);
+	tunnel_timeouts(tw->px->tunnels, &tw->px->cfg->timeouts, now);
 	pool_expire_idle(tw->px, now, tw->px->cfg->timeouts.upstream_idle_ms);
 }
 

@@ -1,20 +1,48 @@
+/* The tunnel lifecycle, whatever engine moves the bytes: start from the
+ * session's hand-off, dispatch socket events and ticks to the engine, carry
+ * out what it answers (interest, ticks, close, reset, fall back to the copy
+ * relay), time tunnels out, and close both sockets at the end. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <time.h>
-#include "dataplane.h"
+#include "engine.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
-#include "session.h"
 #include "tunnel.h"
 
-int tunnel_sock_error(int fd)
+struct tunnel {
+	TAILQ_ENTRY(tunnel) link;
+	struct tunnel_set *ts;
+	const struct engine_ops *eng;
+	void *st;                /* the engine's */
+	struct ev_handler ep[2]; /* [TUNNEL_END_CLIENT], [TUNNEL_END_UPSTREAM] */
+	struct ev_ticker ticker;
+	struct route_state *route_st;
+	struct server_state *server_st;
+	uint64_t serial;         /* for log lines */
+	uint64_t next_check_ms;  /* when tunnel_timeouts reads the activity stamp next */
+	bool closed, half_closed;
+};
+
+struct tunnel_set {
+	TAILQ_HEAD(, tunnel) all;
+	uint64_t count, serial;
+	struct ev_loop *loop;
+	const struct engine_ops *eng; /* new tunnels start here */
+	void *ctx[MODE_COUNT];        /* each open engine's context */
+};
+
+static void tunnel_close(struct tunnel *t, int reset_end);
+static void tunnel_switch(struct tunnel *t, const struct engine_ops *to);
+
+int sock_error(int fd)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
@@ -23,16 +51,111 @@ int tunnel_sock_error(int fd)
 	return err;
 }
 
-void tunnel_close(struct tunnel *t, int reset_end)
+static void *engine_ctx(const struct tunnel_set *ts, const struct engine_ops *eng)
 {
-	bool spliced = t->in_kernel;
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (engine_table[m] == eng)
+			return ts->ctx[m];
+	return NULL;
+}
+
+static struct engine_io io_now(const struct tunnel *t)
+{
+	return (struct engine_io){
+		.want = { t->ep[0].events, t->ep[1].events },
+		.tick = t->ticker.active,
+		.half_closed = t->half_closed,
+		.verdict = ENGINE_RUN,
+	};
+}
+
+/* Carries out what the engine answered. */
+static void apply(struct tunnel *t, const struct engine_io *io)
+{
+	switch (io->verdict) {
+	case ENGINE_RUN:
+		break;
+	case ENGINE_CLOSE:
+		tunnel_close(t, -1);
+		return;
+	case ENGINE_RESET:
+		tunnel_close(t, io->reset_end);
+		return;
+	case ENGINE_FALLBACK:
+		tunnel_switch(t, engine_fallback);
+		return;
+	}
+	for (int e = 0; e < 2; e++)
+		ev_watch(t->ts->loop, &t->ep[e], io->want[e]);
+	if (io->tick)
+		ev_ticker_start(t->ts->loop, &t->ticker);
+	else
+		ev_ticker_stop(t->ts->loop, &t->ticker);
+	t->half_closed = io->half_closed;
+}
+
+static void on_end_event(struct ev_handler *h, uint32_t events)
+{
+	struct tunnel *t = h->owner;
+	struct engine_io io;
+
+	if (t->closed)
+		return;
+	io = io_now(t);
+	t->eng->event(t->st, h == &t->ep[TUNNEL_END_CLIENT] ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM, events, &io);
+	apply(t, &io);
+}
+
+static void on_tick(struct ev_ticker *tk)
+{
+	struct tunnel *t = container_of(tk, struct tunnel, ticker);
+	struct engine_io io = io_now(t);
+
+	if (t->closed || !t->eng->tick)
+		return;
+	t->eng->tick(t->st, &io);
+	apply(t, &io);
+}
+
+/* An engine's asynchronous event for this tunnel: same as a tick. */
+static void kick(void *owner)
+{
+	on_tick(&((struct tunnel *)owner)->ticker);
+}
+
+/* The engine could not carry the tunnel: it hands back what it holds and
+ * the fallback engine starts from there. */
+static void tunnel_switch(struct tunnel *t, const struct engine_ops *to)
+{
+	struct tunnel_handoff h = { .fd = { t->ep[0].fd, t->ep[1].fd } };
+	struct engine_io io;
+
+	log_debug("tunnel %llu: %s hands over to %s", (unsigned long long)t->serial, t->eng->name, to->name);
+	t->eng->stop(t->st, &h);
+	t->eng = to;
+	io = io_now(t);
+	t->st = to->start(engine_ctx(t->ts, to), &h, t, &io);
+	if (!t->st) {
+		for (int d = 0; d < 2; d++)
+			buf_release(&h.queue[d]);
+		t->eng = NULL;
+		tunnel_close(t, -1);
+		return;
+	}
+	apply(t, &io);
+}
+
+static void tunnel_close(struct tunnel *t, int reset_end)
+{
+	struct tunnel_set *ts = t->ts;
 
 	if (t->closed)
 		return;
 	t->closed = true;
-	ev_ticker_stop(t->px->loop, &t->ticker);
-	if (t->in_kernel)
-		tunnel_sockmap_release(t);
+	ev_ticker_stop(ts->loop, &t->ticker);
+	/* While both sockets are open: the sockmap takes them out of its maps. */
+	if (t->eng)
+		t->eng->stop(t->st, NULL);
 	for (int e = 0; e < 2; e++) {
 		if (reset_end >= 0 && e != reset_end) {
 			/* Pass the reset on: close with an RST, not a FIN. */
@@ -40,76 +163,73 @@ void tunnel_close(struct tunnel *t, int reset_end)
 
 			setsockopt(t->ep[e].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		}
-		ev_watch(t->px->loop, &t->ep[e], 0);
+		ev_watch(ts->loop, &t->ep[e], 0);
 		close(t->ep[e].fd);
 	}
-	for (int d = 0; d < 2; d++) {
-		buf_release(&t->dir[d].buf); /* now, not deferred: see session_close */
-		if (t->dir[d].pipe_rd >= 0) {
-			close(t->dir[d].pipe_rd);
-			close(t->dir[d].pipe_wr);
-		}
-	}
-	if (t->route_st)
-		t->route_st->tunnels--;
-	if (t->server_st)
-		t->server_st->active--;
-	t->px->tunnels_open--;
-	conn_link_del(&t->link);
-	log_debug("tunnel %u (%s) closed%s", t->id, spliced ? "sockmap" : mode_name(t->mode),
+	route_tunnel_done(t->route_st);
+	pool_server_done(t->server_st);
+	ts->count--;
+	TAILQ_REMOVE(&ts->all, t, link);
+	log_debug("tunnel %llu (%s) closed%s", (unsigned long long)t->serial, t->eng ? t->eng->name : "-",
 		  reset_end >= 0 ? " by reset" : "");
-	ev_defer(t->px->loop, free, t); /* buffers went back at close */
+	/* Freed after the batch: another event of it may name this tunnel. */
+	ev_defer(ts->loop, free, t);
 }
 
-static bool half_closed(const struct tunnel *t)
+void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 {
-	return t->dir[0].src_eof || t->dir[1].src_eof || t->dir[0].dst_shut || t->dir[1].dst_shut;
+	struct tunnel *t = calloc(1, sizeof(*t));
+	struct engine_io io;
+
+	if (t) {
+		t->ts = ts;
+		t->eng = ts->eng;
+		t->serial = ++ts->serial;
+		for (int e = 0; e < 2; e++)
+			t->ep[e] = (struct ev_handler){ .fd = h->fd[e], .owner = t, .on_event = on_end_event };
+		t->ticker.on_tick = on_tick;
+		t->route_st = h->route_st;
+		t->server_st = h->server_st;
+		io = io_now(t);
+		t->st = t->eng->start(engine_ctx(ts, t->eng), h, t, &io);
+	}
+	if (!t || !t->st) {
+		log_warn("tunnel: out of memory: closing the connection");
+		free(t);
+		for (int e = 0; e < 2; e++)
+			close(h->fd[e]);
+		for (int d = 0; d < 2; d++)
+			buf_release(&h->queue[d]);
+		route_tunnel_done(h->route_st);
+		pool_server_done(h->server_st);
+		return;
+	}
+	ts->count++;
+	TAILQ_INSERT_TAIL(&ts->all, t, link);
+	apply(t, &io);
 }
 
-/* The kernel stamps last_active with the coarse monotonic clock. */
-static uint64_t kernel_last_active_ms(struct tunnel *t)
+void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms)
 {
-	struct ws_tunnel wt;
-	struct timespec now;
-	uint64_t age_ms, now_ns;
-
-	if (dataplane_tunnel_read(t->px->dp, t->id, &wt) || !wt.last_active_ns)
-		return t->last_active_ms;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	now_ns = (uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec;
-	/* The vDSO's coarse clock can trail the kernel's by a tick: a stamp
-	 * "from the future" is activity just now, not 584 years ago. */
-	if (wt.last_active_ns >= now_ns)
-		return ev_now_ms();
-	age_ms = (now_ns - wt.last_active_ns) / 1000000;
-	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
-}
-
-void tunnel_timeouts(struct proxy *px, uint64_t now_ms)
-{
-	const struct timeouts *to = &px->cfg->timeouts;
-	struct conn_link *l, *next;
+	struct tunnel *t, *next;
 
 	if (!to->tunnel_idle_ms && !to->tunnel_fin_ms)
 		return;
-	for (l = px->tunnels.next; l != &px->tunnels; l = next) {
-		struct tunnel *t = (struct tunnel *)l;
-		uint64_t limit = half_closed(t) && to->tunnel_fin_ms ? to->tunnel_fin_ms : to->tunnel_idle_ms;
+	for (t = TAILQ_FIRST(&ts->all); t; t = next) {
+		uint64_t limit = t->half_closed && to->tunnel_fin_ms ? to->tunnel_fin_ms : to->tunnel_idle_ms;
+		struct tunnel_stats s;
 		uint64_t last;
 
-		next = l->next;
+		next = TAILQ_NEXT(t, link);
 		if (t->closed || !limit || now_ms < t->next_check_ms)
 			continue;
-		last = t->last_active_ms;
-		if (t->in_kernel) {
-			uint64_t k = kernel_last_active_ms(t);
-
-			last = k > last ? k : last;
-		}
+		t->eng->stats(t->st, &s);
+		last = s.last_active_ms;
 		/* now_ms was read before this sweep started: a tunnel handed off
 		 * by session_timeouts just now, or a kernel stamp taken as "now",
 		 * is later than it. Unclamped, now_ms - last wrapped to 2^64 - 1
-		 * and closed a tunnel right after its first FIN (KERNEL.md §12). */
+		 * and closed a tunnel right after its first FIN (KERNEL.md, "the
+		 * BPF coarse clock can be ahead of the vDSO's"). */
 		if (last > now_ms)
 			last = now_ms;
 		if (now_ms - last < limit) {
@@ -117,21 +237,10 @@ void tunnel_timeouts(struct proxy *px, uint64_t now_ms)
 			t->next_check_ms = last + limit;
 			continue;
 		}
-		log_info("tunnel %u: %s for %llu ms: closing", t->id, half_closed(t) ? "half-closed and idle" : "idle",
-			 (unsigned long long)(now_ms - last));
+		log_info("tunnel %llu: %s for %llu ms: closing", (unsigned long long)t->serial,
+			 t->half_closed ? "half-closed and idle" : "idle", (unsigned long long)(now_ms - last));
 		tunnel_close(t, -1);
 	}
-}
-
-void tunnel_describe(struct tunnel *t, char *out, size_t len)
-{
-	if (t->in_kernel) {
-		tunnel_sockmap_describe(t, out, len);
-		return;
-	}
-	snprintf(out, len, "tunnel %s relay | c2u: eof=%d shut=%d pending=%zu | u2c: eof=%d shut=%d pending=%zu",
-		 mode_name(t->mode), t->dir[0].src_eof, t->dir[0].dst_shut, buf_len(&t->dir[0].buf) + t->dir[0].in_pipe,
-		 t->dir[1].src_eof, t->dir[1].dst_shut, buf_len(&t->dir[1].buf) + t->dir[1].in_pipe);
 }
 
 /* The client's port and the upstream connection's local port: what ss shows
@@ -149,176 +258,77 @@ static void tunnel_ports(struct tunnel *t, char *out, size_t len)
 	snprintf(out, len, "client port %u, upstream local port %u", pa, pb);
 }
 
-void tunnel_dump_all(struct proxy *px)
+void tunnel_dump_all(struct tunnel_set *ts)
 {
 	char line[512], ports[64];
-
-	log_info("%llu sessions, %llu tunnels open", (unsigned long long)px->sessions_open,
-		 (unsigned long long)px->tunnels_open);
-	for (struct conn_link *l = px->tunnels.next; l != &px->tunnels; l = l->next) {
-		tunnel_describe((struct tunnel *)l, line, sizeof(line));
-		tunnel_ports((struct tunnel *)l, ports, sizeof(ports));
-		log_info("%s (%s)", line, ports);
-	}
-}
-
-void tunnel_close_all(struct proxy *px)
-{
-	while (px->tunnels.next != &px->tunnels)
-		tunnel_close((struct tunnel *)px->tunnels.next, -1);
-}
-
-/* Moves whatever the session still holds so the tunnel starts with two
- * per-direction queues: client->upstream and upstream->client. */
-static bool move_leftovers(struct session *s)
-{
-	size_t n;
-
-	n = buf_len(&s->cin) < buf_room(&s->uout) ? buf_len(&s->cin) : buf_room(&s->uout);
-	buf_append(&s->uout, buf_head(&s->cin), n);
-	buf_consume(&s->cin, n);
-	n = buf_len(&s->uin) < buf_room(&s->cout) ? buf_len(&s->uin) : buf_room(&s->cout);
-	buf_append(&s->cout, buf_head(&s->uin), n);
-	buf_consume(&s->uin, n);
-	return !buf_len(&s->cin) && !buf_len(&s->uin);
-}
-
-enum drain_result { DRAIN_WAIT, DRAIN_READY, DRAIN_ERROR };
-
-static int flush(int fd, struct buf *q, uint64_t *count)
-{
-	while (buf_len(q)) {
-		ssize_t n = buf_write_fd(q, fd);
-
-		if (n < 0)
-			return errno == EAGAIN ? 0 : -1;
-		*count += n;
-	}
-	return 1;
-}
-
-/* The sockmap precondition: every byte userspace read is written out, or
- * the verdict would overtake it. What is still in the receive queues, an skb
- * read in part included, is left to the kernel: the kick verdicts it and the
- * verdict cuts off the part already read (docs/KERNEL.md §14). Reading on
- * until both queues were empty at once never converged against a peer that
- * sends right after the 101: the whole transfer went through this loop
- * (KERNEL.md §17). */
-static enum drain_result drain_for_sockmap(struct session *s)
-{
-	int wc, wu;
-
-	if (!move_leftovers(s))
-		return DRAIN_WAIT;
-	wc = flush(s->client.fd, &s->cout, &s->client_written);
-	wu = flush(s->upstream.fd, &s->uout, &s->upstream_written);
-	if (wc < 0 || wu < 0)
-		return DRAIN_ERROR;
-	return wc == 1 && wu == 1 ? DRAIN_READY : DRAIN_WAIT;
-}
-
-static struct tunnel *tunnel_from_session(struct session *s, enum tunnel_mode mode)
-{
-	struct tunnel *t = calloc(1, sizeof(*t));
-
-	if (!t)
-		return NULL;
-	t->px = s->px;
-	t->mode = mode;
-	t->ep[TUNNEL_END_CLIENT] = (struct ev_handler){ .fd = s->client.fd, .owner = t };
-	t->ep[TUNNEL_END_UPSTREAM] = (struct ev_handler){ .fd = s->upstream.fd, .owner = t };
-	/* The session's epoll registrations carry its own pointers: drop them. */
-	ev_watch(s->px->loop, &s->client, 0);
-	ev_watch(s->px->loop, &s->upstream, 0);
-	s->client.fd = s->upstream.fd = -1;
-	for (int d = 0; d < 2; d++) {
-		t->dir[d].pipe_rd = t->dir[d].pipe_wr = -1;
-		buf_init(&t->dir[d].buf, 65536);
-	}
-	/* Hand the queues over without copying. */
-	t->dir[WS_DIR_C2U].buf = s->uout;
-	t->dir[WS_DIR_U2C].buf = s->cout;
-	t->dir[WS_DIR_C2U].buf.cap = t->dir[WS_DIR_U2C].buf.cap = 65536;
-	buf_init(&s->uout, 0);
-	buf_init(&s->cout, 0);
-	for (int d = 0; d < 2; d++)
-		if (!buf_len(&t->dir[d].buf))
-			buf_release(&t->dir[d].buf); /* an idle tunnel holds no block */
-	t->dir[WS_DIR_C2U].user_read = s->client_read;
-	t->dir[WS_DIR_C2U].user_written = s->upstream_written;
-	t->dir[WS_DIR_U2C].user_read = s->upstream_read;
-	t->dir[WS_DIR_U2C].user_written = s->client_written;
-	t->route_st = s->tunnel_slot;
-	s->tunnel_slot = NULL;
-	t->server_st = s->server ? s->server->st : NULL;
-	s->server = NULL;
-	t->last_active_ms = ev_now_ms();
-	s->px->tunnels_open++;
-	conn_link_add(&s->px->tunnels, &t->link);
-	return t;
-}
-
-static void start_relay(struct session *s, enum tunnel_mode mode)
-{
-	struct tunnel *t = tunnel_from_session(s, mode);
-
-	if (!t) {
-		session_close(s);
-		return;
-	}
-	session_close(s);
-	tunnel_relay_start(t);
-}
-
-void tunnel_handoff(struct session *s)
-{
 	struct tunnel *t;
-	uint32_t ce = 0, ue = 0;
 
-	if (s->px->mode != MODE_SOCKMAP) {
-		if (move_leftovers(s)) {
-			start_relay(s, s->px->mode);
-			return;
-		}
-	} else {
-		switch (drain_for_sockmap(s)) {
-		case DRAIN_READY:
-			t = tunnel_from_session(s, MODE_SOCKMAP);
-			if (!t) {
-				session_close(s);
-				return;
-			}
-			session_close(s);
-			if (tunnel_sockmap_start(t) < 0) {
-				/* EOPNOTSUPP: a FIN arrived since the drain (a client
-				 * that closes right after the 101), not worth a line. */
-				if (errno == EOPNOTSUPP)
-					log_debug("tunnel falls back to the copy relay: %s", strerror(errno));
-				else
-					log_warn("tunnel falls back to the copy relay: %s", strerror(errno));
-				t->mode = MODE_COPY;
-				tunnel_relay_start(t);
-			}
-			return;
-		case DRAIN_ERROR: {
-			/* A reset during the handoff: deliver the 101 and what came
-			 * with it if we can, then pass the reset on. */
-			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	log_info("%llu tunnels open", (unsigned long long)ts->count);
+	TAILQ_FOREACH(t, &ts->all, link) {
+		t->eng->describe(t->st, line, sizeof(line));
+		tunnel_ports(t, ports, sizeof(ports));
+		log_info("tunnel %llu %s: %s (%s)", (unsigned long long)t->serial, t->eng->name, line, ports);
+	}
+}
 
-			flush(s->client.fd, &s->cout, &s->client_written);
-			setsockopt(s->client.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			session_close(s);
-			return;
-		}
-		case DRAIN_WAIT:
-			break;
+/* --mode auto is the copy relay: it measured best in bulk throughput, CPU
+ * per byte and handshakes (docs/PERFORMANCE.md) and does not stall when the
+ * CPU is saturated (docs/KERNEL.md, "the redirect worker under CPU
+ * saturation"); sockmap (Linux 6.2+) runs when asked for. */
+static enum tunnel_mode resolve_auto(void)
+{
+	log_info("mode auto: the copy relay (measured best here; --mode sockmap splices in the kernel)");
+	return MODE_COPY;
+}
+
+struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen)
+{
+	struct tunnel_set *ts = calloc(1, sizeof(*ts));
+	enum tunnel_mode mode = cfg->mode == MODE_AUTO ? resolve_auto() : cfg->mode;
+
+	if (!ts) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	TAILQ_INIT(&ts->all);
+	ts->loop = loop;
+	ts->eng = engine_table[mode];
+	for (int m = 0; m < MODE_COUNT; m++) {
+		const struct engine_ops *e = engine_table[m];
+		char reason[256];
+
+		if (!e || (e != ts->eng && e != engine_fallback) || !e->open)
+			continue;
+		ts->ctx[m] = e->open(cfg, loop, kick, reason, sizeof(reason));
+		if (!ts->ctx[m]) {
+			snprintf(why, whylen, "--mode %s: %s", e->name, reason);
+			tunnel_set_close(ts);
+			return NULL;
 		}
 	}
-	/* Nobody reads during the handoff: what arrives waits in the kernel. */
-	if (buf_len(&s->cout))
-		ce |= EPOLLOUT;
-	if (buf_len(&s->uout))
-		ue |= EPOLLOUT;
-	ev_watch(s->px->loop, &s->client, ce ? ce : EPOLLERR);
-	ev_watch(s->px->loop, &s->upstream, ue ? ue : EPOLLERR);
+	return ts;
+}
+
+void tunnel_set_close(struct tunnel_set *ts)
+{
+	if (!ts)
+		return;
+	while (!TAILQ_EMPTY(&ts->all))
+		tunnel_close(TAILQ_FIRST(&ts->all), -1);
+	/* The tunnels' memory goes with the loop's deferred frees. */
+	ev_run_deferred(ts->loop);
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (ts->ctx[m])
+			engine_table[m]->close(ts->ctx[m]);
+	free(ts);
+}
+
+const char *tunnel_set_engine(const struct tunnel_set *ts)
+{
+	return ts->eng->name;
+}
+
+uint64_t tunnel_set_count(const struct tunnel_set *ts)
+{
+	return ts->count;
 }

@@ -1,8 +1,10 @@
-/* A tunnel: the two sockets of an upgraded connection, relayed byte for
- * byte until both directions have closed. Three ways to move the bytes:
- * sockmap (the kernel redirects them, tunnel_sockmap.c), splice and copy
- * (userspace relays, tunnel_relay.c). Every mode forwards a half-close as a
- * half-close, an RST as an RST, and buffers a bounded amount. */
+/* A tunnel: the two sockets of an upgraded connection, moved byte for byte
+ * until both directions have closed. The session hands them over as one
+ * value (struct tunnel_handoff); from then on the tunnel layer (tunnel.c)
+ * runs the lifecycle, timeouts and close, and an engine moves the bytes:
+ * copy and splice (tunnel_relay.c) or sockmap (tunnel_sockmap.c). Every
+ * engine forwards a half-close as a half-close, an RST as an RST, and holds
+ * a bounded amount. */
 #ifndef WSPLICE_TUNNEL_H
 #define WSPLICE_TUNNEL_H
 
@@ -10,80 +12,54 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
+#include "config.h"
 #include "event_loop.h"
-#include "proxy.h"
 #include "wsplice_maps.h"
 
-struct session;
-
+/* Ends, as indexes of fd[]: a direction's source and destination are ends. */
 #define TUNNEL_END_CLIENT 0
 #define TUNNEL_END_UPSTREAM 1
 
-/* One direction: bytes read from ep[src] are written to ep[dst], where for
- * WS_DIR_C2U src is the client and for WS_DIR_U2C it is the upstream. */
-struct tunnel_dir {
-	struct buf buf;        /* copy mode: the relay buffer; otherwise leftovers */
-	int pipe_rd, pipe_wr;  /* splice mode */
-	uint32_t in_pipe;
-	bool src_eof;          /* FIN received from the source */
-	bool dst_shut;         /* FIN sent to the destination */
-	bool pausing;          /* sockmap: a pause was asked for and is under way */
-	bool paused;           /* sockmap: removed from verdict_map by backpressure */
-	bool user_finish;      /* sockmap: finishing this direction in userspace */
-	uint64_t user_read;    /* bytes userspace ever read from the source */
-	uint64_t user_written; /* bytes userspace ever wrote to the destination */
-};
+struct route_state;
+struct server_state;
 
-struct tunnel {
-	struct conn_link link; /* first: the list entry is the tunnel */
-	struct proxy *px;
-	enum tunnel_mode mode;
-	struct ev_handler ep[2]; /* [TUNNEL_END_CLIENT], [TUNNEL_END_UPSTREAM] */
-	struct tunnel_dir dir[2];
-	struct ev_ticker ticker;
-	uint32_t id;
-	uint64_t cookie[2];
-	/* sockmap: bytes each socket had queued for sending when the kernel
-	 * took over; what it queued since is what the redirects delivered. */
-	uint64_t queued_base[2];
-	bool closed, in_kernel;
+/* What the session gives the tunnel layer once the 101 is queued: all of
+ * it changes owner. Directions index queue, read and written (WS_DIR_C2U:
+ * client to upstream; WS_DIR_U2C: upstream to client). */
+struct tunnel_handoff {
+	int fd[2];               /* [TUNNEL_END_CLIENT], [TUNNEL_END_UPSTREAM] */
+	struct buf queue[2];     /* bytes read from the source, not yet written to the destination */
+	/* Lifetime counts of each socket (a pooled upstream connection's too):
+	 * bytes userspace read from the direction's source and wrote to its
+	 * destination. The sockmap FIN check compares them with TCP's. */
+	uint64_t read[2], written[2];
 	/* Held for the tunnel's life: a slot of its route's max_tunnels, and a
 	 * connection counted against its server for leastconn. */
 	struct route_state *route_st;
 	struct server_state *server_st;
-	uint64_t last_active_ms;  /* relays: last byte moved; sockmap: see tunnel_timeouts */
-	uint64_t next_check_ms;   /* sockmap: when the BPF activity stamp is read next */
 };
 
-static inline int dir_src(int d) { return d == WS_DIR_C2U ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM; }
-static inline int dir_dst(int d) { return d == WS_DIR_C2U ? TUNNEL_END_UPSTREAM : TUNNEL_END_CLIENT; }
+/* Every tunnel of the process and the engines they run on. */
+struct tunnel_set;
 
-/* Called by the session once the accepted 101 is queued for the client. */
-void tunnel_handoff(struct session *s);
-/* Ends the tunnel. reset_end >= 0: that end saw an RST, so the other end is
- * reset too (SO_LINGER 0) instead of closed gracefully. */
-void tunnel_close(struct tunnel *t, int reset_end);
-void tunnel_close_all(struct proxy *px);
-/* The socket error pending on an end, 0 when none. */
-int tunnel_sock_error(int fd);
+/* Opens the engine cfg->mode names (auto: chosen here, with one log line
+ * saying which and why) and the copy relay it falls back to. NULL with a
+ * one-line reason in why. */
+struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen);
+/* Closes every tunnel, then the engines. */
+void tunnel_set_close(struct tunnel_set *ts);
+/* The engine new tunnels start on ("sockmap", "splice", "copy"). */
+const char *tunnel_set_engine(const struct tunnel_set *ts);
+uint64_t tunnel_set_count(const struct tunnel_set *ts);
 
-int tunnel_relay_start(struct tunnel *t);
-int tunnel_sockmap_start(struct tunnel *t);
-/* Called for a ring-buffer pause request from the verdict program. */
-void tunnel_sockmap_pause(struct tunnel *t, int dir);
-/* The pause asked for by tunnel_sockmap_pause has been carried out (ok) or
- * found no socket; cookie tells a reused tunnel id from the one that asked. */
-void tunnel_sockmap_paused(struct tunnel *t, int dir, uint64_t cookie, bool ok, uint64_t waited_us);
-/* One line about a tunnel's state, for the SIGUSR1 dump. */
-void tunnel_describe(struct tunnel *t, char *out, size_t len);
-void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len);
-/* Closes tunnels idle past tunnel_idle_timeout, or half-closed and idle
- * past tunnel_fin_timeout. Sockmap tunnels are judged by the activity
- * stamp the BPF program keeps, read at most once per timeout period. */
-void tunnel_timeouts(struct proxy *px, uint64_t now_ms);
+/* Takes everything in h, whatever happens (on failure the sockets are
+ * closed and the slots given back). */
+void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h);
+/* Closes tunnels idle past tunnel_idle_timeout, or half-closed and idle past
+ * tunnel_fin_timeout. An engine's activity stamp is read at most once per
+ * timeout period (the sockmap's is a BPF map lookup). */
+void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms);
 /* Logs every open tunnel (SIGUSR1). */
-void tunnel_dump_all(struct proxy *px);
-/* Removes the tunnel from the BPF maps; called by tunnel_close. */
-void tunnel_sockmap_release(struct tunnel *t);
+void tunnel_dump_all(struct tunnel_set *ts);
 
 #endif

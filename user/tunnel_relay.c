@@ -1,41 +1,58 @@
-/* The userspace relays: --mode copy moves bytes through a 64 KiB buffer per
- * direction, --mode splice through a 64 KiB pipe per direction (the bytes
- * stay in kernel pages). Both stop reading a source while its buffer is
- * full, so the sender's TCP window closes: bounded memory, no loss. */
+/* The userspace relays: the copy engine moves bytes through a 64 KiB buffer
+ * per direction, the splice engine through a 64 KiB pipe per direction (the
+ * bytes stay in kernel pages). Both stop reading a source while its buffer
+ * is full, so the sender's TCP window closes: bounded memory, no loss. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "engine.h"
 #include "log.h"
-#include "tunnel.h"
 
 #define RELAY_PIPE_SIZE 65536
+#define RELAY_BUF_SIZE 65536
 
-static void on_relay_event(struct ev_handler *h, uint32_t events);
+struct relay_dir {
+	struct buf buf;       /* copy: the relay buffer; splice: the hand-off's leftovers */
+	int pipe_rd, pipe_wr; /* splice, made on first use */
+	uint32_t in_pipe;
+	bool src_eof;         /* FIN received from the source */
+	bool dst_shut;        /* FIN sent to the destination */
+	uint64_t read, written, written_at_start;
+};
 
-static bool dir_has_room(const struct tunnel *t, const struct tunnel_dir *dd)
+struct relay {
+	int fd[2];
+	bool splice;
+	struct relay_dir dir[2];
+	uint64_t last_active_ms;
+};
+
+static bool dir_has_room(const struct relay *r, const struct relay_dir *dd)
 {
-	if (t->mode == MODE_SPLICE)
+	if (r->splice)
 		return !buf_len(&dd->buf) && dd->in_pipe < RELAY_PIPE_SIZE;
 	return buf_room(&dd->buf) > 0;
 }
 
-static bool dir_pending(const struct tunnel_dir *dd)
+static bool dir_pending(const struct relay_dir *dd)
 {
 	return buf_len(&dd->buf) || dd->in_pipe;
 }
 
 /* Pipes are made on first use: an idle tunnel holds two sockets, not six
  * fds (8 000 idle splice tunnels would not fit in a 20 000 fd limit). */
-static int relay_open_pipe(struct tunnel *t, struct tunnel_dir *dd)
+static int relay_open_pipe(struct relay *r, struct relay_dir *dd)
 {
 	int p[2];
 
 	if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
 		log_warn("pipe2: %s; copy relay instead", strerror(errno));
-		t->mode = MODE_COPY;
+		r->splice = false;
 		return -1;
 	}
 	fcntl(p[1], F_SETPIPE_SZ, RELAY_PIPE_SIZE);
@@ -45,15 +62,15 @@ static int relay_open_pipe(struct tunnel *t, struct tunnel_dir *dd)
 }
 
 /* Reads from the source: 1 progress, 0 nothing, -1 the source reset. */
-static int relay_fill(struct tunnel *t, int d)
+static int relay_fill(struct relay *r, int d)
 {
-	struct tunnel_dir *dd = &t->dir[d];
-	int src = t->ep[dir_src(d)].fd;
+	struct relay_dir *dd = &r->dir[d];
+	int src = r->fd[dir_src(d)];
 	ssize_t n;
 
-	if (dd->src_eof || !dir_has_room(t, dd))
+	if (dd->src_eof || !dir_has_room(r, dd))
 		return 0;
-	if (t->mode == MODE_SPLICE && dd->pipe_rd < 0) {
+	if (r->splice && dd->pipe_rd < 0) {
 		char c;
 
 		/* Only a source with bytes (or EOF) waiting gets its pipe. */
@@ -64,18 +81,17 @@ static int relay_fill(struct tunnel *t, int d)
 			dd->src_eof = true;
 			return 1;
 		}
-		if (relay_open_pipe(t, dd) < 0)
+		if (relay_open_pipe(r, dd) < 0)
 			return 0; /* now in copy mode: the next round reads into buf */
 	}
-	if (t->mode == MODE_SPLICE)
-		n = splice(src, NULL, dd->pipe_wr, NULL, RELAY_PIPE_SIZE - dd->in_pipe,
-			   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+	if (r->splice)
+		n = splice(src, NULL, dd->pipe_wr, NULL, RELAY_PIPE_SIZE - dd->in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 	else
 		n = buf_read_fd(&dd->buf, src);
 	if (n > 0) {
-		if (t->mode == MODE_SPLICE)
+		if (r->splice)
 			dd->in_pipe += n;
-		dd->user_read += n;
+		dd->read += n;
 		return 1;
 	}
 	if (n == 0) {
@@ -88,10 +104,10 @@ static int relay_fill(struct tunnel *t, int d)
 }
 
 /* Writes to the destination: 1 progress, 0 nothing, -1 it is gone. */
-static int relay_drain(struct tunnel *t, int d)
+static int relay_drain(struct relay *r, int d)
 {
-	struct tunnel_dir *dd = &t->dir[d];
-	int dst = t->ep[dir_dst(d)].fd;
+	struct relay_dir *dd = &r->dir[d];
+	int dst = r->fd[dir_dst(d)];
 	ssize_t n;
 
 	if (buf_len(&dd->buf)) {
@@ -112,31 +128,31 @@ static int relay_drain(struct tunnel *t, int d)
 		return 0;
 	}
 	if (n > 0) {
-		dd->user_written += n;
+		dd->written += n;
 		return 1;
 	}
 	return n < 0 && errno != EAGAIN ? -1 : 0;
 }
 
-static void relay_update_interest(struct tunnel *t)
+static void relay_want(const struct relay *r, struct engine_io *io)
 {
 	for (int e = 0; e < 2; e++) {
-		/* End e is the source of direction e and the destination of 1-e. */
-		const struct tunnel_dir *in = &t->dir[e == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C];
-		const struct tunnel_dir *out = &t->dir[e == TUNNEL_END_CLIENT ? WS_DIR_U2C : WS_DIR_C2U];
+		/* End e is the source of one direction and the destination of the other. */
+		const struct relay_dir *in = &r->dir[end_dir(e)], *out = &r->dir[1 - end_dir(e)];
 		uint32_t ev = 0;
 
-		if (!in->src_eof && dir_has_room(t, in))
+		if (!in->src_eof && dir_has_room(r, in))
 			ev |= EPOLLIN;
 		if (dir_pending(out))
 			ev |= EPOLLOUT;
 		/* With nothing left to do on an end, leave epoll entirely: its
 		 * EPOLLHUP is level-triggered and cannot be masked. */
-		ev_watch(t->px->loop, &t->ep[e], ev);
+		io->want[e] = ev;
 	}
+	io->half_closed = r->dir[0].src_eof || r->dir[1].src_eof;
 }
 
-static void relay_run(struct tunnel *t)
+static void relay_run(struct relay *r, struct engine_io *io)
 {
 	bool moved = false;
 
@@ -144,24 +160,26 @@ static void relay_run(struct tunnel *t)
 		bool progress = false;
 
 		for (int d = 0; d < 2; d++) {
-			int r = relay_fill(t, d);
+			int n = relay_fill(r, d);
 
-			if (r < 0) {
+			if (n < 0) {
 				/* Pass on what arrived before the reset, then the reset. */
-				relay_drain(t, d);
-				tunnel_close(t, dir_src(d));
+				relay_drain(r, d);
+				io->verdict = ENGINE_RESET;
+				io->reset_end = dir_src(d);
 				return;
 			}
-			progress |= r;
-			r = relay_drain(t, d);
-			if (r < 0) {
-				tunnel_close(t, dir_dst(d));
+			progress |= n;
+			n = relay_drain(r, d);
+			if (n < 0) {
+				io->verdict = ENGINE_RESET;
+				io->reset_end = dir_dst(d);
 				return;
 			}
-			progress |= r;
+			progress |= n;
 		}
-		if (t->dir[0].dst_shut && t->dir[1].dst_shut) {
-			tunnel_close(t, -1);
+		if (r->dir[0].dst_shut && r->dir[1].dst_shut) {
+			io->verdict = ENGINE_CLOSE;
 			return;
 		}
 		if (!progress)
@@ -169,33 +187,116 @@ static void relay_run(struct tunnel *t)
 		moved = true;
 	}
 	if (moved)
-		t->last_active_ms = ev_now_ms(); /* once per wakeup: tunnel_timeouts reads it */
-	relay_update_interest(t);
+		r->last_active_ms = ev_now_ms(); /* once per wakeup: the timeout sweep reads it */
+	relay_want(r, io);
 }
 
-static void on_relay_event(struct ev_handler *h, uint32_t events)
+static void relay_event(void *st, int end, uint32_t events, struct engine_io *io)
 {
-	struct tunnel *t = h->owner;
+	struct relay *r = st;
 
-	if (t->closed)
+	if ((events & EPOLLERR) && sock_error(r->fd[end])) {
+		io->verdict = ENGINE_RESET;
+		io->reset_end = end;
 		return;
-	if (events & EPOLLERR) {
-		int end = h == &t->ep[TUNNEL_END_CLIENT] ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM;
+	}
+	relay_run(r, io);
+}
 
-		if (tunnel_sock_error(h->fd)) {
-			tunnel_close(t, end);
-			return;
+static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io *io)
+{
+	struct relay *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	r->splice = splice;
+	r->last_active_ms = ev_now_ms();
+	for (int e = 0; e < 2; e++)
+		r->fd[e] = h->fd[e];
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *dd = &r->dir[d];
+
+		dd->pipe_rd = dd->pipe_wr = -1;
+		dd->buf = h->queue[d];
+		dd->buf.cap = RELAY_BUF_SIZE;
+		buf_init(&h->queue[d], 0);
+		if (!buf_len(&dd->buf))
+			buf_release(&dd->buf); /* an idle tunnel holds no block */
+		dd->read = h->read[d];
+		dd->written = dd->written_at_start = h->written[d];
+	}
+	relay_run(r, io);
+	return r;
+}
+
+static void *copy_start(void *ctx, struct tunnel_handoff *h, void *owner, struct engine_io *io)
+{
+	(void)ctx, (void)owner;
+	return relay_start(h, false, io);
+}
+
+static void *splice_start(void *ctx, struct tunnel_handoff *h, void *owner, struct engine_io *io)
+{
+	(void)ctx, (void)owner;
+	return relay_start(h, true, io);
+}
+
+/* Nothing hands a relay over to another engine yet, so h is always NULL:
+ * bytes in a pipe could not be handed back. */
+static void relay_stop(void *st, struct tunnel_handoff *h)
+{
+	struct relay *r = st;
+
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *dd = &r->dir[d];
+
+		if (h) {
+			h->queue[d] = dd->buf;
+			h->read[d] = dd->read;
+			h->written[d] = dd->written;
+		} else {
+			buf_release(&dd->buf); /* now, not deferred: see session_close */
+		}
+		if (dd->pipe_rd >= 0) {
+			close(dd->pipe_rd);
+			close(dd->pipe_wr);
 		}
 	}
-	relay_run(t);
+	free(r);
 }
 
-int tunnel_relay_start(struct tunnel *t)
+static void relay_stats(void *st, struct tunnel_stats *out)
 {
-	for (int e = 0; e < 2; e++) {
-		t->ep[e].on_event = on_relay_event;
-		t->ep[e].owner = t;
-	}
-	relay_run(t);
-	return 0;
+	struct relay *r = st;
+
+	for (int d = 0; d < 2; d++)
+		out->bytes[d] = r->dir[d].written - r->dir[d].written_at_start;
+	out->last_active_ms = r->last_active_ms;
 }
+
+static void relay_describe(void *st, char *out, size_t len)
+{
+	struct relay *r = st;
+	const struct relay_dir *c = &r->dir[WS_DIR_C2U], *u = &r->dir[WS_DIR_U2C];
+
+	snprintf(out, len, "c2u: eof=%d shut=%d pending=%zu | u2c: eof=%d shut=%d pending=%zu", c->src_eof,
+		 c->dst_shut, buf_len(&c->buf) + c->in_pipe, u->src_eof, u->dst_shut, buf_len(&u->buf) + u->in_pipe);
+}
+
+const struct engine_ops engine_copy = {
+	.name = "copy",
+	.start = copy_start,
+	.event = relay_event,
+	.stop = relay_stop,
+	.stats = relay_stats,
+	.describe = relay_describe,
+};
+
+const struct engine_ops engine_splice = {
+	.name = "splice",
+	.start = splice_start,
+	.event = relay_event,
+	.stop = relay_stop,
+	.stats = relay_stats,
+	.describe = relay_describe,
+};

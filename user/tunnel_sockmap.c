@@ -1,36 +1,85 @@
-/* The in-kernel splice: both sockets go into the SOCKHASH maps and the
- * verdict program moves every byte. Userspace only watches for FIN, RST and
- * pause requests. Byte accounting compares the verdict's per-direction count
- * with each socket's TCP counters (docs/KERNEL.md §3). */
+/* The in-kernel splice engine: both sockets go into the SOCKHASH maps and
+ * the verdict program moves every byte. Before that, what userspace still
+ * holds is written out (the drain); afterwards userspace only watches for
+ * FIN, RST and pause requests. Byte accounting compares the verdict's
+ * per-direction count with each socket's TCP counters (docs/KERNEL.md, "FIN
+ * and the byte equation"). Everything sockmap-only lives here: tunnel ids,
+ * pause tags, the kernel's activity stamp, the FIN byte bases. */
 #include <errno.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include "dataplane.h"
+#include "engine.h"
 #include "log.h"
-#include "tunnel.h"
 
 /* tcpi_state values are the kernel's TCP_* states (include/net/tcp_states.h). */
 #define TCPI_STATE_CLOSE 7
 
-static void sockmap_progress(struct tunnel *t);
+struct sm_dir {
+	struct buf buf;        /* the hand-off's leftovers; bytes finished in userspace */
+	bool src_eof;          /* FIN received from the source */
+	bool dst_shut;         /* FIN sent to the destination */
+	bool pausing;          /* a pause was asked for and is under way */
+	bool paused;           /* out of verdict_map by backpressure */
+	bool user_finish;      /* finishing this direction in userspace */
+	uint64_t user_read;    /* bytes userspace ever read from the source */
+	uint64_t user_written; /* bytes userspace ever wrote to the destination */
+	uint64_t written_at_start;
+};
+
+struct sockmap;
+
+struct sm_tunnel {
+	struct sockmap *sm;
+	void *owner;           /* the tunnel layer's, for kick() */
+	int fd[2];
+	uint32_t id;           /* key of the tunnels map */
+	bool in_kernel;        /* inserted; until then the drain runs */
+	uint64_t cookie[2];
+	/* Bytes each socket had queued for sending when the kernel took over;
+	 * what it queued since is what the redirects delivered. */
+	uint64_t queued_base[2];
+	struct sm_dir dir[2];
+	uint64_t last_active_ms; /* userspace's own; the kernel stamps the rest */
+};
+
+/* The engine's process-wide state. */
+struct sockmap {
+	struct dataplane *dp;
+	struct ev_loop *loop;
+	struct ev_handler events; /* pause requests and completions */
+	engine_kick_fn kick;
+	uint64_t budget;
+	struct sm_tunnel **by_id; /* WSPLICE_MAX_TUNNELS slots */
+	uint32_t next_id;
+};
 
 static const char *dir_name(int d)
 {
 	return d == WS_DIR_C2U ? "client->upstream" : "upstream->client";
 }
 
+static void tcp_info_of(int fd, struct tcp_info *ti)
+{
+	socklen_t len = sizeof(*ti);
+
+	memset(ti, 0, sizeof(*ti));
+	getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len);
+}
+
 static uint64_t bytes_acked(int fd)
 {
-	struct tcp_info ti = { 0 };
-	socklen_t len = sizeof(ti);
+	struct tcp_info ti;
 
-	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	tcp_info_of(fd, &ti);
 	return ti.tcpi_bytes_acked;
 }
 
@@ -55,33 +104,31 @@ static uint64_t bytes_queued(int fd)
 
 static int tcp_state(int fd)
 {
-	struct tcp_info ti = { 0 };
-	socklen_t len = sizeof(ti);
+	struct tcp_info ti;
 
-	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	tcp_info_of(fd, &ti);
 	return ti.tcpi_state;
 }
 
 static uint64_t bytes_received(int fd)
 {
-	struct tcp_info ti = { 0 };
-	socklen_t len = sizeof(ti);
+	struct tcp_info ti;
 
-	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	tcp_info_of(fd, &ti);
 	return ti.tcpi_bytes_received;
 }
 
 /* Redirected bytes of direction d that have not yet reached the
  * destination socket's send queue: they sit in its psock queue. */
-static uint64_t inflight(struct tunnel *t, int d, const struct ws_tunnel *tv)
+static uint64_t inflight(struct sm_tunnel *t, int d, const struct ws_tunnel *tv)
 {
 	int dst = dir_dst(d);
-	uint64_t sent = bytes_queued(t->ep[dst].fd) - t->queued_base[dst];
+	uint64_t sent = bytes_queued(t->fd[dst]) - t->queued_base[dst];
 
 	return tv->dir[d].bytes > sent ? tv->dir[d].bytes - sent : 0;
 }
 
-static bool needs_ticks(const struct tunnel *t)
+static bool needs_ticks(const struct sm_tunnel *t)
 {
 	for (int d = 0; d < 2; d++)
 		if (!t->dir[d].dst_shut && (t->dir[d].src_eof || t->dir[d].paused))
@@ -89,12 +136,23 @@ static bool needs_ticks(const struct tunnel *t)
 	return false;
 }
 
+static bool half_closed(const struct sm_tunnel *t)
+{
+	return t->dir[0].src_eof || t->dir[1].src_eof || t->dir[0].dst_shut || t->dir[1].dst_shut;
+}
+
+static void set_reset(struct engine_io *io, int end)
+{
+	io->verdict = ENGINE_RESET;
+	io->reset_end = end;
+}
+
 /* After FIN on a paused source: the kernel delivered everything it took,
  * so copy what is left in the source's receive queue ourselves. */
-static int finish_in_userspace(struct tunnel *t, int d)
+static int finish_in_userspace(struct sm_tunnel *t, int d)
 {
-	struct tunnel_dir *dd = &t->dir[d];
-	int src = t->ep[dir_src(d)].fd, dst = t->ep[dir_dst(d)].fd;
+	struct sm_dir *dd = &t->dir[d];
+	int src = t->fd[dir_src(d)], dst = t->fd[dir_dst(d)];
 
 	for (;;) {
 		ssize_t n;
@@ -127,9 +185,9 @@ static int finish_in_userspace(struct tunnel *t, int d)
 	return 1;
 }
 
-static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
+static int progress_dir(struct sm_tunnel *t, int d, const struct ws_tunnel *tv)
 {
-	struct tunnel_dir *dd = &t->dir[d];
+	struct sm_dir *dd = &t->dir[d];
 	int src = dir_src(d), dst = dir_dst(d);
 	uint64_t pending;
 
@@ -138,10 +196,10 @@ static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
 	if (dd->dst_shut || (!dd->paused && !dd->src_eof && !dd->user_finish && !buf_len(&dd->buf)))
 		return 0;
 	pending = inflight(t, d, tv);
-	if (dd->paused && pending <= t->px->cfg->tunnel_buffer / 2) {
+	if (dd->paused && pending <= t->sm->budget / 2) {
 		dd->paused = false;
 		log_debug("tunnel %u: resumed at %llu bytes in flight", t->id, (unsigned long long)pending);
-		if (dataplane_resume(t->px->dp, t->ep[src].fd, t->cookie[src]) < 0) {
+		if (dataplane_resume(t->sm->dp, t->fd[src], t->cookie[src]) < 0) {
 			/* Not ESTABLISHED any more: the source sent FIN while paused. */
 			log_debug("tunnel %u: resume failed (%s): finishing in userspace", t->id, strerror(errno));
 			dd->src_eof = true;
@@ -156,85 +214,46 @@ static int progress_dir(struct tunnel *t, int d, const struct ws_tunnel *tv)
 		return 0;
 	/* FIN seen: shut the destination only once the verdict has taken every
 	 * byte before the FIN and all of them left the psock queue. */
-	if (tv->dir[d].bytes + dd->user_read + 1 != bytes_received(t->ep[src].fd))
+	if (tv->dir[d].bytes + dd->user_read + 1 != bytes_received(t->fd[src]))
 		return 0;
-	shutdown(t->ep[dst].fd, SHUT_WR);
+	shutdown(t->fd[dst], SHUT_WR);
 	dd->dst_shut = true;
 	log_debug("tunnel %u: %s FIN passed on after %llu bytes redirected, %llu read in userspace", t->id,
 		  dir_name(d), (unsigned long long)tv->dir[d].bytes, (unsigned long long)dd->user_read);
 	return 1;
 }
 
-static void sockmap_progress(struct tunnel *t)
+static void sockmap_progress(struct sm_tunnel *t, struct engine_io *io)
 {
 	struct ws_tunnel tv;
 
-	if (dataplane_tunnel_read(t->px->dp, t->id, &tv) < 0) {
+	if (dataplane_tunnel_read(t->sm->dp, t->id, &tv) < 0) {
 		log_warn("tunnel %u: map entry missing: %s", t->id, strerror(errno));
-		tunnel_close(t, -1);
+		io->verdict = ENGINE_CLOSE;
 		return;
 	}
 	for (int d = 0; d < 2; d++) {
 		if (progress_dir(t, d, &tv) < 0) {
-			tunnel_close(t, dir_dst(d));
+			set_reset(io, dir_dst(d));
 			return;
 		}
 	}
 	if (t->dir[0].dst_shut && t->dir[1].dst_shut) {
-		tunnel_close(t, -1);
+		io->verdict = ENGINE_CLOSE;
 		return;
 	}
-	if (needs_ticks(t))
-		ev_ticker_start(t->px->loop, &t->ticker);
-	else
-		ev_ticker_stop(t->px->loop, &t->ticker);
+	io->tick = needs_ticks(t);
+	io->half_closed = half_closed(t);
 }
 
-static void on_tick(struct ev_ticker *tk)
-{
-	sockmap_progress(container_of(tk, struct tunnel, ticker));
-}
-
-static void on_sockmap_event(struct ev_handler *h, uint32_t events)
-{
-	struct tunnel *t = h->owner;
-	int end = h == &t->ep[TUNNEL_END_CLIENT] ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM;
-	int d = end == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C;
-
-	if (t->closed)
-		return;
-	if (events & (EPOLLERR | EPOLLHUP)) {
-		int err = tunnel_sock_error(h->fd);
-
-		/* EPIPE alone is the verdict "forwarding" a zero-length FIN skb
-		 * to this socket after its peer's FIN: not a reset. But an RST
-		 * on a socket in CLOSE_WAIT also reads as EPIPE, so the state
-		 * decides: CLOSED before we sent our FIN on it means a reset
-		 * (after our FIN it is the normal LAST_ACK -> CLOSE). */
-		bool sent_fin = t->dir[end == TUNNEL_END_CLIENT ? WS_DIR_U2C : WS_DIR_C2U].dst_shut;
-
-		if ((err && err != EPIPE) || (!sent_fin && tcp_state(h->fd) == TCPI_STATE_CLOSE)) {
-			log_debug("tunnel %u: %s end reset (%s)", t->id, end == TUNNEL_END_CLIENT ? "client" : "upstream",
-				  strerror(err ? err : ECONNRESET));
-			tunnel_close(t, end);
-			return;
-		}
-	}
-	if (events & (EPOLLRDHUP | EPOLLHUP))
-		t->dir[d].src_eof = true;
-	/* RDHUP stays readable; HUP cannot be masked at all. */
-	ev_watch(t->px->loop, h, (events & EPOLLHUP) ? 0 : t->dir[d].src_eof ? EPOLLERR : EPOLLRDHUP);
-	sockmap_progress(t);
-}
-
-static int alloc_id(struct proxy *px, uint32_t *id)
+static int alloc_id(struct sockmap *sm, uint32_t *id)
 {
 	for (uint32_t i = 0; i < WSPLICE_MAX_TUNNELS; i++) {
-		uint32_t cand = (px->next_tunnel_id + i) % WSPLICE_MAX_TUNNELS;
+		uint32_t cand = (sm->next_id + i) % WSPLICE_MAX_TUNNELS;
 
-		if (!px->tunnel_by_id[cand]) {
+		if (!sm->by_id[cand]) {
 			*id = cand;
-			px->next_tunnel_id = cand + 1;
+			sm->next_id = cand + 1;
 			return 0;
 		}
 	}
@@ -242,96 +261,321 @@ static int alloc_id(struct proxy *px, uint32_t *id)
 	return -1;
 }
 
-int tunnel_sockmap_start(struct tunnel *t)
+/* The kick of the gate/insert/kick procedure is inside dataplane_tunnel_add. */
+static void insert(struct sm_tunnel *t, struct engine_io *io)
 {
-	struct proxy *px = t->px;
+	struct sockmap *sm = t->sm;
 	bool flowing[2];
-	int fds[2];
 
-	/* Leftovers must have been flushed by the drain; keep no buffers. */
-	for (int d = 0; d < 2; d++)
-		buf_release(&t->dir[d].buf);
-	if (alloc_id(px, &t->id) < 0)
-		return -1;
+	if (alloc_id(sm, &t->id) < 0)
+		goto fallback;
 	for (int e = 0; e < 2; e++) {
-		fds[e] = t->ep[e].fd;
-		t->cookie[e] = socket_cookie(fds[e]);
-		t->queued_base[e] = bytes_queued(fds[e]);
+		t->cookie[e] = socket_cookie(t->fd[e]);
+		t->queued_base[e] = bytes_queued(t->fd[e]);
 	}
-	if (dataplane_tunnel_add(px->dp, t->id, fds, t->cookie, flowing) < 0)
-		return -1;
-	px->tunnel_by_id[t->id] = t;
+	if (dataplane_tunnel_add(sm->dp, t->id, t->fd, t->cookie, flowing) < 0)
+		goto fallback;
+	sm->by_id[t->id] = t;
 	t->in_kernel = true;
-	t->ticker.on_tick = on_tick;
 	for (int e = 0; e < 2; e++) {
-		int d = e == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C;
+		int d = end_dir(e);
 
-		t->ep[e].on_event = on_sockmap_event;
-		t->ep[e].owner = t;
 		if (!flowing[e]) {
 			log_debug("tunnel %u: %s sent FIN during insertion: finishing it in userspace", t->id,
 				  e == TUNNEL_END_CLIENT ? "client" : "upstream");
 			t->dir[d].src_eof = t->dir[d].user_finish = true;
 		}
-		ev_watch(px->loop, &t->ep[e], flowing[e] ? EPOLLRDHUP : EPOLLERR);
+		io->want[e] = flowing[e] ? EPOLLRDHUP : EPOLLERR;
 	}
 	log_debug("tunnel %u spliced in the kernel (userspace moved %llu bytes client->upstream, %llu upstream->client)",
 		  t->id, (unsigned long long)t->dir[WS_DIR_C2U].user_read, (unsigned long long)t->dir[WS_DIR_U2C].user_read);
-	sockmap_progress(t);
-	return 0;
+	sockmap_progress(t, io);
+	return;
+fallback:
+	/* EOPNOTSUPP: a FIN arrived since the drain (a client that closes
+	 * right after the 101), not worth a line. */
+	if (errno == EOPNOTSUPP)
+		log_debug("tunnel falls back to the copy relay: %s", strerror(errno));
+	else
+		log_warn("tunnel falls back to the copy relay: %s", strerror(errno));
+	io->verdict = ENGINE_FALLBACK;
 }
 
-void tunnel_sockmap_pause(struct tunnel *t, int d)
+/* The sockmap precondition: every byte userspace read is written out, or
+ * the verdict would overtake it. What is still in the receive queues, an skb
+ * read in part included, is left to the kernel: the kick verdicts it and the
+ * verdict cuts off the part already read (docs/KERNEL.md, "the trim").
+ * Reading on until both queues were empty at once never converged against a
+ * peer that sends right after the 101: the whole transfer went through this
+ * loop (KERNEL.md, "the drain reads nothing"). */
+static void drain(struct sm_tunnel *t, struct engine_io *io)
 {
-	struct tunnel_dir *dd = &t->dir[d];
-	int src = dir_src(d);
+	bool flushed = true;
 
-	if (t->closed || dd->pausing || dd->paused || dd->src_eof || dd->dst_shut)
+	for (int d = 0; d < 2; d++) {
+		struct sm_dir *dd = &t->dir[d];
+		int dst = dir_dst(d);
+
+		while (buf_len(&dd->buf)) {
+			ssize_t n = buf_write_fd(&dd->buf, t->fd[dst]);
+
+			if (n < 0) {
+				if (errno != EAGAIN) {
+					set_reset(io, dst);
+					return;
+				}
+				break;
+			}
+			dd->user_written += n;
+		}
+		/* Nobody reads during the drain: what arrives waits in the kernel. */
+		io->want[dst] = buf_len(&dd->buf) ? EPOLLOUT : EPOLLERR;
+		flushed &= !buf_len(&dd->buf);
+	}
+	if (!flushed)
+		return;
+	for (int d = 0; d < 2; d++)
+		buf_release(&t->dir[d].buf);
+	insert(t, io);
+}
+
+static void sockmap_event(void *st, int end, uint32_t events, struct engine_io *io)
+{
+	struct sm_tunnel *t = st;
+	int d = end_dir(end);
+
+	if (!t->in_kernel) {
+		if ((events & (EPOLLERR | EPOLLHUP)) && sock_error(t->fd[end]))
+			set_reset(io, end);
+		else
+			drain(t, io);
+		return;
+	}
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		int err = sock_error(t->fd[end]);
+
+		/* EPIPE alone is the verdict "forwarding" a zero-length FIN skb
+		 * to this socket after its peer's FIN: not a reset. But an RST
+		 * on a socket in CLOSE_WAIT also reads as EPIPE, so the state
+		 * decides: CLOSED before we sent our FIN on it means a reset
+		 * (after our FIN it is the normal LAST_ACK -> CLOSE). */
+		bool sent_fin = t->dir[1 - d].dst_shut;
+
+		if ((err && err != EPIPE) || (!sent_fin && tcp_state(t->fd[end]) == TCPI_STATE_CLOSE)) {
+			log_debug("tunnel %u: %s end reset (%s)", t->id, end == TUNNEL_END_CLIENT ? "client" : "upstream",
+				  strerror(err ? err : ECONNRESET));
+			set_reset(io, end);
+			return;
+		}
+	}
+	if (events & (EPOLLRDHUP | EPOLLHUP))
+		t->dir[d].src_eof = true;
+	/* RDHUP stays readable; HUP cannot be masked at all. */
+	io->want[end] = (events & EPOLLHUP) ? 0 : t->dir[d].src_eof ? EPOLLERR : EPOLLRDHUP;
+	sockmap_progress(t, io);
+}
+
+static void sockmap_tick(void *st, struct engine_io *io)
+{
+	struct sm_tunnel *t = st;
+
+	if (t->in_kernel)
+		sockmap_progress(t, io);
+}
+
+static void *sockmap_start(void *ctx, struct tunnel_handoff *h, void *owner, struct engine_io *io)
+{
+	struct sm_tunnel *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->sm = ctx;
+	t->owner = owner;
+	t->last_active_ms = ev_now_ms();
+	for (int e = 0; e < 2; e++)
+		t->fd[e] = h->fd[e];
+	for (int d = 0; d < 2; d++) {
+		struct sm_dir *dd = &t->dir[d];
+
+		dd->buf = h->queue[d];
+		buf_init(&h->queue[d], 0);
+		dd->user_read = h->read[d];
+		dd->user_written = dd->written_at_start = h->written[d];
+	}
+	drain(t, io);
+	return t;
+}
+
+static void sockmap_stop(void *st, struct tunnel_handoff *h)
+{
+	struct sm_tunnel *t = st;
+
+	if (t->in_kernel) {
+		dataplane_tunnel_del(t->sm->dp, t->id, t->cookie);
+		t->sm->by_id[t->id] = NULL;
+	}
+	for (int d = 0; d < 2; d++) {
+		if (h) {
+			h->queue[d] = t->dir[d].buf;
+			h->read[d] = t->dir[d].user_read;
+			h->written[d] = t->dir[d].user_written;
+		} else {
+			buf_release(&t->dir[d].buf);
+		}
+	}
+	free(t);
+}
+
+/* The kernel stamps last_active with the coarse monotonic clock. */
+static uint64_t kernel_last_active_ms(const struct ws_tunnel *wt)
+{
+	struct timespec now;
+	uint64_t age_ms, now_ns;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	now_ns = (uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec;
+	/* The vDSO's coarse clock can trail the kernel's by a tick: a stamp
+	 * "from the future" is activity just now, not 584 years ago. */
+	if (wt->last_active_ns >= now_ns)
+		return ev_now_ms();
+	age_ms = (now_ns - wt->last_active_ns) / 1000000;
+	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
+}
+
+static void sockmap_stats(void *st, struct tunnel_stats *out)
+{
+	struct sm_tunnel *t = st;
+	struct ws_tunnel tv = { 0 };
+
+	out->last_active_ms = t->last_active_ms;
+	if (t->in_kernel && !dataplane_tunnel_read(t->sm->dp, t->id, &tv) && tv.last_active_ns) {
+		uint64_t k = kernel_last_active_ms(&tv);
+
+		if (k > out->last_active_ms)
+			out->last_active_ms = k;
+	}
+	for (int d = 0; d < 2; d++)
+		out->bytes[d] = tv.dir[d].bytes + t->dir[d].user_written - t->dir[d].written_at_start;
+}
+
+static void sockmap_describe(void *st, char *out, size_t len)
+{
+	struct sm_tunnel *t = st;
+	struct ws_tunnel tv = { 0 };
+	size_t n;
+
+	if (t->in_kernel)
+		dataplane_tunnel_read(t->sm->dp, t->id, &tv);
+	n = snprintf(out, len, "id %u%s", t->id, t->in_kernel ? "" : " (draining)");
+	for (int d = 0; d < 2 && n < len; d++) {
+		const struct sm_dir *dd = &t->dir[d];
+
+		n += snprintf(out + n, len - n,
+			      " | %s: eof=%d shut=%d pausing=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
+			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->pausing, dd->paused,
+			      dd->user_finish, (unsigned long long)tv.dir[d].bytes, (unsigned long long)dd->user_read,
+			      (unsigned long long)bytes_received(t->fd[dir_src(d)]),
+			      (unsigned long long)(t->in_kernel ? inflight(t, d, &tv) : 0));
+	}
+}
+
+/* The verdict asks for a pause: the direction's bytes pile up in its
+ * destination's psock queue. */
+static void on_pause(void *ctx, const struct ws_pause_event *ev)
+{
+	struct sockmap *sm = ctx;
+	struct sm_tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? sm->by_id[ev->tunnel_id] : NULL;
+	int d = ev->dir & 1;
+	struct sm_dir *dd;
+
+	if (!t)
+		return;
+	dd = &t->dir[d];
+	if (dd->pausing || dd->paused || dd->src_eof || dd->dst_shut)
 		return;
 	/* Until it is carried out the verdict keeps redirecting: that delay
-	 * is the reaction-time term of the bound (docs/KERNEL.md §4). */
-	if (dataplane_pause(t->px->dp, t->cookie[src], (uint64_t)t->id << 1 | d) == 0)
+	 * is the reaction-time term of the bound (docs/KERNEL.md, "the bound"). */
+	if (dataplane_pause(sm->dp, t->cookie[dir_src(d)], (uint64_t)t->id << 1 | d) == 0)
 		dd->pausing = true;
 }
 
-void tunnel_sockmap_paused(struct tunnel *t, int d, uint64_t cookie, bool ok, uint64_t waited_us)
+/* A pause was carried out (ok) or found no socket; the cookie tells a
+ * reused tunnel id from the one that asked. */
+static void on_paused(void *ctx, uint64_t cookie, uint64_t tag, bool ok, uint64_t waited_us)
 {
-	struct tunnel_dir *dd = &t->dir[d];
+	struct sockmap *sm = ctx;
+	uint64_t id = tag >> 1;
+	int d = tag & 1;
+	struct sm_tunnel *t = id < WSPLICE_MAX_TUNNELS ? sm->by_id[id] : NULL;
+	struct sm_dir *dd;
 
-	if (t->closed || !dd->pausing || t->cookie[dir_src(d)] != cookie)
+	if (!t || !t->dir[d].pausing || t->cookie[dir_src(d)] != cookie)
 		return;
+	dd = &t->dir[d];
 	dd->pausing = false;
 	if (!ok)
 		return;
 	dd->paused = true;
 	/* The pause walks every TCP socket of the namespace: say what it cost. */
 	log_debug("tunnel %u: %s paused in %llu us", t->id, dir_name(d), (unsigned long long)waited_us);
-	sockmap_progress(t);
+	sm->kick(t->owner);
 }
 
-void tunnel_sockmap_release(struct tunnel *t)
+static void on_dataplane_event(struct ev_handler *h, uint32_t events)
 {
-	dataplane_tunnel_del(t->px->dp, t->id, t->cookie);
-	t->px->tunnel_by_id[t->id] = NULL;
-	t->in_kernel = false;
+	(void)events;
+	dataplane_poll(container_of(h, struct sockmap, events)->dp);
 }
 
-void tunnel_sockmap_describe(struct tunnel *t, char *out, size_t len)
+static void sockmap_close(void *ctx)
 {
-	struct ws_tunnel tv = { 0 };
-	size_t n;
+	struct sockmap *sm = ctx;
 
-	dataplane_tunnel_read(t->px->dp, t->id, &tv);
-	n = snprintf(out, len, "tunnel %u sockmap", t->id);
-	for (int d = 0; d < 2 && n < len; d++) {
-		const struct tunnel_dir *dd = &t->dir[d];
-		int src = t->ep[dir_src(d)].fd;
+	if (sm->events.fd > 0)
+		ev_watch(sm->loop, &sm->events, 0);
+	/* Closing the maps' owner detaches the verdict and removes the pins. */
+	dataplane_close(sm->dp);
+	free(sm->by_id);
+	free(sm);
+}
 
-		n += snprintf(out + n, len - n,
-			      " | %s: eof=%d shut=%d pausing=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
-			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->pausing, dd->paused,
-			      dd->user_finish,
-			      (unsigned long long)tv.dir[d].bytes, (unsigned long long)dd->user_read,
-			      (unsigned long long)bytes_received(src), (unsigned long long)inflight(t, d, &tv));
+static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine_kick_fn kick, char *why,
+			  size_t whylen)
+{
+	struct sockmap *sm = calloc(1, sizeof(*sm));
+
+	if (!sm || !(sm->by_id = calloc(WSPLICE_MAX_TUNNELS, sizeof(*sm->by_id)))) {
+		free(sm);
+		snprintf(why, whylen, "out of memory");
+		return NULL;
 	}
+	sm->loop = loop;
+	sm->kick = kick;
+	sm->budget = cfg->tunnel_buffer;
+	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, on_paused, sm, why, whylen);
+	if (!sm->dp) {
+		sockmap_close(sm);
+		return NULL;
+	}
+	sm->events.fd = dataplane_event_fd(sm->dp);
+	sm->events.on_event = on_dataplane_event;
+	if (ev_watch(loop, &sm->events, EPOLLIN)) {
+		snprintf(why, whylen, "cannot watch the data plane's events: %s", strerror(errno));
+		sockmap_close(sm);
+		return NULL;
+	}
+	log_info("sockmap: BPF maps pinned in %s", cfg->bpffs);
+	return sm;
 }
+
+const struct engine_ops engine_sockmap = {
+	.name = "sockmap",
+	.open = sockmap_open,
+	.close = sockmap_close,
+	.start = sockmap_start,
+	.event = sockmap_event,
+	.tick = sockmap_tick,
+	.stop = sockmap_stop,
+	.stats = sockmap_stats,
+	.describe = sockmap_describe,
+};

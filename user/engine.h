@@ -1,0 +1,77 @@
+/* The boundary between the tunnel lifecycle (tunnel.c) and the ways of
+ * moving a tunnel's bytes. An engine is one file that defines one struct
+ * engine_ops; engines.c lists them. An engine never calls the tunnel layer:
+ * every call returns what it wants next in a struct engine_io (interest on
+ * each end, a 1 ms tick, or an end of the tunnel), and tunnel.c carries it
+ * out. Engine state is the engine's own, opaque to tunnel.c. */
+#ifndef WSPLICE_ENGINE_H
+#define WSPLICE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+#include "event_loop.h"
+#include "tunnel.h"
+
+static inline int dir_src(int d) { return d == WS_DIR_C2U ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM; }
+static inline int dir_dst(int d) { return d == WS_DIR_C2U ? TUNNEL_END_UPSTREAM : TUNNEL_END_CLIENT; }
+/* The direction an end is the source of. */
+static inline int end_dir(int e) { return e == TUNNEL_END_CLIENT ? WS_DIR_C2U : WS_DIR_U2C; }
+
+enum engine_verdict {
+	ENGINE_RUN,      /* keep going with want[] and tick */
+	ENGINE_CLOSE,    /* both directions closed: close both sockets */
+	ENGINE_RESET,    /* reset_end saw an RST: reset the other end too */
+	ENGINE_FALLBACK, /* cannot carry this tunnel: hand it to the copy relay */
+};
+
+/* Filled in by tunnel.c with the current state before each call; the
+ * engine changes what it needs. */
+struct engine_io {
+	uint32_t want[2];  /* epoll interest per end; 0 takes the end out of epoll */
+	bool tick;         /* call tick() every millisecond */
+	bool half_closed;  /* a FIN was seen or sent: tunnel_fin_timeout applies */
+	enum engine_verdict verdict;
+	int reset_end;     /* ENGINE_RESET */
+};
+
+struct tunnel_stats {
+	uint64_t bytes[2];       /* per direction, delivered since the 101 */
+	uint64_t last_active_ms; /* ev_now_ms() time of the last byte moved */
+};
+
+/* tunnel.c's side of an asynchronous event inside an engine (a pause that
+ * completed): run tick() for the tunnel the engine was given as owner. */
+typedef void (*engine_kick_fn)(void *owner);
+
+struct engine_ops {
+	const char *name;
+	/* Process-wide set-up (the sockmap's BPF data plane), or NULL when the
+	 * engine needs none. Returns the context every start() gets, or NULL
+	 * with a one-line reason. */
+	void *(*open)(const struct config *cfg, struct ev_loop *loop, engine_kick_fn kick, char *why, size_t whylen);
+	void (*close)(void *ctx);
+	/* Takes over h's queues and counts (the fds stay the tunnel layer's).
+	 * Returns the engine's per-tunnel state, or NULL (out of memory) with h
+	 * untouched. owner is what kick() is called with. */
+	void *(*start)(void *ctx, struct tunnel_handoff *h, void *owner, struct engine_io *io);
+	void (*event)(void *st, int end, uint32_t events, struct engine_io *io);
+	void (*tick)(void *st, struct engine_io *io); /* NULL: never asks for one */
+	/* Frees the state while both sockets are still open. h non-NULL (a
+	 * fallback): hand back the queues and counts. */
+	void (*stop)(void *st, struct tunnel_handoff *h);
+	void (*stats)(void *st, struct tunnel_stats *out);
+	/* One line for the SIGUSR1 dump: what the engine knows of the tunnel. */
+	void (*describe)(void *st, char *out, size_t len);
+};
+
+/* engines.c: the table, indexed by enum tunnel_mode (MODE_AUTO: none). */
+extern const struct engine_ops *const engine_table[MODE_COUNT];
+/* Where a tunnel goes when its engine returns ENGINE_FALLBACK. */
+extern const struct engine_ops *const engine_fallback;
+
+/* Shared by engines: the socket error pending on fd, 0 when none. */
+int sock_error(int fd);
+
+#endif
