@@ -24,6 +24,7 @@ struct {
 	__uint(max_entries, WSPLICE_MAX_SOCKETS);
 	__type(key, __u64);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } target_map SEC(".maps");
 
 /* Sockets whose direction is flowing; the verdict is attached here. */
@@ -32,6 +33,7 @@ struct {
 	__uint(max_entries, WSPLICE_MAX_SOCKETS);
 	__type(key, __u64);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } verdict_map SEC(".maps");
 
 struct {
@@ -39,6 +41,7 @@ struct {
 	__uint(max_entries, WSPLICE_MAX_TUNNELS);
 	__type(key, __u32);
 	__type(value, struct ws_tunnel);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } tunnels SEC(".maps");
 
 struct {
@@ -46,6 +49,7 @@ struct {
 	__uint(max_entries, WSPLICE_MAX_SOCKETS);
 	__type(key, __u64);
 	__type(value, struct ws_sock_link);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } sock_links SEC(".maps");
 
 /* Sockets the daemon wants out of verdict_map (a pause), by cookie; the
@@ -60,6 +64,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } pause_events SEC(".maps");
 
 struct {
@@ -67,6 +72,7 @@ struct {
 	__uint(max_entries, WS_CNT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } counters SEC(".maps");
 
 static __always_inline void add(__u32 idx, __u64 n)

@@ -27,7 +27,7 @@ struct dataplane {
 	struct bpf_link *pause_iter;
 	struct pauser *pauser;
 	int epfd; /* the ring buffer and pause completions */
-	int target_fd, verdict_fd, tunnels_fd, links_fd, counters_fd, prog_fd;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, prog_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
@@ -37,11 +37,9 @@ struct dataplane {
 	void *ctx;
 };
 
-/* What bpftool users find under the pin directory. */
-static const char *const pinned_names[] = {
-	"target_map", "verdict_map", "tunnels", "sock_links", "counters", "pause_events", "verdict",
-};
-#define N_PINNED (sizeof(pinned_names) / sizeof(pinned_names[0]))
+/* bpftool users find the maps marked LIBBPF_PIN_BY_NAME in bpf/splice.bpf.c
+ * under the pin directory (libbpf pins them at load), and this program. */
+#define VERDICT_PIN "verdict"
 
 static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
@@ -99,8 +97,6 @@ static int ensure_bpffs(const char *dir, char *why, size_t whylen)
  * unpin the first one's maps. */
 static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
 {
-	char path[512];
-
 	if (mkdir(dp->pin_dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(why, whylen, "cannot create %s: %s", dp->pin_dir, strerror(errno));
 		return -1;
@@ -111,29 +107,22 @@ static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
 		return -1;
 	}
 	dp->owns_pin_dir = true;
-	/* Left behind by an instance that was killed: ours now. */
-	for (size_t i = 0; i < N_PINNED; i++) {
-		snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
-		unlink(path);
-	}
 	return 0;
 }
 
-static int pin_all(struct dataplane *dp)
+/* Pins left behind by an instance that was killed are ours now; unpinned,
+ * libbpf pins fresh maps instead of reusing stale ones. */
+static void unpin_all(struct dataplane *dp)
 {
-	struct bpf_map *maps[] = {
-		dp->skel->maps.target_map, dp->skel->maps.verdict_map, dp->skel->maps.tunnels,
-		dp->skel->maps.sock_links, dp->skel->maps.counters,    dp->skel->maps.pause_events,
-	};
 	char path[512];
+	struct bpf_map *m;
 
-	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
-		if (bpf_map__pin(maps[i], path))
-			return -1;
+	bpf_object__for_each_map(m, dp->skel->obj) {
+		if (bpf_map__pin_path(m))
+			unlink(bpf_map__pin_path(m));
 	}
-	snprintf(path, sizeof(path), "%s/verdict", dp->pin_dir);
-	return bpf_program__pin(dp->skel->progs.wsplice_verdict, path);
+	snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, VERDICT_PIN);
+	unlink(path);
 }
 
 static int on_ring_event(void *ctx, void *data, size_t size)
@@ -163,6 +152,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 				 void *ctx, char *why, size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
+	char path[512];
 	int err;
 
 	if (!dp) {
@@ -179,11 +169,13 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	libbpf_set_print(libbpf_log);
 	if (ensure_bpffs(pin_dir, why, whylen) || lock_pin_dir(dp, why, whylen))
 		goto fail;
-	dp->skel = splice_bpf__open();
+	dp->skel = splice_bpf__open_opts(&(struct bpf_object_open_opts){ .sz = sizeof(struct bpf_object_open_opts),
+									  .pin_root_path = dp->pin_dir });
 	if (!dp->skel) {
 		snprintf(why, whylen, "cannot open the BPF object: %s", strerror(errno));
 		goto fail;
 	}
+	unpin_all(dp);
 	dp->skel->rodata->tunnel_budget = budget;
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
@@ -202,15 +194,15 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	dp->verdict_fd = bpf_map__fd(dp->skel->maps.verdict_map);
 	dp->tunnels_fd = bpf_map__fd(dp->skel->maps.tunnels);
 	dp->links_fd = bpf_map__fd(dp->skel->maps.sock_links);
-	dp->counters_fd = bpf_map__fd(dp->skel->maps.counters);
 	dp->prog_fd = bpf_program__fd(dp->skel->progs.wsplice_verdict);
 	if (bpf_prog_attach(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT, 0)) {
 		snprintf(why, whylen, "cannot attach the sk_skb verdict: %s", strerror(errno));
 		goto fail;
 	}
 	dp->attached = true;
-	if (pin_all(dp)) {
-		snprintf(why, whylen, "cannot pin maps under %s: %s", pin_dir, strerror(errno));
+	snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, VERDICT_PIN);
+	if (bpf_program__pin(dp->skel->progs.wsplice_verdict, path)) {
+		snprintf(why, whylen, "cannot pin the verdict under %s: %s", pin_dir, strerror(errno));
 		goto fail;
 	}
 	dp->pause_iter = bpf_program__attach_iter(dp->skel->progs.wsplice_pause, NULL);
@@ -243,8 +235,6 @@ fail:
 
 void dataplane_close(struct dataplane *dp)
 {
-	char path[512];
-
 	if (!dp)
 		return;
 	if (dp->epfd >= 0)
@@ -255,10 +245,8 @@ void dataplane_close(struct dataplane *dp)
 	if (dp->attached)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
 	if (dp->owns_pin_dir) {
-		for (size_t i = 0; i < N_PINNED; i++) {
-			snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned_names[i]);
-			unlink(path);
-		}
+		if (dp->skel)
+			unpin_all(dp);
 		rmdir(dp->pin_dir);
 	}
 	if (dp->lock_fd >= 0)

@@ -35,14 +35,15 @@ def need_sockmap():
 
 
 class Proxy:
-    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None, listen_port=None):
+    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None, listen_port=None,
+                 pin_dir=None):
         """config: the text of a -c file; "{port}" in it is this proxy's
         listening port (self.port), and upstream_port is then unused."""
         if mode == "sockmap":
             need_sockmap()
         self.mode = mode
         self.port = listen_port or free_port()
-        self.pin_dir = "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
+        self.pin_dir = pin_dir or "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
         self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
         self.config_path = None
         if config is not None:

@@ -1,4 +1,5 @@
 """The command line contract, the process lifecycle, and what bpftool shows."""
+import json
 import os
 import signal
 import socket
@@ -192,3 +193,34 @@ def test_sockmap_without_capabilities_fails_with_one_line(upstream, tmp_path):
     lines = [l for l in r.stderr.splitlines() if "--mode sockmap" in l]
     assert len(lines) == 1, r.stderr
     assert "Operation not permitted" in lines[0] and "CAP_BPF" in lines[0], lines[0]
+
+
+@needs_bpf
+def test_pins_of_a_killed_instance_are_replaced(upstream):
+    """SIGKILL leaves the pins behind; the next instance on that directory
+    pins fresh maps (libbpf would otherwise reuse the stale ones) and splices."""
+    need_sockmap()
+    up = upstream(echo_after_101)
+    a = Proxy(up.port, "sockmap")
+    stale = bpftool_map_id(a.pin_dir + "/tunnels")
+    a.proc.kill()
+    a.proc.wait(5)
+    assert os.path.exists(a.pin_dir + "/tunnels")
+    b = Proxy(up.port, "sockmap", pin_dir=a.pin_dir)
+    try:
+        assert bpftool_map_id(b.pin_dir + "/tunnels") != stale
+        s, _ = open_tunnel(b.port)
+        s.sendall(b"fresh")
+        assert recv_exact(s, 5) == b"fresh"
+        (t,) = wait_for(lambda: bpf_tunnels(b.pin_dir))
+        assert t["dir"][0]["bytes"] == 5, t
+        s.close()
+        b.assert_kernel_path()
+    finally:
+        b.stop()  # asserts the pin directory is gone
+
+
+def bpftool_map_id(path):
+    out = subprocess.run(["bpftool", "-j", "map", "show", "pinned", path], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)["id"]
