@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The data plane: an sk_skb verdict that redirects every skb a spliced
- * socket receives to its peer's egress, counts it per tunnel, and asks the
- * daemon to pause a direction whose bytes pile up in the peer's psock queue
- * (the kernel bounds that queue by nothing; see docs/KERNEL.md). */
+ * socket receives to its peer's egress and counts it per tunnel, and a
+ * sock_ops program that pauses a direction whose bytes pile up in the peer's
+ * psock queue (the kernel bounds that queue by nothing; docs/KERNEL.md,
+ * "the pause"). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "wsplice_maps.h"
 
 /* Linux 6.2+: the kernel skb behind the context and its socket as a
@@ -15,6 +17,11 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 /* Pause threshold in bytes per direction; 0 disables backpressure. */
 const volatile __u64 tunnel_budget = 4 << 20;
+/* Whether a pause may be carried out from inside a verdict loop once it
+ * has consumed the whole receive queue. Kernels before 6.9 call
+ * psock->saved_data_ready() unchecked after the loop, which the delete has
+ * cleared; the daemon sets this only where sk_psock_data_ready() checks. */
+const volatile bool pause_at_loop_end = false;
 
 /* Every spliced socket, keyed by its cookie: the redirect target. No program
  * is attached to it, so removing a socket from verdict_map (a pause) keeps
@@ -52,14 +59,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } sock_links SEC(".maps");
 
-/* Sockets the daemon wants out of verdict_map (a pause), by cookie; the
- * pause iterator below carries the requests out. */
+/* Sources the verdict wants out of verdict_map, by cookie; their next safe
+ * header callback carries it out. LRU: a request left by a socket that
+ * closed first is forgotten by itself (cookies are never reused). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WSPLICE_MAX_SOCKETS);
 	__type(key, __u64);
-	__type(value, __u32);
+	__type(value, struct ws_pause_request);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } pause_requests SEC(".maps");
+
+/* Ports whose sockets get the header callback (WS_PORT_* keys); the
+ * daemon fills it with its listeners and upstream servers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} flag_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -109,29 +127,28 @@ static __always_inline void track_peer_sent(struct ws_dir_stats *ds, __u64 peer_
 	bpf_sk_release(peer);
 }
 
-/* Asks the daemon to pause this direction while in-flight exceeds the
- * budget. Requests repeat every budget/4 redirected bytes rather than once,
- * so one that reaches the daemon while it still has the direction paused
- * (verdicts already running on another CPU) is never the last word. */
-static __always_inline void check_budget(struct ws_dir_stats *ds, __u32 tunnel_id, __u32 dir)
+/* Over budget: ask for a pause of this source. The request stays until a
+ * header callback of the source carries it out, so none is lost; the
+ * verdict goes on redirecting meanwhile (at most two segments: TCP acks at
+ * least every second full segment, and each ack is a callback). */
+static __always_inline void check_budget(struct ws_dir_stats *ds, __u64 cookie, const struct tcp_sock *tp)
 {
 	__u64 inflight = ds->bytes - ds->peer_sent;
-	struct ws_pause_event ev;
+	struct ws_pause_request req;
 
 	if (inflight > ds->peak_inflight)
 		ds->peak_inflight = inflight;
 	ds->over_budget = tunnel_budget && inflight > tunnel_budget;
 	if (!ds->over_budget)
 		return;
-	if (ds->pause_requests && ds->bytes - ds->last_request < tunnel_budget / 4)
-		return;
-	ds->last_request = ds->bytes;
+	req.since_ns = bpf_ktime_get_ns();
+	req.inflight = inflight;
+	if (bpf_map_update_elem(&pause_requests, &cookie, &req, BPF_NOEXIST))
+		return; /* already asked */
 	ds->pause_requests++;
-	ev.tunnel_id = tunnel_id;
-	ev.dir = dir;
-	ev.inflight = inflight;
-	bpf_ringbuf_output(&pause_events, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
-	count(WS_CNT_PAUSE_EVENTS);
+	count(WS_CNT_PAUSE_REQUESTS);
+	if (tp && !(tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG))
+		count(WS_CNT_UNFLAGGED);
 }
 
 /* TCP_SKB_CB(skb)->seq: the first 4 bytes of skb->cb (host order). */
@@ -150,17 +167,13 @@ static __always_inline __u32 tcp_skb_seq(const struct sk_buff *kskb)
  * then advances copied_seq by exactly what is left. Returns false when
  * nothing is left (an skb of old bytes only, now empty: drop it). sk_skb
  * may shrink 4095 bytes per call: 64 calls cover 256 KiB. */
-static __always_inline bool trim_delivered_head(struct __sk_buff *skb)
+static __always_inline bool trim_delivered_head(struct __sk_buff *skb, struct sk_buff *kskb,
+						       const struct tcp_sock *tp)
 {
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-	struct sock *sk = kskb->sk;
-	struct tcp_sock *tp;
 	__u32 len = skb->len, over, left;
 
-	if (!sk)
+	if (!tp)
 		return true;
-	/* Only TCP sockets enter the maps. */
-	tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
 	over = tp->copied_seq - tcp_skb_seq(kskb);
 	if ((__s32)over <= 0)
 		return true;
@@ -185,17 +198,27 @@ SEC("sk_skb")
 int wsplice_verdict(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct tcp_sock *tp = NULL;
 	struct ws_sock_link *link;
 	struct ws_dir_stats *ds;
 	struct ws_tunnel *t;
 	__u64 peer_key;
 	__u32 tid, dir, len;
 
+	/* Only TCP sockets enter the maps. */
+	if (kskb->sk)
+		tp = bpf_rdonly_cast(kskb->sk, bpf_core_type_id_kernel(struct tcp_sock));
+	link = bpf_map_lookup_elem(&sock_links, &cookie);
+	/* First, before any return: rcv_nxt cannot move while this loop runs
+	 * (the socket is locked), and the pause tells a callback inside the
+	 * loop from one outside by it. */
+	if (link && tp)
+		link->verdict_rcv_nxt = tp->rcv_nxt;
 	/* A drop of the emptied skb eats nothing: copied_seq stays right. */
-	if (!trim_delivered_head(skb))
+	if (!trim_delivered_head(skb, kskb, tp))
 		return SK_DROP;
 	len = skb->len;
-	link = bpf_map_lookup_elem(&sock_links, &cookie);
 	if (!link) {
 		count(WS_CNT_NO_LINK);
 		return SK_PASS;
@@ -223,29 +246,95 @@ int wsplice_verdict(struct __sk_buff *skb)
 	ds->packets++;
 	t->last_active_ns = bpf_ktime_get_coarse_ns();
 	count(WS_CNT_REDIRECTED);
-	check_budget(ds, tid, dir);
+	check_budget(ds, cookie, tp);
 	return SK_PASS;
 }
 
-/* Pauses a direction by taking its source socket out of verdict_map. A
- * delete from userspace takes no socket lock, so a verdict loop running in
- * softirq on the other CPU can see its program vanish between two skbs and
- * drop the rest (docs/KERNEL.md §13). The TCP iterator runs this with each
- * socket locked, when no verdict loop can be running on it. */
-SEC("iter/tcp")
-int wsplice_pause(struct bpf_iter__tcp *ctx)
+/* The pause: take the source socket out of verdict_map, so new bytes stay
+ * in its receive queue, charged to its buffer, and its window closes.
+ *
+ * The delete must not happen while a verdict loop (tcp_read_skb) has skbs
+ * of this socket left: the loop reads the program again for each skb, and
+ * one met with none is dropped and counted read (docs/KERNEL.md, "pausing
+ * from userspace loses bytes"). A delete from userspace takes no socket
+ * lock, so it cannot know. A sock_ops header callback runs with the socket
+ * locked, in O(1), for every segment the socket sends, and TCP sends an ack
+ * at least every second full segment it receives. Inside a verdict loop it
+ * runs only through tcp_eat_skb -> cleanup_rbuf -> ack, after an skb was
+ * consumed; the loop has recorded rcv_nxt, which cannot move while it runs.
+ * So a callback is outside any loop when rcv_nxt moved since the verdict
+ * last ran (new bytes wait for data_ready), and at the end of one when the
+ * queue is consumed (copied_seq == rcv_nxt). Anything else is mid-loop:
+ * leave the request for the next callback. */
+static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 {
-	struct sock_common *skc = ctx->sk_common;
-	__u64 cookie;
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	struct ws_pause_request *req = bpf_map_lookup_elem(&pause_requests, &cookie);
+	struct ws_sock_link *link;
+	struct ws_pause_event ev;
+	struct ws_tunnel *t;
+	struct tcp_sock *tp;
+	struct bpf_sock *sk;
+	__u32 rcv_nxt;
 
-	if (!skc)
-		return 0;
-	cookie = skc->skc_cookie.counter;
-	if (!cookie || !bpf_map_lookup_elem(&pause_requests, &cookie))
-		return 0;
+	if (!req)
+		return;
+	link = bpf_map_lookup_elem(&sock_links, &cookie);
+	sk = ops->sk;
+	if (!link || !sk) {
+		bpf_map_delete_elem(&pause_requests, &cookie);
+		return;
+	}
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	rcv_nxt = tp->rcv_nxt;
+	if (rcv_nxt == link->verdict_rcv_nxt && (!pause_at_loop_end || tp->copied_seq != rcv_nxt)) {
+		count(WS_CNT_PAUSE_DEFERRED);
+		return;
+	}
 	bpf_map_delete_elem(&verdict_map, &cookie);
+	ev.cookie = cookie;
+	ev.tunnel_id = link->tunnel_id;
+	ev.dir = link->dir & 1;
+	ev.inflight = req->inflight;
+	ev.waited_ns = bpf_ktime_get_ns() - req->since_ns;
 	bpf_map_delete_elem(&pause_requests, &cookie);
-	return 0;
+	t = bpf_map_lookup_elem(&tunnels, &ev.tunnel_id);
+	if (t) {
+		if (link->dir & 1)
+			t->dir[1].pauses++;
+		else
+			t->dir[0].pauses++;
+	}
+	count(WS_CNT_PAUSES);
+	bpf_ringbuf_output(&pause_events, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
+}
+
+/* Attached to the daemon's cgroup: gives the sockets of its listeners and
+ * of its upstream connections the header callback, and pauses there. */
+SEC("sockops")
+int wsplice_sockops(struct bpf_sock_ops *ops)
+{
+	__u32 key;
+
+	switch (ops->op) {
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		key = ops->local_port | WS_PORT_LISTENER;
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		key = bpf_ntohl(ops->remote_port) | WS_PORT_UPSTREAM;
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		if (ops->is_fullsock)
+			pause_if_safe(ops);
+		return 1;
+	default:
+		return 1;
+	}
+	if (bpf_map_lookup_elem(&flag_ports, &key))
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -32,9 +32,10 @@ struct ws_dir_stats {
 	__u64 peak_inflight;  /* most bytes seen waiting in the peer's psock queue */
 	__u32 peer_seq_last;  /* peer write_seq at the previous verdict */
 	__u32 seq_valid;      /* peer_seq_last has been sampled */
-	__u64 last_request;   /* bytes when the last pause request was sent */
 	__u32 over_budget;    /* in-flight was above the budget at the last verdict */
-	__u32 pause_requests; /* pause requests sent to the daemon */
+	__u32 pause_requests; /* pauses the verdict asked for */
+	__u32 pauses;         /* pauses carried out (the source left verdict_map) */
+	__u32 pad;
 };
 
 /* Value of the `tunnels` map, keyed by tunnel id (__u32). */
@@ -50,26 +51,46 @@ struct ws_tunnel {
 struct ws_sock_link {
 	__u64 peer_cookie;
 	__u32 tunnel_id;
-	__u32 dir; /* enum ws_dir */
+	__u32 dir;          /* enum ws_dir */
+	__u32 verdict_rcv_nxt; /* the socket's rcv_nxt when the verdict last ran */
+	__u32 pad;
 };
 
-/* Ring buffer record: the verdict asks the daemon to pause a direction. */
-struct ws_pause_event {
-	__u32 tunnel_id;
-	__u32 dir;
+/* Value of the `pause_requests` map, keyed by the source's cookie: the
+ * verdict found the direction over budget; the socket's next safe header
+ * callback takes it out of verdict_map (bpf/splice.bpf.c, "the pause"). */
+struct ws_pause_request {
+	__u64 since_ns;  /* bpf_ktime_get_ns() of the request */
 	__u64 inflight;
 };
+
+/* Ring buffer record: a direction was paused (its source left verdict_map). */
+struct ws_pause_event {
+	__u64 cookie;    /* of the source socket */
+	__u32 tunnel_id;
+	__u32 dir;
+	__u64 inflight;  /* when the verdict asked */
+	__u64 waited_ns; /* from the request to the pause */
+};
+
+/* Keys of the `flag_ports` map: the ports whose sockets get the header
+ * callback the pause runs in (listeners: local port; upstreams: remote). */
+#define WS_PORT_LISTENER 0u
+#define WS_PORT_UPSTREAM (1u << 16)
 
 /* Indexes of the `counters` array map: events that are not per tunnel. */
 enum ws_counter {
 	WS_CNT_NO_LINK = 0,   /* skb on a socket with no sock_links entry */
 	WS_CNT_NO_PEER = 1,   /* peer missing from target_map: passed, not dropped */
 	WS_CNT_REDIRECTED = 2,
-	WS_CNT_PAUSE_EVENTS = 3,
+	WS_CNT_PAUSE_REQUESTS = 3,
 	WS_CNT_OVERLAP_SKBS = 4,  /* skbs whose head had already been delivered: trimmed */
 	WS_CNT_OVERLAP_BYTES = 5, /* bytes cut off those heads (never sent twice) */
 	WS_CNT_TRIM_FAILED = 6,   /* a trim that could not complete (must stay 0) */
-	WS_CNT_MAX = 8,
+	WS_CNT_PAUSES = 7,        /* pauses carried out by the header callback */
+	WS_CNT_PAUSE_DEFERRED = 8, /* header callbacks inside a verdict loop: pause left for the next one */
+	WS_CNT_UNFLAGGED = 9,     /* pause requests on a socket without the header callback (must stay 0) */
+	WS_CNT_MAX = 16,
 };
 
 #endif

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -16,23 +15,22 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <sys/utsname.h>
+#include "cgroup.h"
 #include "dataplane.h"
-#include "dataplane_pause.h"
 #include "log.h"
 #include "splice.skel.h"
 
 struct dataplane {
 	struct splice_bpf *skel;
-	struct ring_buffer *rb;
-	struct bpf_link *pause_iter;
-	struct pauser *pauser;
-	int epfd; /* the ring buffer and pause completions */
-	int target_fd, verdict_fd, tunnels_fd, links_fd, prog_fd;
+	struct ring_buffer *rb;   /* pauses carried out */
+	struct bpf_link *sockops; /* on the daemon's cgroup */
+	struct cgroup_dir cg;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, ports_fd, prog_fd;
 	int lock_fd;
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
 	char pin_dir[256];
-	pause_fn on_pause;
 	paused_fn on_paused;
 	void *ctx;
 };
@@ -130,8 +128,22 @@ static int on_ring_event(void *ctx, void *data, size_t size)
 	struct dataplane *dp = ctx;
 
 	if (size >= sizeof(struct ws_pause_event))
-		dp->on_pause(dp->ctx, data);
+		dp->on_paused(dp->ctx, data);
 	return 0;
+}
+
+/* Kernels before 6.9 call psock->saved_data_ready() unchecked after a
+ * verdict loop (fixed with sk_psock_data_ready(), syzbot's "NULL pointer
+ * dereference in sk_psock_verdict_data_ready"): a pause must not end a
+ * loop there, only happen outside one. */
+static bool kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
 }
 
 /* The verdict calls kfuncs of Linux 6.2+; libbpf reports their absence
@@ -148,8 +160,8 @@ static bool kernel_has_kfuncs(void)
 	return ok;
 }
 
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, paused_fn on_paused,
-				 void *ctx, char *why, size_t whylen)
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn on_paused, void *ctx, char *why,
+				 size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
 	char path[512];
@@ -160,9 +172,8 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		return NULL;
 	}
 	dp->lock_fd = -1;
-	dp->epfd = -1;
+	dp->cg.fd = -1;
 	dp->rcvbuf = budget / 2 > (4u << 20) ? (4 << 20) : budget / 2 < 65536 ? 65536 : (int)(budget / 2);
-	dp->on_pause = on_pause;
 	dp->on_paused = on_paused;
 	dp->ctx = ctx;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
@@ -177,6 +188,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	}
 	unpin_all(dp);
 	dp->skel->rodata->tunnel_budget = budget;
+	dp->skel->rodata->pause_at_loop_end = kernel_at_least(6, 9);
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
 	if (!kernel_has_kfuncs()) {
@@ -194,6 +206,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 	dp->verdict_fd = bpf_map__fd(dp->skel->maps.verdict_map);
 	dp->tunnels_fd = bpf_map__fd(dp->skel->maps.tunnels);
 	dp->links_fd = bpf_map__fd(dp->skel->maps.sock_links);
+	dp->ports_fd = bpf_map__fd(dp->skel->maps.flag_ports);
 	dp->prog_fd = bpf_program__fd(dp->skel->progs.wsplice_verdict);
 	if (bpf_prog_attach(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT, 0)) {
 		snprintf(why, whylen, "cannot attach the sk_skb verdict: %s", strerror(errno));
@@ -205,26 +218,17 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn 
 		snprintf(why, whylen, "cannot pin the verdict under %s: %s", pin_dir, strerror(errno));
 		goto fail;
 	}
-	dp->pause_iter = bpf_program__attach_iter(dp->skel->progs.wsplice_pause, NULL);
-	if (!dp->pause_iter) {
-		snprintf(why, whylen, "cannot attach the pause iterator: %s", strerror(errno));
+	if (cgroup_open_self(&dp->cg, why, whylen))
 		goto fail;
-	}
-	dp->pauser = pauser_start(bpf_link__fd(dp->pause_iter), bpf_map__fd(dp->skel->maps.pause_requests));
-	if (!dp->pauser) {
-		snprintf(why, whylen, "cannot start the pause thread: %s", strerror(errno));
+	dp->sockops = bpf_program__attach_cgroup(dp->skel->progs.wsplice_sockops, dp->cg.fd);
+	if (!dp->sockops) {
+		snprintf(why, whylen, "cannot attach the sock_ops pause program to the daemon's cgroup: %s",
+			 strerror(errno));
 		goto fail;
 	}
 	dp->rb = ring_buffer__new(bpf_map__fd(dp->skel->maps.pause_events), on_ring_event, dp, NULL);
 	if (!dp->rb) {
 		snprintf(why, whylen, "cannot open the pause ring buffer: %s", strerror(errno));
-		goto fail;
-	}
-	dp->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (dp->epfd < 0 ||
-	    epoll_ctl(dp->epfd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(dp->rb), &(struct epoll_event){ .events = EPOLLIN }) ||
-	    epoll_ctl(dp->epfd, EPOLL_CTL_ADD, pauser_fd(dp->pauser), &(struct epoll_event){ .events = EPOLLIN })) {
-		snprintf(why, whylen, "cannot watch the data plane's events: %s", strerror(errno));
 		goto fail;
 	}
 	return dp;
@@ -237,11 +241,9 @@ void dataplane_close(struct dataplane *dp)
 {
 	if (!dp)
 		return;
-	if (dp->epfd >= 0)
-		close(dp->epfd);
 	ring_buffer__free(dp->rb);
-	pauser_stop(dp->pauser);
-	bpf_link__destroy(dp->pause_iter);
+	bpf_link__destroy(dp->sockops);
+	cgroup_close(&dp->cg);
 	if (dp->attached)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
 	if (dp->owns_pin_dir) {
@@ -257,17 +259,20 @@ void dataplane_close(struct dataplane *dp)
 
 int dataplane_event_fd(struct dataplane *dp)
 {
-	return dp->epfd;
+	return ring_buffer__epoll_fd(dp->rb);
 }
 
 void dataplane_poll(struct dataplane *dp)
 {
-	struct epoll_event ev[2];
-
-	/* Empties the nested epoll set so it reports only new readiness. */
-	epoll_wait(dp->epfd, ev, 2, 0);
 	ring_buffer__consume(dp->rb);
-	pauser_collect(dp->pauser, dp->on_paused, dp->ctx);
+}
+
+int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream)
+{
+	uint32_t key = port | (upstream ? WS_PORT_UPSTREAM : WS_PORT_LISTENER);
+	uint8_t one = 1;
+
+	return bpf_map_update_elem(dp->ports_fd, &key, &one, BPF_ANY);
 }
 
 static const int spliced_sndbuf = 4 << 20;
@@ -347,8 +352,8 @@ undo:
 
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2])
 {
+	/* A pause request left behind is forgotten by its LRU map. */
 	for (int e = 0; e < 2; e++) {
-		pauser_cancel(dp->pauser, cookie[e]);
 		bpf_map_delete_elem(dp->verdict_fd, &cookie[e]);
 		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
 		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
@@ -359,11 +364,6 @@ void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cook
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out)
 {
 	return bpf_map_lookup_elem(dp->tunnels_fd, &id, out);
-}
-
-int dataplane_pause(struct dataplane *dp, uint64_t cookie, uint64_t tag)
-{
-	return pauser_request(dp->pauser, cookie, tag);
 }
 
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)

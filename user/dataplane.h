@@ -1,28 +1,30 @@
 /* The BPF data plane's lifecycle: load the verdict program, attach it to
- * verdict_map, pin the maps for bpftool, insert and remove tunnels, and
- * clean everything up on exit. */
+ * verdict_map and the pause program to the daemon's cgroup, pin the maps
+ * for bpftool, insert and remove tunnels, and clean everything up on exit. */
 #ifndef WSPLICE_DATAPLANE_H
 #define WSPLICE_DATAPLANE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "dataplane_pause.h"
 #include "wsplice_maps.h"
 
 struct dataplane;
 
-typedef void (*pause_fn)(void *ctx, const struct ws_pause_event *ev);
+/* A direction was paused: the kernel took its source out of verdict_map
+ * over budget. Resuming is the daemon's (dataplane_resume). */
+typedef void (*paused_fn)(void *ctx, const struct ws_pause_event *ev);
 
-/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF).
- * on_pause: the verdict asks for a pause; on_paused: one was carried out. */
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, pause_fn on_pause, paused_fn on_paused,
-				 void *ctx, char *why, size_t whylen);
+/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn on_paused, void *ctx, char *why,
+				 size_t whylen);
 void dataplane_close(struct dataplane *dp);
-/* Fd to watch for pause requests and completions; call dataplane_poll
- * when readable. */
+/* Fd to watch for pauses; call dataplane_poll when readable. */
 int dataplane_event_fd(struct dataplane *dp);
 void dataplane_poll(struct dataplane *dp);
+/* Sockets that established on this port (a listener's local port, an
+ * upstream's remote one) can be paused; others are never spliced. */
+int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream);
 
 /* Inserts both sockets of a tunnel with the gate/kick procedure. Returns -1
  * with nothing left in the maps when a socket could not become a redirect
@@ -33,9 +35,7 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 			 bool flowing[2]);
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
-/* Backpressure: stop / restart the verdict for one source socket. A pause
- * completes later, through on_paused with the tag given here. */
-int dataplane_pause(struct dataplane *dp, uint64_t cookie, uint64_t tag);
+/* Backpressure: restart the verdict for a paused source socket. */
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
 uint64_t socket_cookie(int fd);
 

@@ -52,6 +52,8 @@ struct engine_ops {
 	 * with a one-line reason. */
 	void *(*open)(const struct config *cfg, struct ev_loop *loop, engine_kick_fn kick, char *why, size_t whylen);
 	void (*close)(void *ctx);
+	/* A new configuration (SIGHUP) for new tunnels; NULL when nothing changes. */
+	void (*reload)(void *ctx, const struct config *cfg);
 	/* Takes over h's queues and counts (the fds stay the tunnel layer's).
 	 * Returns the engine's per-tunnel state, or NULL (out of memory) with h
 	 * untouched. owner is what kick() is called with. */

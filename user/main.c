@@ -90,6 +90,7 @@ static void reload(struct proxy *px)
 		return;
 	}
 	log_threshold = cfg->verbose ? LOG_DEBUG : LOG_INFO;
+	tunnel_set_reload(px->tunnels, cfg);
 	px->cfg = cfg;
 	config_put(old);
 	log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);

@@ -309,6 +309,13 @@ struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loo
 	return ts;
 }
 
+void tunnel_set_reload(struct tunnel_set *ts, const struct config *cfg)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (ts->ctx[m] && engine_table[m]->reload)
+			engine_table[m]->reload(ts->ctx[m], cfg);
+}
+
 void tunnel_set_close(struct tunnel_set *ts)
 {
 	if (!ts)

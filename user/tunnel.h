@@ -46,6 +46,8 @@ struct tunnel_set;
  * saying which and why) and the copy relay it falls back to. NULL with a
  * one-line reason in why. */
 struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen);
+/* A reloaded configuration: the engines learn of new upstream servers. */
+void tunnel_set_reload(struct tunnel_set *ts, const struct config *cfg);
 /* Closes every tunnel, then the engines. */
 void tunnel_set_close(struct tunnel_set *ts);
 /* The engine new tunnels start on ("sockmap", "splice", "copy"). */

@@ -1,10 +1,10 @@
 /* The in-kernel splice engine: both sockets go into the SOCKHASH maps and
  * the verdict program moves every byte. Before that, what userspace still
  * holds is written out (the drain); afterwards userspace only watches for
- * FIN, RST and pause requests. Byte accounting compares the verdict's
+ * FIN, RST and pauses. Byte accounting compares the verdict's
  * per-direction count with each socket's TCP counters (docs/KERNEL.md, "FIN
  * and the byte equation"). Everything sockmap-only lives here: tunnel ids,
- * pause tags, the kernel's activity stamp, the FIN byte bases. */
+ * pause state, the kernel's activity stamp, the FIN byte bases. */
 #include <errno.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
@@ -27,8 +27,7 @@ struct sm_dir {
 	struct buf buf;        /* the hand-off's leftovers; bytes finished in userspace */
 	bool src_eof;          /* FIN received from the source */
 	bool dst_shut;         /* FIN sent to the destination */
-	bool pausing;          /* a pause was asked for and is under way */
-	bool paused;           /* out of verdict_map by backpressure */
+	bool paused;           /* out of verdict_map by backpressure (the kernel's pause) */
 	bool user_finish;      /* finishing this direction in userspace */
 	uint64_t user_read;    /* bytes userspace ever read from the source */
 	uint64_t user_written; /* bytes userspace ever wrote to the destination */
@@ -471,54 +470,54 @@ static void sockmap_describe(void *st, char *out, size_t len)
 		const struct sm_dir *dd = &t->dir[d];
 
 		n += snprintf(out + n, len - n,
-			      " | %s: eof=%d shut=%d pausing=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
-			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->pausing, dd->paused,
+			      " | %s: eof=%d shut=%d paused=%d user=%d kernel=%llu user_read=%llu rx=%llu inflight=%llu",
+			      d == WS_DIR_C2U ? "c2u" : "u2c", dd->src_eof, dd->dst_shut, dd->paused,
 			      dd->user_finish, (unsigned long long)tv.dir[d].bytes, (unsigned long long)dd->user_read,
 			      (unsigned long long)bytes_received(t->fd[dir_src(d)]),
 			      (unsigned long long)(t->in_kernel ? inflight(t, d, &tv) : 0));
 	}
 }
 
-/* The verdict asks for a pause: the direction's bytes pile up in its
- * destination's psock queue. */
-static void on_pause(void *ctx, const struct ws_pause_event *ev)
+/* The kernel paused a direction: its bytes piled up in the destination's
+ * psock queue, and its source left verdict_map at a safe point (bpf/
+ * splice.bpf.c, "the pause"). The cookie tells a reused tunnel id from the
+ * tunnel that was paused. */
+static void on_paused(void *ctx, const struct ws_pause_event *ev)
 {
 	struct sockmap *sm = ctx;
 	struct sm_tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? sm->by_id[ev->tunnel_id] : NULL;
 	int d = ev->dir & 1;
 	struct sm_dir *dd;
 
-	if (!t)
+	if (!t || t->cookie[dir_src(d)] != ev->cookie)
 		return;
 	dd = &t->dir[d];
-	if (dd->pausing || dd->paused || dd->src_eof || dd->dst_shut)
-		return;
-	/* Until it is carried out the verdict keeps redirecting: that delay
-	 * is the reaction-time term of the bound (docs/KERNEL.md, "the bound"). */
-	if (dataplane_pause(sm->dp, t->cookie[dir_src(d)], (uint64_t)t->id << 1 | d) == 0)
-		dd->pausing = true;
-}
-
-/* A pause was carried out (ok) or found no socket; the cookie tells a
- * reused tunnel id from the one that asked. */
-static void on_paused(void *ctx, uint64_t cookie, uint64_t tag, bool ok, uint64_t waited_us)
-{
-	struct sockmap *sm = ctx;
-	uint64_t id = tag >> 1;
-	int d = tag & 1;
-	struct sm_tunnel *t = id < WSPLICE_MAX_TUNNELS ? sm->by_id[id] : NULL;
-	struct sm_dir *dd;
-
-	if (!t || !t->dir[d].pausing || t->cookie[dir_src(d)] != cookie)
-		return;
-	dd = &t->dir[d];
-	dd->pausing = false;
-	if (!ok)
+	if (dd->dst_shut)
 		return;
 	dd->paused = true;
-	/* The pause walks every TCP socket of the namespace: say what it cost. */
-	log_debug("tunnel %u: %s paused in %llu us", t->id, dir_name(d), (unsigned long long)waited_us);
+	log_debug("tunnel %u: %s paused in %llu us (%llu bytes in flight when asked)", t->id, dir_name(d),
+		  (unsigned long long)(ev->waited_ns / 1000), (unsigned long long)ev->inflight);
 	sm->kick(t->owner);
+}
+
+/* Only sockets of these ports get the kernel's header callback, so only
+ * they can be paused: the listeners' (local) and the servers' (remote). */
+static int flag_ports(struct sockmap *sm, const struct config *cfg)
+{
+	int err = 0;
+
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		err |= dataplane_flag_port(sm->dp, (uint16_t)atoi(cfg->listeners[i].ep.port), false);
+	for (size_t p = 0; p < cfg->n_pools; p++)
+		for (size_t i = 0; i < cfg->pools[p].n_servers; i++)
+			err |= dataplane_flag_port(sm->dp, (uint16_t)atoi(cfg->pools[p].servers[i].ep.port), true);
+	return err ? -1 : 0;
+}
+
+static void sockmap_reload(void *ctx, const struct config *cfg)
+{
+	if (flag_ports(ctx, cfg))
+		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
 }
 
 static void on_dataplane_event(struct ev_handler *h, uint32_t events)
@@ -552,8 +551,13 @@ static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine
 	sm->loop = loop;
 	sm->kick = kick;
 	sm->budget = cfg->tunnel_buffer;
-	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_pause, on_paused, sm, why, whylen);
+	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_paused, sm, why, whylen);
 	if (!sm->dp) {
+		sockmap_close(sm);
+		return NULL;
+	}
+	if (flag_ports(sm, cfg)) {
+		snprintf(why, whylen, "cannot fill flag_ports: %s", strerror(errno));
 		sockmap_close(sm);
 		return NULL;
 	}
@@ -572,6 +576,7 @@ const struct engine_ops engine_sockmap = {
 	.name = "sockmap",
 	.open = sockmap_open,
 	.close = sockmap_close,
+	.reload = sockmap_reload,
 	.start = sockmap_start,
 	.event = sockmap_event,
 	.tick = sockmap_tick,

@@ -19,7 +19,11 @@ MODES = ["sockmap", "splice", "copy"]
 PEERS = os.path.join(ROOT, "tests", "peers")
 _seq = itertools.count()
 
+# Indexes of the counters map (include/wsplice_maps.h).
 WS_CNT_REDIRECTED = 2
+WS_CNT_PAUSES = 7
+WS_CNT_PAUSE_DEFERRED = 8
+WS_CNT_UNFLAGGED = 9
 
 
 def free_port():

@@ -3,13 +3,13 @@ sockmap mode, the verdict, the redirect worker and the daemon) runs on both
 CPUs, with backpressure engaging all the time; ws_load compares every byte.
 In sockmap mode the pauses make loopback TCP retransmit, and retransmitted
 segments that partly overlap delivered bytes reach the verdict whole: before
-the verdict trimmed them (docs/KERNEL.md §14) most runs got bytes twice or
-lost some."""
+the verdict trimmed them (docs/KERNEL.md, "the trim") most runs got bytes
+twice or lost some."""
 import os
 import subprocess
 
 
-from conftest import WSPLICE, free_port, report
+from conftest import WS_CNT_PAUSES, WS_CNT_UNFLAGGED, WSPLICE, free_port, report
 from wsutil import bpf_counter, wait_for
 
 BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
@@ -42,8 +42,13 @@ def test_bulk_streams_under_backpressure_arrive_intact(start_proxy, mode):
                     failures.append("rep %d: %s" % (rep, err.strip()))
         if mode == "sockmap":
             trims = [bpf_counter(px.pin_dir, i) for i in (WS_CNT_OVERLAP_SKBS, WS_CNT_OVERLAP_BYTES, WS_CNT_TRIM_FAILED)]
-            report("bulk echo [sockmap]: %d skbs came partly delivered, %d bytes trimmed, %d trims failed" % tuple(trims))
+            pauses = bpf_counter(px.pin_dir, WS_CNT_PAUSES)
+            report("bulk echo [sockmap]: %d skbs came partly delivered, %d bytes trimmed, %d trims failed; "
+                   "%d pauses" % (*trims, pauses))
             failures += ["a trim failed"] if trims[2] else []
+            # Pausing is what this test is about: it must have happened, in the kernel.
+            failures += ["no pause happened"] if not pauses else []
+            failures += ["a pause was asked of an unflagged socket"] if bpf_counter(px.pin_dir, WS_CNT_UNFLAGGED) else []
         assert not failures, "\n".join(failures)
     finally:
         echo.terminate()

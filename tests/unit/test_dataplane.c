@@ -81,19 +81,10 @@ static uint64_t counter(const char *pin_dir, uint32_t idx)
 	return sum;
 }
 
-static void no_pause(void *ctx, const struct ws_pause_event *ev)
+static void no_paused(void *ctx, const struct ws_pause_event *ev)
 {
 	(void)ctx;
 	(void)ev;
-}
-
-static void no_paused(void *ctx, uint64_t cookie, uint64_t tag, bool ok, uint64_t waited_us)
-{
-	(void)ctx;
-	(void)cookie;
-	(void)tag;
-	(void)ok;
-	(void)waited_us;
 }
 
 static void partly_read_head_skb_is_sent_once(void **state)
@@ -113,7 +104,7 @@ static void partly_read_head_skb_is_sent_once(void **state)
 	if (geteuid() != 0)
 		fail_msg("needs root for BPF (or set WSPLICE_TEST_NO_BPF=1)");
 	snprintf(pin_dir, sizeof(pin_dir), "/sys/fs/bpf/wsplice-unit-%d", (int)getpid());
-	dp = dataplane_open(pin_dir, 4 << 20, no_pause, no_paused, NULL, why, sizeof(why));
+	dp = dataplane_open(pin_dir, 4 << 20, no_paused, NULL, why, sizeof(why));
 	if (!dp)
 		fail_msg("dataplane_open: %s", why);
 	for (size_t i = 0; i < sizeof(out); i++)
