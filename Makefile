@@ -72,6 +72,7 @@ integration: all bench-tools
 	@bash tests/integration/run.sh $(BUILD)/wsplice
 
 test: deps
+	@bash tests/check_layers.sh
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 

@@ -141,10 +141,14 @@ static __always_inline void check_budget(struct ws_dir_stats *ds, __u64 cookie, 
 	ds->over_budget = tunnel_budget && inflight > tunnel_budget;
 	if (!ds->over_budget)
 		return;
+	/* Looked up first: an LRU insert takes a node (and may evict another
+	 * socket's request) before it finds the key exists. */
+	if (bpf_map_lookup_elem(&pause_requests, &cookie))
+		return; /* already asked */
 	req.since_ns = bpf_ktime_get_ns();
 	req.inflight = inflight;
 	if (bpf_map_update_elem(&pause_requests, &cookie, &req, BPF_NOEXIST))
-		return; /* already asked */
+		return;
 	ds->pause_requests++;
 	count(WS_CNT_PAUSE_REQUESTS);
 	if (tp && !(tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG))
@@ -163,7 +167,7 @@ static __always_inline __u32 tcp_skb_seq(const struct sk_buff *kskb)
  * came, and only its other readers skip the overlap (by copied_seq - seq).
  * Redirected whole, those bytes reach the peer twice, and tcp_eat_skb()
  * pushes copied_seq past rcv_nxt, after which pruning discards real data
- * (docs/KERNEL.md §14). So cut off the head before copied_seq; tcp_eat_skb()
+ * (docs/KERNEL.md, the trim). So cut off the head before copied_seq; tcp_eat_skb()
  * then advances copied_seq by exactly what is left. Returns false when
  * nothing is left (an skb of old bytes only, now empty: drop it). sk_skb
  * may shrink 4095 bytes per call: 64 calls cover 256 KiB. */
@@ -255,7 +259,7 @@ int wsplice_verdict(struct __sk_buff *skb)
  *
  * The delete must not happen while a verdict loop (tcp_read_skb) has skbs
  * of this socket left: the loop reads the program again for each skb, and
- * one met with none is dropped and counted read (docs/KERNEL.md, "pausing
+ * one met with none is dropped and counted read (docs/KERNEL-LOG.md, "pausing
  * from userspace loses bytes"). A delete from userspace takes no socket
  * lock, so it cannot know. A sock_ops header callback runs with the socket
  * locked, in O(1), for every segment the socket sends, and TCP sends an ack
@@ -271,7 +275,7 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 	__u64 cookie = bpf_get_socket_cookie(ops);
 	struct ws_pause_request *req = bpf_map_lookup_elem(&pause_requests, &cookie);
 	struct ws_sock_link *link;
-	struct ws_pause_event ev;
+	struct ws_pause_event *ev;
 	struct ws_tunnel *t;
 	struct tcp_sock *tp;
 	struct bpf_sock *sk;
@@ -293,22 +297,29 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 		count(WS_CNT_PAUSE_DEFERRED);
 		return;
 	}
+	/* The daemon must hear of every pause, or nothing resumes it: room
+	 * for the event first, or leave the request for the next callback. */
+	ev = bpf_ringbuf_reserve(&pause_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(WS_CNT_PAUSE_DEFERRED);
+		return;
+	}
 	bpf_map_delete_elem(&verdict_map, &cookie);
-	ev.cookie = cookie;
-	ev.tunnel_id = link->tunnel_id;
-	ev.dir = link->dir & 1;
-	ev.inflight = req->inflight;
-	ev.waited_ns = bpf_ktime_get_ns() - req->since_ns;
-	bpf_map_delete_elem(&pause_requests, &cookie);
-	t = bpf_map_lookup_elem(&tunnels, &ev.tunnel_id);
+	ev->cookie = cookie;
+	ev->tunnel_id = link->tunnel_id;
+	ev->dir = link->dir & 1;
+	ev->inflight = req->inflight;
+	ev->waited_ns = bpf_ktime_get_ns() - req->since_ns;
+	t = bpf_map_lookup_elem(&tunnels, &link->tunnel_id);
 	if (t) {
 		if (link->dir & 1)
 			t->dir[1].pauses++;
 		else
 			t->dir[0].pauses++;
 	}
+	bpf_map_delete_elem(&pause_requests, &cookie);
 	count(WS_CNT_PAUSES);
-	bpf_ringbuf_output(&pause_events, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
 }
 
 /* Attached to the daemon's cgroup: gives the sockets of its listeners and

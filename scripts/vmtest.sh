@@ -22,7 +22,7 @@ KERNELS=${KERNELS:-"6.1 6.12"}
 # Everything that exercises the BPF path: all sockmap-mode tests (the stress
 # ones too), bpftool, two instances, the veth hosts with native XDP, and the
 # bulk integrity test in every mode. On a kernel without the kfuncs the
-# verdict needs (before 6.2, docs/KERNEL.md §14) wsplice refuses sockmap mode
+# verdict needs (before 6.2, docs/KERNEL.md, the trim) wsplice refuses sockmap mode
 # (and the suite would fail loudly), so there the splice relay's tests run
 # instead, with WSPLICE_TEST_NO_BPF=1 saying so.
 # The Vite HMR test is left out: a browser under TCG takes minutes per page.

@@ -193,7 +193,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
 	if (!kernel_has_kfuncs()) {
 		snprintf(why, whylen, "this kernel lacks the kfuncs bpf_cast_to_kern_ctx/bpf_rdonly_cast (Linux 6.2+) "
-				      "that the verdict needs to send a partly delivered skb once (docs/KERNEL.md §14)");
+				      "that the verdict needs to send a partly delivered skb once (docs/KERNEL.md, the trim)");
 		goto fail;
 	}
 	err = splice_bpf__load(dp->skel);
@@ -300,7 +300,8 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 	}
 	/* A locked receive buffer bounds the burst a resume releases (the
 	 * whole receive queue is verdicted at once) and keeps the gate below
-	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL.md §3). */
+	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL-LOG.md, "the gate
+	 * grows the receive buffer"). */
 	for (e = 0; e < 2; e++) {
 		setsockopt(fd[e], SOL_SOCKET, SO_RCVBUF, &dp->rcvbuf, sizeof(dp->rcvbuf));
 		/* The kworker that sends redirected skbs backs off for a jiffy

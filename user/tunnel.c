@@ -87,10 +87,14 @@ static void apply(struct tunnel *t, const struct engine_io *io)
 	}
 	for (int e = 0; e < 2; e++)
 		ev_watch(t->ts->loop, &t->ep[e], io->want[e]);
-	if (io->tick)
+	if (io->tick && t->eng->tick)
 		ev_ticker_start(t->ts->loop, &t->ticker);
 	else
 		ev_ticker_stop(t->ts->loop, &t->ticker);
+	/* Half-closed: tunnel_fin_timeout applies from now, not at the next
+	 * check the idle timeout scheduled. */
+	if (io->half_closed && !t->half_closed)
+		t->next_check_ms = 0;
 	t->half_closed = io->half_closed;
 }
 
@@ -134,6 +138,7 @@ static void tunnel_switch(struct tunnel *t, const struct engine_ops *to)
 	t->eng->stop(t->st, &h);
 	t->eng = to;
 	io = io_now(t);
+	io.tick = false; /* the new engine asks for its own */
 	t->st = to->start(engine_ctx(t->ts, to), &h, t, &io);
 	if (!t->st) {
 		for (int d = 0; d < 2; d++)
@@ -228,7 +233,7 @@ void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t 
 		/* now_ms was read before this sweep started: a tunnel handed off
 		 * by session_timeouts just now, or a kernel stamp taken as "now",
 		 * is later than it. Unclamped, now_ms - last wrapped to 2^64 - 1
-		 * and closed a tunnel right after its first FIN (KERNEL.md, "the
+		 * and closed a tunnel right after its first FIN (KERNEL-LOG.md, "the
 		 * BPF coarse clock can be ahead of the vDSO's"). */
 		if (last > now_ms)
 			last = now_ms;
@@ -273,7 +278,7 @@ void tunnel_dump_all(struct tunnel_set *ts)
 
 /* --mode auto is the copy relay: it measured best in bulk throughput, CPU
  * per byte and handshakes (docs/PERFORMANCE.md) and does not stall when the
- * CPU is saturated (docs/KERNEL.md, "the redirect worker under CPU
+ * CPU is saturated (docs/KERNEL-LOG.md, "the redirect worker under CPU
  * saturation"); sockmap (Linux 6.2+) runs when asked for. */
 static enum tunnel_mode resolve_auto(void)
 {

@@ -306,12 +306,15 @@ fallback:
  * verdict cuts off the part already read (docs/KERNEL.md, "the trim").
  * Reading on until both queues were empty at once never converged against a
  * peer that sends right after the 101: the whole transfer went through this
- * loop (KERNEL.md, "the drain reads nothing"). */
+ * loop (KERNEL-LOG.md, "the drain reads nothing"). */
 static void drain(struct sm_tunnel *t, struct engine_io *io)
 {
 	bool flushed = true;
+	int reset_end = -1;
 
-	for (int d = 0; d < 2; d++) {
+	/* Upstream to client first: on a reset of either end the client still
+	 * gets the 101 and what came with it, if it can take them. */
+	for (int d = WS_DIR_U2C; d >= WS_DIR_C2U; d--) {
 		struct sm_dir *dd = &t->dir[d];
 		int dst = dir_dst(d);
 
@@ -319,10 +322,8 @@ static void drain(struct sm_tunnel *t, struct engine_io *io)
 			ssize_t n = buf_write_fd(&dd->buf, t->fd[dst]);
 
 			if (n < 0) {
-				if (errno != EAGAIN) {
-					set_reset(io, dst);
-					return;
-				}
+				if (errno != EAGAIN && reset_end < 0)
+					reset_end = dst;
 				break;
 			}
 			dd->user_written += n;
@@ -330,6 +331,10 @@ static void drain(struct sm_tunnel *t, struct engine_io *io)
 		/* Nobody reads during the drain: what arrives waits in the kernel. */
 		io->want[dst] = buf_len(&dd->buf) ? EPOLLOUT : EPOLLERR;
 		flushed &= !buf_len(&dd->buf);
+	}
+	if (reset_end >= 0) {
+		set_reset(io, reset_end);
+		return;
 	}
 	if (!flushed)
 		return;

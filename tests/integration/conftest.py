@@ -174,7 +174,7 @@ def pytest_sessionstart(session):
     if os.geteuid() != 0:
         raise pytest.UsageError("sockmap tests need root (or set WSPLICE_TEST_NO_BPF=1)")
     # Also where the kernel is too old for the verdict (before 6.2, docs/KERNEL.md
-    # §14): wsplice says so, and the message ends up here.
+    # the trim): wsplice says so, and the message ends up here.
     try:
         Proxy(1, "sockmap").stop()
     except AssertionError as e:

@@ -205,7 +205,7 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
         try:
             # 200 handshakes at once: under qemu some took over 5 s (the
             # Python upstream starts a thread per connection), which is
-            # not what this test is about (KERNEL.md §16).
+            # not what this test is about (KERNEL-LOG.md, "200 stalled tunnels under qemu").
             t0 = connect_at[str(i)] = time.monotonic()
             s, rest = open_tunnel(px.port, "/stall/%d" % i, timeout=30)
             handshake_s[i] = time.monotonic() - t0

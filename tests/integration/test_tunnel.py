@@ -1,5 +1,5 @@
 """The tunnel after a 101, in every mode: bytes exactly once and in order,
-half-close, reset, and the handshake edge cases of KERNEL.md §2."""
+half-close, reset, and the handshake edge cases of the drain (docs/KERNEL.md, invariant 1)."""
 import hashlib
 import os
 import socket
@@ -57,7 +57,7 @@ def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy):
     """The upstream writes the 101 and 4 MiB in one call and the client
     streams 4 MiB as soon as it has the 101: the handshake must still hand the
     sockets to the kernel, not relay the transfer while it waits for the
-    queues to go quiet (KERNEL.md §17). Userspace may move at most its
+    queues to go quiet (KERNEL-LOG.md, "the drain reads nothing"). Userspace may move at most its
     64 KiB buffers' worth each way."""
     size = 4 << 20
     up_payload, payload = os.urandom(size), os.urandom(size)

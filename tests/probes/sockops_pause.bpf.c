@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Probe (docs/KERNEL.md §13): can a sock_ops program pause a spliced socket
+/* Probe (docs/KERNEL-LOG.md, "pausing from userspace loses bytes"): can a sock_ops program pause a spliced socket
  * under its lock? It sets PARSE_ALL_HDR_OPT on every established socket of
  * its cgroup and deletes a socket from vmap when asked, at the next header
  * callback. Built and run by tests/probes/sockops_pause.c. */

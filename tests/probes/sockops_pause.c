@@ -1,4 +1,4 @@
-/* Probe (docs/KERNEL.md §13): is sock_ops' parse-all-headers callback called
+/* Probe (docs/KERNEL-LOG.md, "pausing from userspace loses bytes"): is sock_ops' parse-all-headers callback called
  * for every received segment (so that it could pause a spliced socket in
  * O(1))? Root, cgroup v2 at /sys/fs/cgroup/unified, from the project root:
  *   make && clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -Ibuild -c tests/probes/sockops_pause.bpf.c -o /tmp/skops.bpf.o

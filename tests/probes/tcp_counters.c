@@ -1,4 +1,4 @@
-/* Probe for docs/KERNEL.md §1: what tcpi_bytes_acked and tcpi_bytes_received
+/* Probe for docs/KERNEL-LOG.md, "TCP's byte counters": what tcpi_bytes_acked and tcpi_bytes_received
  * count on a connected and an accepted loopback socket (SYN, FIN).
  * Build and run: cc -o /tmp/tcp_counters tests/probes/tcp_counters.c && /tmp/tcp_counters */
 #include <arpa/inet.h>

@@ -1,5 +1,5 @@
 /* The BPF data plane against the real kernel (needs root): an skb whose
- * head was already consumed must leave once, not whole (docs/KERNEL.md §14).
+ * head was already consumed must leave once, not whole (docs/KERNEL.md, the trim).
  * A partial read before insertion leaves the receive queue in exactly the
  * state a partly overlapping retransmission does: copied_seq inside the
  * head skb. */
