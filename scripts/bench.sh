@@ -117,18 +117,18 @@ stop_target() {
 stat3() { tr ' ' '\n' | sort -g | awk 'NF{v[++n]=$1} END{if(!n){print "-";exit} printf "%s %s %s\n", v[int((n+1)/2)], v[1], v[n]}'; }
 field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
 
-IDLER_PID=
+HOLDER_PID=
 if [ "$IDLE_SOCKETS" -gt 0 ]; then
 	rm -f "$OUT/idle.ready"
 	scripts/idle_sockets.py "$IDLE_SOCKETS" "$OUT/idle.ready" &
-	IDLER_PID=$!
-	for _ in $(seq 600); do [ -e "$OUT/idle.ready" ] || ! kill -0 $IDLER_PID 2>/dev/null && break; sleep 0.5; done
+	HOLDER_PID=$!
+	for _ in $(seq 600); do [ -e "$OUT/idle.ready" ] || ! kill -0 $HOLDER_PID 2>/dev/null && break; sleep 0.5; done
 	[ -e "$OUT/idle.ready" ] || { echo "bench: $IDLE_SOCKETS idle sockets not ready" >&2; exit 1; }
 	echo "bench: $IDLE_SOCKETS idle TCP sockets on the host ($(ss -Htan state time-wait | wc -l) in TIME_WAIT)" >&2
 fi
 spawn /dev/null $ECHO $ECHO_PORT
 ECHO_PID=$!
-trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} $IDLER_PID 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; exit $rc' EXIT
+trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} ${HOLDER_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; exit $rc' EXIT
 wait_port $ECHO_PORT
 
 declare -A R

@@ -189,6 +189,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn
 	unpin_all(dp);
 	dp->skel->rodata->tunnel_budget = budget;
 	dp->skel->rodata->pause_at_loop_end = kernel_at_least(6, 9);
+	dp->skel->rodata->spliced_rcvbuf = dp->rcvbuf;
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
 	if (!kernel_has_kfuncs()) {
@@ -275,8 +276,6 @@ int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream)
 	return bpf_map_update_elem(dp->ports_fd, &key, &one, BPF_ANY);
 }
 
-static const int spliced_sndbuf = 4 << 20;
-
 static void set_lowat(int fd, int v)
 {
 	setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof(v));
@@ -286,43 +285,36 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 			 bool flowing[2])
 {
 	struct ws_tunnel tv = { .client_cookie = cookie[0], .upstream_cookie = cookie[1] };
-	int e, linked = 0, targeted = 0, err;
-	bool gated = false;
+	struct ws_sock_link links[2] = {
+		{ .peer_cookie = cookie[1], .tunnel_id = id, .dir = WS_DIR_C2U },
+		{ .peer_cookie = cookie[0], .tunnel_id = id, .dir = WS_DIR_U2C },
+	};
+	uint32_t n = 2;
+	int e, targeted = 0, err;
 
-	if (bpf_map_update_elem(dp->tunnels_fd, &id, &tv, BPF_ANY))
-		return -1;
-	for (e = 0; e < 2; e++, linked++) {
-		struct ws_sock_link link = { .peer_cookie = cookie[1 - e], .tunnel_id = id,
-					     .dir = e == 0 ? WS_DIR_C2U : WS_DIR_U2C };
-
-		if (bpf_map_update_elem(dp->links_fd, &cookie[e], &link, BPF_ANY))
-			goto undo;
-	}
-	/* A locked receive buffer bounds the burst a resume releases (the
-	 * whole receive queue is verdicted at once) and keeps the gate below
-	 * from growing the buffer to tcp_rmem[2]/2 (docs/KERNEL-LOG.md, "the gate
-	 * grows the receive buffer"). */
-	for (e = 0; e < 2; e++) {
-		setsockopt(fd[e], SOL_SOCKET, SO_RCVBUF, &dp->rcvbuf, sizeof(dp->rcvbuf));
-		/* The kworker that sends redirected skbs backs off for a jiffy
-		 * when the target's send buffer is full; a send buffer at the
-		 * autotuning maximum from the start keeps it from stalling
-		 * (+20% bulk throughput on one vCPU, docs/PERFORMANCE.md). */
-		setsockopt(fd[e], SOL_SOCKET, SO_SNDBUF, &spliced_sndbuf, sizeof(spliced_sndbuf));
-	}
-	/* Gate: keep the verdict from running while the pair is half
-	 * inserted; the kick below replays what queued meanwhile. */
-	for (e = 0; e < 2; e++)
-		set_lowat(fd[e], INT_MAX);
-	gated = true;
-	/* Targets first: until a socket is in verdict_map nothing is
-	 * redirected, so a failure here can still be undone without loss. */
+	/* Targets first: target_map has no program, so nothing is redirected
+	 * yet and a failure can still be undone without loss. It is also
+	 * where a FIN that arrived since the drain shows (EOPNOTSUPP, most
+	 * often a client that closes right after the 101), after one system
+	 * call: on that path every call counts against handshakes/s. The
+	 * buffer sizes the spliced sockets need were set at establishment by
+	 * the sock_ops program (bpf/splice.bpf.c, "buffers"). */
 	for (e = 0; e < 2; e++, targeted++) {
 		uint64_t v = fd[e];
 
 		if (bpf_map_update_elem(dp->target_fd, &cookie[e], &v, BPF_NOEXIST))
 			goto undo;
 	}
+	if (bpf_map_update_elem(dp->tunnels_fd, &id, &tv, BPF_ANY))
+		goto undo;
+	if (bpf_map_update_batch(dp->links_fd, cookie, links, &n, NULL) || n != 2) {
+		bpf_map_delete_elem(dp->tunnels_fd, &id);
+		goto undo;
+	}
+	/* Gate: keep the verdict from running while the pair is half in
+	 * verdict_map; the kick below replays what queued meanwhile. */
+	for (e = 0; e < 2; e++)
+		set_lowat(fd[e], INT_MAX);
 	/* From here on a verdict may already have run (the gate does not hold
 	 * back a FIN), so nothing is undone: a socket that cannot enter
 	 * verdict_map (it received FIN meanwhile) is finished by the caller in
@@ -336,29 +328,24 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 		set_lowat(fd[e], 1);
 	return 0;
 undo:
-	/* Most often a client that closes right after the 101 sent its FIN
-	 * before the target insert (EOPNOTSUPP). Take back only what went in:
-	 * on this path every system call counts against handshakes/s. */
+	/* Take back only what went in. */
 	err = errno;
 	for (e = 0; e < targeted; e++)
 		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
-	for (e = 0; e < linked; e++)
+	for (e = 0; n != 2 && e < 2; e++)
 		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
-	bpf_map_delete_elem(dp->tunnels_fd, &id);
-	for (e = 0; e < 2 && gated; e++)
-		set_lowat(fd[e], 1);
 	errno = err;
 	return -1;
 }
 
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2])
 {
-	/* A pause request left behind is forgotten by its LRU map. */
-	for (int e = 0; e < 2; e++) {
-		bpf_map_delete_elem(dp->verdict_fd, &cookie[e]);
-		bpf_map_delete_elem(dp->target_fd, &cookie[e]);
-		bpf_map_delete_elem(dp->links_fd, &cookie[e]);
-	}
+	/* The sockets leave target_map and verdict_map when they are closed,
+	 * right after this (sock_map_close); a pause request left behind is
+	 * forgotten by its LRU map. Only the plain hashes need deleting. */
+	uint32_t n = 2;
+
+	bpf_map_delete_batch(dp->links_fd, cookie, &n, NULL);
 	bpf_map_delete_elem(dp->tunnels_fd, &id);
 }
 

@@ -33,6 +33,8 @@ int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream);
  * not has received FIN and must be finished in userspace. */
 int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], const uint64_t cookie[2],
 			 bool flowing[2]);
+/* Forgets a tunnel whose sockets the caller closes right after (a closed
+ * socket leaves the SOCKHASHes by itself). */
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
 /* Backpressure: restart the verdict for a paused source socket. */

@@ -4,12 +4,15 @@ import hashlib
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
 
-from wsutil import (bpf_tunnels, echo_after_101, key_of, open_tunnel, recv_exact, recv_until_eof, switching_protocols,
+from conftest import need_sockmap
+from wsutil import (bpf_tunnels, echo_after_101, key_of, one_route_config, open_tunnel, recv_exact, recv_until_eof,
+                    switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
 
 
@@ -303,3 +306,68 @@ def test_101_without_matching_accept_is_refused(upstream, start_proxy, mode, ans
     assert status_of(head) == 502
     assert b"smuggled" not in rest + recv_until_eof(s)
     s.close()
+
+
+def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
+    """A pooled keep-alive connection that already carried a request takes
+    the upgrade: its byte counts start before the tunnel (the sockmap FIN
+    check and in-flight figure count from them), so half-closes both ways
+    must still pass every byte and end the tunnel."""
+    served = []
+
+    def handler(conn, head, rest):
+        body = b"plain"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        head, rest = recv_head(conn, timeout=10)
+        served.append(head.split(b"\r\n", 1)[0])
+        conn.sendall(switching_protocols(key_of(head)))
+        # One round trip first, so the client's FIN comes after the splice
+        # (a FIN before the insertion sends the tunnel to the copy relay).
+        while len(rest) < 4:
+            rest += conn.recv(4 - len(rest))
+        conn.sendall(b"pong")
+        got = rest[4:] + recv_until_eof(conn)
+        conn.sendall(got[::-1])
+        conn.shutdown(socket.SHUT_WR)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, mode, config=one_route_config(up.port, pool="keepalive = 4"))
+    with socket.create_connection(("127.0.0.1", px.port), timeout=5) as c:
+        c.sendall(b"GET /first HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert recv_until_eof(c).endswith(b"plain")
+    s, rest = open_tunnel(px.port)
+    assert served == [b"GET / HTTP/1.1"], "the upgrade did not take the pooled connection: %s" % served
+    s.sendall(b"ping")
+    assert rest + recv_exact(s, 4 - len(rest)) == b"pong"
+    payload = os.urandom(300000)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    assert recv_until_eof(s, timeout=10) == payload[::-1]
+    s.close()
+    px.assert_kernel_path()
+    assert wait_for(lambda: not bpf_tunnels(px.pin_dir) if mode == "sockmap" else True, timeout=5)
+
+
+def test_sockmap_sockets_get_their_buffers_at_establishment(upstream, start_proxy):
+    """The sock_ops program sizes both spliced sockets at establishment (no
+    system call at the 101): the receive buffer locked at half the budget,
+    which the in-flight bound counts on, the send buffer at 4 MiB. The
+    kernel doubles what SO_RCVBUF/SO_SNDBUF ask for; ss shows the result."""
+    need_sockmap()
+    up = upstream(echo_after_101)
+    px = start_proxy(up.port, "sockmap")
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"sized")
+    assert recv_exact(s, 5) == b"sized"
+    out = subprocess.run(["ss", "-tmnH", "( sport = :%d or dport = :%d )" % (px.port, up.port)],
+                         capture_output=True, text=True, check=True).stdout
+    # Exactly the proxy's two sockets match: the accepted one (source port =
+    # the listener's) and its connection to the upstream; each line is
+    # followed by its skmem line.
+    lines = out.splitlines()
+    mems = [lines[i + 1] for i, l in enumerate(lines) if l.startswith("ESTAB")]
+    assert len(mems) == 2, out
+    for m in mems:
+        assert "rb%d," % (4 << 20) in m and "tb%d," % (8 << 20) in m, out
+    s.close()
+    px.assert_kernel_path()
