@@ -1,0 +1,96 @@
+"""Integrity under faults: bulk echo through wsplice inside a network
+namespace whose loopback drops about 1 % of TCP segments and sends about
+0.5 % twice (bpf/fault_inject.bpf.c, a tc program: this kernel has no
+netem). Retransmissions and duplicates reach the verdict as skbs that overlap
+bytes already delivered, which the trim must cut (docs/KERNEL.md, the trim);
+ws_load compares every byte it gets back. The copy relay runs the same as a
+control."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import NO_BPF, WSPLICE, need_sockmap, report
+from wsutil import wait_for
+
+BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
+INJECTOR = os.path.join(os.path.dirname(WSPLICE), "fault_inject.bpf.o")
+WS_CNT_REDIRECTED, WS_CNT_OVERLAP_SKBS, WS_CNT_TRIM_FAILED, WS_CNT_PAUSES = 2, 4, 6, 7
+pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1 (the injector is BPF too)")
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+def percpu_sums(map_id):
+    out = json.loads(sh("bpftool", "-j", "map", "dump", "id", str(map_id)).stdout)
+    sums = {}
+    for e in out:
+        e = e.get("formatted", e)
+        sums[e["key"]] = sum(v["value"] for v in e["values"])
+    return sums
+
+
+@pytest.fixture
+def lossy_ns():
+    ns = "wsf-%d" % os.getpid()
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "clsact")
+        sh("ip", "netns", "exec", ns, "tc", "filter", "add", "dev", "lo", "egress", "bpf", "direct-action", "obj",
+           INJECTOR, "sec", "tc")
+        shown = sh("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", "lo", "egress").stdout
+        prog_id = int(shown.split(" id ")[1].split()[0])
+        (map_id,) = json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog_id)).stdout)["map_ids"]
+        yield ns, map_id
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.mark.parametrize("mode", ["sockmap", "copy"])
+def test_bulk_echo_across_a_lossy_duplicating_loopback(lossy_ns, mode):
+    if mode == "sockmap":
+        need_sockmap()
+    ns, map_id = lossy_ns
+    # nsenter changes only the network namespace: the host's bpffs stays.
+    run = ["nsenter", "--net=/run/netns/" + ns]
+    pin = "/sys/fs/bpf/wsplice-faults-%d" % os.getpid()
+    echo = subprocess.Popen(run + [os.path.join(BENCH, "ws_echo"), "9000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen(run + [WSPLICE, "--listen", "127.0.0.1:9100", "--upstream", "127.0.0.1:9000", "--mode",
+                                    mode, "--bpffs", pin], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        up = lambda: sh(*run, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9100", check=False).returncode == 0
+        assert wait_for(up, timeout=10), "wsplice did not listen in the namespace"
+        failures = []
+        for rep in range(5):
+            loads = [subprocess.Popen(run + [os.path.join(BENCH, "ws_load"), "127.0.0.1", "9100", "tput", "128"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            for p in loads:
+                out, err = p.communicate(timeout=300)
+                if p.returncode != 0 or "verified=1" not in out:
+                    failures.append("rep %d: %s %s" % (rep, out.strip(), err.strip()))
+        faults = percpu_sums(map_id)
+        line = "faults [%s]: %d segments seen, %d dropped, %d duplicated" % (mode, faults[0], faults[1], faults[2])
+        if mode == "sockmap":
+            from wsutil import bpf_counter
+            k = {i: bpf_counter(pin, i) for i in (WS_CNT_REDIRECTED, WS_CNT_OVERLAP_SKBS, WS_CNT_TRIM_FAILED,
+                                                  WS_CNT_PAUSES)}
+            line += "; kernel: %d redirects, %d skbs trimmed, %d trims failed, %d pauses" % (
+                k[WS_CNT_REDIRECTED], k[WS_CNT_OVERLAP_SKBS], k[WS_CNT_TRIM_FAILED], k[WS_CNT_PAUSES])
+            failures += ["the kernel moved nothing"] if k[WS_CNT_REDIRECTED] < 1000 else []
+            failures += ["a trim failed"] if k[WS_CNT_TRIM_FAILED] else []
+        report(line)
+        # The faults must really have happened, at about the rates asked for.
+        assert faults[1] > 0.002 * faults[0] and faults[2] > 0.001 * faults[0], line
+        assert not failures, "\n".join(failures)
+    finally:
+        proxy.terminate()
+        echo.terminate()
+        proxy.wait(10)
+        echo.wait(10)
+    assert proxy.returncode == 0, proxy.stderr.read()
+    assert not os.path.exists(pin)
