@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LISTEN=${LISTEN:-127.0.0.1:8080}
 UPSTREAM_PORT=${UPSTREAM_PORT:-3000}
-MODE=${MODE:-sockmap}  # the demo shows the kernel splice; auto would pick the copy relay
+MODE=${MODE:-auto}  # the kernel splice wherever it loads (wsplice logs which it chose)
 
 PORT=$UPSTREAM_PORT node tests/peers/demo_server.js &
 backend=$!

@@ -276,20 +276,38 @@ void tunnel_dump_all(struct tunnel_set *ts)
 	}
 }
 
-/* --mode auto is the copy relay: it measured best in bulk throughput, CPU
- * per byte and handshakes (docs/PERFORMANCE.md) and does not stall when the
- * CPU is saturated (docs/KERNEL-LOG.md, "the redirect worker under CPU
- * saturation"); sockmap (Linux 6.2+) runs when asked for. */
-static enum tunnel_mode resolve_auto(void)
+/* Opens engine m's context unless it is open already. */
+static int open_engine(struct tunnel_set *ts, enum tunnel_mode m, const struct config *cfg, char *why, size_t len)
 {
-	log_info("mode auto: the copy relay (measured best here; --mode sockmap splices in the kernel)");
+	const struct engine_ops *e = engine_table[m];
+
+	if (ts->ctx[m] || !e->open)
+		return 0;
+	ts->ctx[m] = e->open(cfg, ts->loop, kick, why, len);
+	return ts->ctx[m] ? 0 : -1;
+}
+
+/* --mode auto is the kernel path wherever it loads (Linux 6.2+ with the
+ * verdict's kfuncs, BPF privileges, a cgroup v2 hierarchy), the copy
+ * relay elsewhere; one line says which and why. */
+static enum tunnel_mode resolve_auto(struct tunnel_set *ts, const struct config *cfg)
+{
+	char why[256];
+
+	if (!open_engine(ts, MODE_SOCKMAP, cfg, why, sizeof(why))) {
+		log_info("mode auto: sockmap (the kernel splices each tunnel after the 101; a tunnel whose "
+			 "insertion fails takes the copy relay)");
+		return MODE_SOCKMAP;
+	}
+	log_info("mode auto: the copy relay (sockmap cannot run here: %s)", why);
 	return MODE_COPY;
 }
 
 struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen)
 {
 	struct tunnel_set *ts = calloc(1, sizeof(*ts));
-	enum tunnel_mode mode = cfg->mode == MODE_AUTO ? resolve_auto() : cfg->mode;
+	enum tunnel_mode mode;
+	char reason[256];
 
 	if (!ts) {
 		snprintf(why, whylen, "out of memory");
@@ -297,15 +315,14 @@ struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loo
 	}
 	TAILQ_INIT(&ts->all);
 	ts->loop = loop;
+	mode = cfg->mode == MODE_AUTO ? resolve_auto(ts, cfg) : cfg->mode;
 	ts->eng = engine_table[mode];
 	for (int m = 0; m < MODE_COUNT; m++) {
 		const struct engine_ops *e = engine_table[m];
-		char reason[256];
 
-		if (!e || (e != ts->eng && e != engine_fallback) || !e->open)
+		if (!e || (e != ts->eng && e != engine_fallback))
 			continue;
-		ts->ctx[m] = e->open(cfg, loop, kick, reason, sizeof(reason));
-		if (!ts->ctx[m]) {
+		if (open_engine(ts, m, cfg, reason, sizeof(reason))) {
 			snprintf(why, whylen, "--mode %s: %s", e->name, reason);
 			tunnel_set_close(ts);
 			return NULL;

@@ -15,7 +15,7 @@ from wsutil import ScriptedUpstream, bpf_counter, wait_for
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WSPLICE = os.environ.get("WSPLICE_BIN", os.path.join(ROOT, "build", "wsplice"))
 NO_BPF = os.environ.get("WSPLICE_TEST_NO_BPF") == "1"
-MODES = ["sockmap", "splice", "copy"]
+MODES = ["sockmap", "auto", "splice", "copy"]
 PEERS = os.path.join(ROOT, "tests", "peers")
 _seq = itertools.count()
 
@@ -46,6 +46,7 @@ class Proxy:
         if mode == "sockmap":
             need_sockmap()
         self.mode = mode
+        self.kernel = mode == "sockmap"
         self.port = listen_port or free_port()
         self.pin_dir = pin_dir or "/sys/fs/bpf/wsplice-test-%d-%d" % (os.getpid(), next(_seq))
         self.log = tempfile.NamedTemporaryFile(prefix="wsplice-", suffix=".log", delete=False)
@@ -72,6 +73,13 @@ class Proxy:
                 if time.monotonic() > deadline:
                     raise AssertionError("wsplice did not listen:\n" + self.read_log())
                 time.sleep(0.02)
+        if mode == "auto":
+            # What auto chose decides what the test may assert; a run that
+            # can use BPF must have got the kernel path.
+            chose = [l for l in self.read_log().splitlines() if "mode auto:" in l]
+            assert len(chose) == 1, "auto said nothing, or more than once:\n" + self.read_log()
+            self.kernel = "mode auto: sockmap" in chose[0]
+            assert self.kernel or NO_BPF, "auto chose the copy relay:\n" + self.read_log()
         # Let the probe connection's session close before anyone counts fds.
         wait_for(lambda: self.fd_count() == self.fd_count_after(0.05), timeout=2)
 
@@ -108,7 +116,7 @@ class Proxy:
 
     def assert_kernel_path(self, at_least=1):
         """In sockmap mode the bytes must really have been moved by BPF."""
-        if self.mode == "sockmap":
+        if self.kernel:
             n = self.redirected()
             assert n >= at_least, "BPF verdict redirected only %d skbs" % n
 
@@ -133,6 +141,13 @@ class Proxy:
 def mode(request):
     if request.param == "sockmap":
         need_sockmap()
+    return request.param
+
+
+@pytest.fixture(params=["sockmap", "auto"])
+def kmode(request):
+    """The kernel-path modes, for tests about the kernel path itself."""
+    need_sockmap()
     return request.param
 
 

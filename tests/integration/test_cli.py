@@ -91,9 +91,9 @@ def _connects(port):
 
 
 @needs_bpf
-def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy):
+def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy, kmode):
     up = upstream(echo_after_101)
-    px = start_proxy(up.port, "sockmap")
+    px = start_proxy(up.port, kmode)
     s, _ = open_tunnel(px.port)
     s.sendall(b"x" * 1000)
     recv_exact(s, 1000)
@@ -115,9 +115,9 @@ def test_bpftool_shows_the_tunnel_and_its_bytes(upstream, start_proxy):
 
 
 @needs_bpf
-def test_two_instances_with_different_pin_dirs(upstream):
+def test_two_instances_with_different_pin_dirs(upstream, kmode):
     up = upstream(echo_after_101)
-    a, b = Proxy(up.port, "sockmap"), Proxy(up.port, "sockmap")
+    a, b = Proxy(up.port, kmode), Proxy(up.port, "sockmap")
     try:
         for px in (a, b):
             s, _ = open_tunnel(px.port)
@@ -167,19 +167,62 @@ def test_mounts_bpffs_when_missing():
     assert "tunnels" in r.stdout
 
 
-def test_auto_mode_is_the_copy_relay_and_says_so(upstream, start_proxy, tmp_path):
-    """auto = the measured best (docs/PERFORMANCE.md): the copy relay, with
-    one line saying so; no BPF is loaded and nothing is pinned."""
+def test_auto_mode_is_the_kernel_path_and_says_so(upstream, start_proxy):
+    """auto = sockmap wherever it loads, with one line saying so (the Proxy
+    fixture checks that line for every auto test); the bytes go through BPF."""
+    need_sockmap()
     up = upstream(echo_after_101)
-    px = start_proxy(up.port, "auto", extra=["--bpffs", str(tmp_path / "pins")])
+    px = start_proxy(up.port, "auto")
     s, _ = open_tunnel(px.port)
     s.sendall(b"auto")
     assert recv_exact(s, 4) == b"auto"
     s.close()
-    time.sleep(0.1)
     lines = [l for l in px.read_log().splitlines() if "mode auto" in l]
-    assert len(lines) == 1 and "the copy relay" in lines[0], px.read_log()
-    assert not os.path.exists(tmp_path / "pins")
+    assert len(lines) == 1 and "mode auto: sockmap" in lines[0], px.read_log()
+    px.assert_kernel_path()
+
+
+@needs_bpf
+@pytest.mark.parametrize("why", ["no capabilities", "pin directory outside bpffs", "pin directory in use"])
+def test_auto_falls_back_to_copy_with_one_line_saying_why(upstream, tmp_path, why):
+    """Where sockmap cannot run, auto is the copy relay, says why in one
+    line, and serves; nothing is left pinned."""
+    up = upstream(echo_after_101)
+    port = free_port()
+    pin, prefix, holder = "/sys/fs/bpf/wsplice-auto-%d" % os.getpid(), [], None
+    if why == "no capabilities":
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    elif why == "pin directory outside bpffs":
+        pin = str(tmp_path / "pins")
+    else:
+        need_sockmap()
+        holder = Proxy(up.port, "sockmap")
+        pin = holder.pin_dir
+    p = subprocess.Popen(prefix + [WSPLICE, "--listen", "127.0.0.1:%d" % port, "--upstream", "127.0.0.1:%d" % up.port,
+                                   "--bpffs", pin], stderr=subprocess.PIPE, text=True)
+    try:
+        def serving():
+            try:
+                s, _ = open_tunnel(port, timeout=1)
+            except OSError:
+                return False
+            s.sendall(b"copy")
+            ok = recv_exact(s, 4) == b"copy"
+            s.close()
+            return ok
+        assert wait_for(serving, timeout=10)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=10)
+        if holder:
+            holder.stop()
+    lines = [l for l in err.splitlines() if "mode auto" in l]
+    assert len(lines) == 1 and "mode auto: the copy relay (sockmap cannot run here: " in lines[0], err
+    assert {"no capabilities": "CAP_BPF", "pin directory outside bpffs": "not on a bpf filesystem",
+            "pin directory in use": "in use by another wsplice"}[why] in lines[0], lines[0]
+    assert p.returncode == 0, err
+    if why != "pin directory in use":
+        assert not os.path.exists(pin)
 
 
 def test_sockmap_without_capabilities_fails_with_one_line(upstream, tmp_path):
@@ -196,17 +239,17 @@ def test_sockmap_without_capabilities_fails_with_one_line(upstream, tmp_path):
 
 
 @needs_bpf
-def test_pins_of_a_killed_instance_are_replaced(upstream):
+def test_pins_of_a_killed_instance_are_replaced(upstream, kmode):
     """SIGKILL leaves the pins behind; the next instance on that directory
     pins fresh maps (libbpf would otherwise reuse the stale ones) and splices."""
     need_sockmap()
     up = upstream(echo_after_101)
-    a = Proxy(up.port, "sockmap")
+    a = Proxy(up.port, kmode)
     stale = bpftool_map_id(a.pin_dir + "/tunnels")
     a.proc.kill()
     a.proc.wait(5)
     assert os.path.exists(a.pin_dir + "/tunnels")
-    b = Proxy(up.port, "sockmap", pin_dir=a.pin_dir)
+    b = Proxy(up.port, kmode, pin_dir=a.pin_dir)
     try:
         assert bpftool_map_id(b.pin_dir + "/tunnels") != stale
         s, _ = open_tunnel(b.port)

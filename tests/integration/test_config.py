@@ -204,7 +204,7 @@ def test_round_robin_spreads_requests(upstream, start_proxy):
     assert seen[:3] != [seen[0]] * 3
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "copy"])
 def test_least_connections_counts_open_tunnels(upstream, start_proxy, mode):
     a, b = upstream(named("a")), upstream(named("b"))
     px = start_proxy(0, mode, config=pool_config([a.port, b.port], balance="leastconn"))
@@ -274,7 +274,7 @@ def test_websocket_off_and_origin_allow_list(upstream, start_proxy):
     assert get(px.port, "/plain") == (200, "a")  # plain HTTP on that route still works
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "splice"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "splice"])
 def test_max_tunnels_per_route(upstream, start_proxy, mode):
     up = upstream(named("a"))
     px = start_proxy(0, mode, config=ws_config(up.port, "max_tunnels = 2"))
@@ -308,7 +308,7 @@ def test_x_forwarded_from_an_untrusted_peer_is_replaced(upstream, start_proxy):
     assert fields["x-forwarded-for"] == ["127.0.0.1"] and fields["x-forwarded-proto"] == ["http"]
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "splice", "copy"])
 def test_sighup_reload_keeps_tunnels_and_requests_in_flight(upstream, start_proxy, mode):
     release = threading.Event()
 

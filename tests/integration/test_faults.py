@@ -50,9 +50,9 @@ def lossy_ns():
         sh("ip", "netns", "del", ns, check=False)
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "copy"])
 def test_bulk_echo_across_a_lossy_duplicating_loopback(lossy_ns, mode):
-    if mode == "sockmap":
+    if mode != "copy":
         need_sockmap()
     ns, map_id = lossy_ns
     # nsenter changes only the network namespace: the host's bpffs stays.
@@ -75,7 +75,7 @@ def test_bulk_echo_across_a_lossy_duplicating_loopback(lossy_ns, mode):
                     failures.append("rep %d: %s %s" % (rep, out.strip(), err.strip()))
         faults = percpu_sums(map_id)
         line = "faults [%s]: %d segments seen, %d dropped, %d duplicated" % (mode, faults[0], faults[1], faults[2])
-        if mode == "sockmap":
+        if mode != "copy":
             from wsutil import bpf_counter
             k = {i: bpf_counter(pin, i) for i in (WS_CNT_REDIRECTED, WS_CNT_OVERLAP_SKBS, WS_CNT_TRIM_FAILED,
                                                   WS_CNT_PAUSES)}

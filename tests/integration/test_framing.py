@@ -190,7 +190,7 @@ def test_http_1_0_client_never_gets_chunked(upstream, start_proxy):
     assert parse_head(up.requests[0])[0] == "GET / HTTP/1.0"
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "splice", "copy"])
 def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
     """The pooled connection has carried a request before the upgrade: the
     tunnel's byte accounting (the sockmap FIN check) must count from the
@@ -216,4 +216,4 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
 
 
 def bpf_tunnels_or_empty(px):
-    return bpf_tunnels(px.pin_dir) if px.mode == "sockmap" else []
+    return bpf_tunnels(px.pin_dir) if px.kernel else []

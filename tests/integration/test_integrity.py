@@ -40,11 +40,11 @@ def test_bulk_streams_under_backpressure_arrive_intact(start_proxy, mode):
                 out, err = p.communicate(timeout=120)
                 if p.returncode != 0 or "verified=1" not in out:
                     failures.append("rep %d: %s" % (rep, err.strip()))
-        if mode == "sockmap":
+        if px.kernel:
             trims = [bpf_counter(px.pin_dir, i) for i in (WS_CNT_OVERLAP_SKBS, WS_CNT_OVERLAP_BYTES, WS_CNT_TRIM_FAILED)]
             pauses = bpf_counter(px.pin_dir, WS_CNT_PAUSES)
-            report("bulk echo [sockmap]: %d skbs came partly delivered, %d bytes trimmed, %d trims failed; "
-                   "%d pauses" % (*trims, pauses))
+            report("bulk echo [%s]: %d skbs came partly delivered, %d bytes trimmed, %d trims failed; "
+                   "%d pauses" % (mode, *trims, pauses))
             failures += ["a trim failed"] if trims[2] else []
             # Pausing is what this test is about: it must have happened, in the kernel.
             failures += ["no pause happened"] if not pauses else []

@@ -51,7 +51,8 @@ def in_ns(ns, *args):
     return ["nsenter", "--net=/run/netns/" + ns, *args]
 
 
-def test_sockmap_splice_across_veth_hosts_and_native_xdp(hosts):
+@pytest.mark.parametrize("mode", ["sockmap", "auto"])
+def test_sockmap_splice_across_veth_hosts_and_native_xdp(hosts, mode):
     need_sockmap()
     pin = "/sys/fs/bpf/wsplice-netns-%d" % os.getpid()
     echo = subprocess.Popen(in_ns(hosts["upstream"], os.path.join(BENCH, "ws_echo"), "9000", "10.77.2.2"),
@@ -60,7 +61,7 @@ def test_sockmap_splice_across_veth_hosts_and_native_xdp(hosts):
     try:
         assert echo.stdout.readline().strip() == "ready"
         proxy = subprocess.Popen(in_ns(hosts["proxy"], WSPLICE, "--listen", "10.77.1.1:8080",
-                                       "--upstream", "10.77.2.2:9000", "--mode", "sockmap", "--bpffs", pin),
+                                       "--upstream", "10.77.2.2:9000", "--mode", mode, "--bpffs", pin),
                                  stderr=subprocess.PIPE, text=True)
         load = os.path.join(BENCH, "ws_load")
 

@@ -96,7 +96,7 @@ def what_the_proxy_saw(px, up, mode):
     time.sleep(0.5)
     counters = ""
     try:  # no_link, no_peer, redirected, pauses, trimmed skbs, trimmed bytes, failed trims
-        if mode == "sockmap":
+        if px.kernel:
             counters = " ".join(str(bpf_counter(px.pin_dir, k)) for k in range(7))
     except Exception as e:
         counters = repr(e)
@@ -124,7 +124,7 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
                                  % (i, pattern, took, repr(e)[:300], what_the_proxy_saw(px, up, mode))) from None
     if not wait_for(lambda: px.fd_count() == base_fds, timeout=10):
         raise AssertionError("fds: %d, baseline %d\n%s" % (px.fd_count(), base_fds, what_the_proxy_saw(px, up, mode)))
-    if mode == "sockmap":
+    if px.kernel:
         assert wait_for(lambda: maps_empty(px.pin_dir), timeout=5), "map entries leaked"
         fallbacks = px.read_log().count("falls back to the copy relay")
         report("1000 cycles [%s]: %d kernel redirects, %d insertions fell back to the copy relay"
@@ -299,7 +299,7 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
     peak_inflight = 0
     while w.is_alive():
         samples.append((time.monotonic(), state["sent"], mem_available()))
-        if mode == "sockmap":
+        if px.kernel:
             for t in bpf_tunnels(px.pin_dir):
                 peak_inflight = max(peak_inflight, t["dir"][0]["peak_inflight"])
         time.sleep(0.1)
@@ -319,7 +319,7 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
     mem_drop = (mem_before - min(m for _, _, m in samples)) / (1 << 20)
     report("1 GiB, reader stalled %.0f s [%s]: sender blocked after %d MiB; peak BPF in-flight %.1f MiB; "
            "MemAvailable drop %.1f MiB" % (stall, mode, held_mib, peak_inflight / (1 << 20), mem_drop))
-    if mode == "sockmap":
+    if px.kernel:
         # The hard bound of the kernel's pause (docs/KERNEL.md, "the pause"):
         # the default 4 MiB budget plus the spliced sockets' locked 2 MiB
         # receive buffer, which a resume releases at once.

@@ -93,7 +93,7 @@ def test_unreachable_upstream_is_502_at_once(start_proxy):
     assert time.monotonic() - t0 < 0.5
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "splice", "copy"])
 def test_idle_tunnel_timeout_counts_traffic_the_kernel_moved(upstream, start_proxy, mode):
     up = upstream(echo_after_101)
     px = start_proxy(0, mode, config=config(up.port, "tunnel_idle_timeout = 1s"))
@@ -114,7 +114,7 @@ def test_idle_tunnel_timeout_counts_traffic_the_kernel_moved(upstream, start_pro
     px.assert_kernel_path()
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "copy"])
 def test_tunnels_never_time_out_by_default(upstream, start_proxy, mode):
     up = upstream(echo_after_101)
     px = start_proxy(0, mode, config=config(up.port))
@@ -125,7 +125,7 @@ def test_tunnels_never_time_out_by_default(upstream, start_proxy, mode):
     s.close()
 
 
-@pytest.mark.parametrize("mode", ["sockmap", "splice"])
+@pytest.mark.parametrize("mode", ["sockmap", "auto", "splice"])
 def test_half_closed_tunnel_has_its_own_timeout(upstream, start_proxy, mode):
     got_fin = threading.Event()
 

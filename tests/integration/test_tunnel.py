@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from conftest import need_sockmap
 from wsutil import (bpf_tunnels, echo_after_101, key_of, one_route_config, open_tunnel, recv_exact, recv_until_eof,
                     switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
@@ -56,7 +55,7 @@ def test_random_4mib_both_ways(upstream, start_proxy, mode):
     px.assert_kernel_path(at_least=2)
 
 
-def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy):
+def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy, kmode):
     """The upstream writes the 101 and 4 MiB in one call and the client
     streams 4 MiB as soon as it has the 101: the handshake must still hand the
     sockets to the kernel, not relay the transfer while it waits for the
@@ -74,7 +73,7 @@ def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy):
         recv_until_eof(conn)
 
     up = upstream(handler)
-    px = start_proxy(up.port, "sockmap")
+    px = start_proxy(up.port, kmode)
     s, rest = open_tunnel(px.port)
     t = threading.Thread(target=s.sendall, args=(payload,))
     t.start()
@@ -345,17 +344,16 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
     assert recv_until_eof(s, timeout=10) == payload[::-1]
     s.close()
     px.assert_kernel_path()
-    assert wait_for(lambda: not bpf_tunnels(px.pin_dir) if mode == "sockmap" else True, timeout=5)
+    assert wait_for(lambda: not bpf_tunnels(px.pin_dir) if px.kernel else True, timeout=5)
 
 
-def test_sockmap_sockets_get_their_buffers_at_establishment(upstream, start_proxy):
+def test_sockmap_sockets_get_their_buffers_at_establishment(upstream, start_proxy, kmode):
     """The sock_ops program sizes both spliced sockets at establishment (no
     system call at the 101): the receive buffer locked at half the budget,
     which the in-flight bound counts on, the send buffer at 4 MiB. The
     kernel doubles what SO_RCVBUF/SO_SNDBUF ask for; ss shows the result."""
-    need_sockmap()
     up = upstream(echo_after_101)
-    px = start_proxy(up.port, "sockmap")
+    px = start_proxy(up.port, kmode)
     s, _ = open_tunnel(px.port)
     s.sendall(b"sized")
     assert recv_exact(s, 5) == b"sized"

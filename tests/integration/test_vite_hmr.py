@@ -50,8 +50,8 @@ def vite():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_vite_hmr_through_wsplice_sockmap(vite, start_proxy):
-    px = start_proxy(vite["port"], "sockmap", listen_port=vite["proxy_port"])
+def test_vite_hmr_through_wsplice_sockmap(vite, start_proxy, kmode):
+    px = start_proxy(vite["port"], kmode, listen_port=vite["proxy_port"])
     r = subprocess.run(["node", os.path.join(HMR, "hmr_check.js"), "http://127.0.0.1:%d/" % px.port,
                         os.path.join(vite["app"], "msg.js")], capture_output=True, text=True, timeout=120)
     out = r.stdout.strip().splitlines()
