@@ -321,14 +321,15 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
            "MemAvailable drop %.1f MiB" % (stall, mode, held_mib, peak_inflight / (1 << 20), mem_drop))
     if px.kernel:
         # The hard bound of the kernel's pause (docs/KERNEL.md, "the pause"):
-        # the default 4 MiB budget plus the spliced sockets' locked 2 MiB
-        # receive buffer, which a resume releases at once.
+        # the default 4 MiB budget plus the spliced sockets' receive buffer,
+        # which a resume releases at once: SO_RCVBUF 2 MiB, which the kernel
+        # doubles to 4 MiB (test_sockmap_sockets_get_their_buffers_...).
         pauses = bpf_counter(px.pin_dir, WS_CNT_PAUSES)
         unflagged = bpf_counter(px.pin_dir, WS_CNT_UNFLAGGED)
         report("1 GiB, reader stalled [sockmap]: %d pauses carried out by sock_ops, %d header callbacks "
                "deferred inside a verdict loop" % (pauses, bpf_counter(px.pin_dir, WS_CNT_PAUSE_DEFERRED)))
         assert pauses > 0 and unflagged == 0, "pauses %d, requests on unflagged sockets %d" % (pauses, unflagged)
-        assert peak_inflight <= (4 << 20) + (2 << 20), "in-flight grew to %d" % peak_inflight
+        assert peak_inflight <= (4 << 20) + (4 << 20), "in-flight grew to %d" % peak_inflight
     assert held_mib < 200, "%d MiB accepted from the sender during the stall" % held_mib
     assert mem_drop < 256, "MemAvailable fell by %.0f MiB" % mem_drop
     s.close()
