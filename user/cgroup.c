@@ -64,11 +64,9 @@ int cgroup_open_self(struct cgroup_dir *cg, char *why, size_t whylen)
 
 	cg->fd = -1;
 	cg->mounted[0] = '\0';
-	if (own_path(rel, sizeof(rel)) < 0) {
-		snprintf(why, whylen, "/proc/self/cgroup names no cgroup v2 path");
-		return -1;
-	}
-	if (find_in_mounts(rel, path, sizeof(path)) < 0) {
+	/* /proc/self/cgroup shows the v2 line only once a cgroup2 hierarchy has
+	 * been mounted somewhere (seen on Debian's 6.12 in the VM). */
+	if (own_path(rel, sizeof(rel)) < 0 || find_in_mounts(rel, path, sizeof(path)) < 0) {
 		/* A host with cgroup v1 only: the process is in the v2 root. */
 		if ((mkdir(OWN_MOUNT, 0700) < 0 && errno != EEXIST) || mount("cgroup2", OWN_MOUNT, "cgroup2", 0, NULL)) {
 			snprintf(why, whylen, "no cgroup2 mount, and mounting one on %s failed: %s", OWN_MOUNT,
@@ -76,6 +74,11 @@ int cgroup_open_self(struct cgroup_dir *cg, char *why, size_t whylen)
 			return -1;
 		}
 		snprintf(cg->mounted, sizeof(cg->mounted), "%s", OWN_MOUNT);
+		if (own_path(rel, sizeof(rel)) < 0) {
+			snprintf(why, whylen, "/proc/self/cgroup names no cgroup v2 path");
+			cgroup_close(cg);
+			return -1;
+		}
 		snprintf(path, sizeof(path), "%s%s", OWN_MOUNT, rel);
 		log_info("mounted cgroup2 on %s: the pause program sees every socket of the host's root cgroup "
 			 "(it flags only the configured ports' sockets)", OWN_MOUNT);
