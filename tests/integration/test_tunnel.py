@@ -2,6 +2,7 @@
 half-close, reset, and the handshake edge cases of the drain (docs/KERNEL.md, invariant 1)."""
 import hashlib
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -360,10 +361,9 @@ def test_sockmap_sockets_get_their_buffers_at_establishment(upstream, start_prox
     out = subprocess.run(["ss", "-tmnH", "( sport = :%d or dport = :%d )" % (px.port, up.port)],
                          capture_output=True, text=True, check=True).stdout
     # Exactly the proxy's two sockets match: the accepted one (source port =
-    # the listener's) and its connection to the upstream; each line is
-    # followed by its skmem line.
-    lines = out.splitlines()
-    mems = [lines[i + 1] for i, l in enumerate(lines) if l.startswith("ESTAB")]
+    # the listener's) and its connection to the upstream. ss puts each one's
+    # skmem on a line of its own or not, depending on the terminal.
+    mems = re.findall(r"skmem:\(([^)]*)\)", out)
     assert len(mems) == 2, out
     for m in mems:
         assert "rb%d," % (4 << 20) in m and "tb%d," % (8 << 20) in m, out
