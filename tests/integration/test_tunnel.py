@@ -364,6 +364,10 @@ def test_sockmap_sockets_get_their_buffers_at_establishment(upstream, start_prox
     # the listener's) and its connection to the upstream. ss puts each one's
     # skmem on a line of its own or not, depending on the terminal.
     mems = re.findall(r"skmem:\(([^)]*)\)", out)
+    if not mems and out.count("ESTAB") == 2:
+        # No inet_diag (the VM's initramfs): ss read /proc/net/tcp, which
+        # has no socket memory. The host runs this in every CI run.
+        pytest.skip("ss shows no skmem here (no inet_diag)")
     assert len(mems) == 2, out
     for m in mems:
         assert "rb%d," % (4 << 20) in m and "tb%d," % (8 << 20) in m, out
