@@ -60,11 +60,15 @@ def test_bulk_echo_across_a_lossy_duplicating_loopback(lossy_ns, mode):
     pin = "/sys/fs/bpf/wsplice-faults-%d" % os.getpid()
     echo = subprocess.Popen(run + [os.path.join(BENCH, "ws_echo"), "9000"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    # The echo server first: a proxy without BPF to load (copy) listens at
+    # once, and a load that came before ws_echo would get a 502.
+    listening = lambda port: sh(*run, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/%d" % port,
+                                check=False).returncode == 0
+    assert wait_for(lambda: listening(9000), timeout=10), "ws_echo did not listen in the namespace"
     proxy = subprocess.Popen(run + [WSPLICE, "--listen", "127.0.0.1:9100", "--upstream", "127.0.0.1:9000", "--mode",
                                     mode, "--bpffs", pin], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        up = lambda: sh(*run, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9100", check=False).returncode == 0
-        assert wait_for(up, timeout=10), "wsplice did not listen in the namespace"
+        assert wait_for(lambda: listening(9100), timeout=10), "wsplice did not listen in the namespace"
         failures = []
         for rep in range(5):
             loads = [subprocess.Popen(run + [os.path.join(BENCH, "ws_load"), "127.0.0.1", "9100", "tput", "128"],
