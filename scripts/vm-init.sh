@@ -35,6 +35,11 @@ mount -t tmpfs tmpfs $r/dev/shm 2>/dev/null
 mount -t bpf bpf $r/sys/fs/bpf
 ip link set lo up
 echo "vmtest: kernel $(uname -r), running: $cmd"
+# Hold the sock_ops static key on, so no daemon start or stop patches kernel
+# text under TCG (scripts/vm-keep-static-keys.sh says why).
+chroot $r /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	/bin/bash "$work/scripts/vm-keep-static-keys.sh" ||
+	echo "vmtest: warning: the sock_ops static key is not held; a daemon start may patch kernel text"
 chroot $r /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	TERM=dumb CI="${CI:-}" /bin/bash -c "$cmd"
 echo "WSPLICE-VMTEST-EXIT=$?"

@@ -122,8 +122,16 @@ run_kernel() {
 	status=$(sed -n 's/.*WSPLICE-VMTEST-EXIT=\([0-9]*\).*/\1/p' "$log" | tail -n 1)
 	grep -E '^(=+ .*(passed|failed|error).*=+|[0-9]+ (passed|failed).*)$' "$log" | tail -n 1 | sed "s/^/  $series: /" || true
 	if [ -z "$status" ]; then
-		echo "vmtest: kernel $series: no exit marker (boot failed or timed out); log: $log"
-		tail -n 20 "$log"
+		echo "vmtest: kernel $series: no exit marker (boot failed, panicked or timed out); log: $log"
+		# A panic: the oops from its first line (where the cause is), and
+		# the last test output before it.
+		local oops
+		oops=$(grep -n -m1 -E '(BUG:|Oops|int3: |general protection|invalid opcode|Kernel panic)' "$log" | cut -d: -f1)
+		if [ -n "$oops" ]; then
+			sed -n "$((oops > 5 ? oops - 5 : 1)),$((oops + 45))p" "$log"
+		else
+			tail -n 20 "$log"
+		fi
 		return 1
 	fi
 	echo "vmtest: kernel $series ($(basename "$dir")): exit $status; log: $log"
