@@ -4,8 +4,9 @@
 # sock_ops static key stays enabled for the whole boot and wsplice's
 # attach/detach at each daemon start and stop never rewrites kernel text
 # (the reason: bpf/keep_sockops_key.bpf.c). The cgroup2 hierarchy is
-# mounted at a private path and unmounted again, so the daemon still
-# finds no cgroup2 mount and takes its own mounting path, as on a bare host.
+# mounted at a private path and unmounted again, so the daemon still finds
+# no cgroup2 mount and mounts its own; /proc/self/cgroup has its 0:: line
+# from here on, so the never-mounted case is the host's to cover.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 obj=build/keep_sockops_key.bpf.o
