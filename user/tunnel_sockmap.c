@@ -1,7 +1,8 @@
 /* The in-kernel splice engine: both sockets go into the SOCKHASH maps and
  * the verdict program moves every byte. Before that, what userspace still
- * holds is written out (the drain); afterwards userspace only watches for
- * FIN, RST and pauses. Byte accounting compares the verdict's
+ * holds is written out (the drain), and the first byte either end sends
+ * inserts the tunnel; afterwards userspace only watches for FIN, RST and
+ * pauses. Byte accounting compares the verdict's
  * per-direction count with each socket's TCP counters (docs/KERNEL.md, "FIN
  * and the byte equation"). Everything sockmap-only lives here: tunnel ids,
  * pause state, the kernel's activity stamp, the FIN byte bases. */
@@ -346,6 +347,39 @@ static void drain(struct sm_tunnel *t, struct engine_io *io)
 		return;
 	for (int d = 0; d < 2; d++)
 		buf_release(&t->dir[d].buf);
+	/* Armed: the first byte from either end inserts the tunnel, a FIN
+	 * before any byte hands it to the copy relay (docs/KERNEL.md,
+	 * "Insertion on the first byte"). Level-triggered, so a byte that came
+	 * during the drain fires at once. */
+	for (int e = 0; e < 2; e++)
+		io->want[e] = EPOLLIN | EPOLLRDHUP;
+}
+
+/* Drained, not yet inserted: waiting for a first byte. */
+static bool armed(const struct sm_tunnel *t)
+{
+	return !t->in_kernel && !buf_len(&t->dir[0].buf) && !buf_len(&t->dir[1].buf);
+}
+
+/* An event before insertion. A tunnel that closes without carrying a byte
+ * (a connect, upgrade and close) never pays for a psock: the kernel's
+ * set-up and teardown cost more than the copy relay's whole life of it. */
+static void before_insertion(struct sm_tunnel *t, int end, uint32_t events, struct engine_io *io)
+{
+	if ((events & (EPOLLERR | EPOLLHUP)) && sock_error(t->fd[end])) {
+		set_reset(io, end);
+		return;
+	}
+	if (!armed(t)) {
+		drain(t, io);
+		return;
+	}
+	if (events & (EPOLLRDHUP | EPOLLHUP)) {
+		log_debug("tunnel: %s FIN before any payload: the copy relay finishes the tunnel",
+			  end == TUNNEL_END_CLIENT ? "client" : "upstream");
+		io->verdict = ENGINE_FALLBACK;
+		return;
+	}
 	insert(t, io);
 }
 
@@ -355,10 +389,7 @@ static void sockmap_event(void *st, int end, uint32_t events, struct engine_io *
 	int d = end_dir(end);
 
 	if (!t->in_kernel) {
-		if ((events & (EPOLLERR | EPOLLHUP)) && sock_error(t->fd[end]))
-			set_reset(io, end);
-		else
-			drain(t, io);
+		before_insertion(t, end, events, io);
 		return;
 	}
 	if (events & (EPOLLERR | EPOLLHUP)) {
@@ -476,7 +507,8 @@ static void sockmap_describe(void *st, char *out, size_t len)
 
 	if (t->in_kernel)
 		dataplane_tunnel_read(t->sm->dp, t->id, &tv);
-	n = snprintf(out, len, "id %u%s", t->id, t->in_kernel ? "" : " (draining)");
+	n = snprintf(out, len, "id %u%s", t->id,
+		     t->in_kernel ? "" : armed(t) ? " (armed: no byte yet)" : " (draining)");
 	for (int d = 0; d < 2 && n < len; d++) {
 		const struct sm_dir *dd = &t->dir[d];
 

@@ -35,10 +35,25 @@ def _drain_quietly(sock, timeout=3.0):
         pass
 
 
+# A warm cycle trades a ping, a pong and the client's ack of the pong before its pattern, so the tunnel
+# is in the kernel when the pattern's FINs and RSTs come (a sockmap tunnel enters it with its first
+# byte), and the upstream's pattern (an RST, say) cannot overtake the pong. A cold one starts its pattern
+# at once: its first byte and its FIN may come together, and the copy relay may finish it.
+PING, PONG, ACK = b"ping", b"pong", b"!"
+
+
 def cycle_upstream(conn, head, rest):
-    _, pattern, seed = head.split(b" ")[1].decode().strip("/").split("/")
+    _, pattern, seed, warmth = head.split(b" ")[1].decode().strip("/").split("/")
     to_client, from_client = payload(seed, "up"), payload(seed, "client")
     conn.sendall(switching_protocols(key_of(head)))
+    if warmth == "warm":
+        got = rest[: len(PING)] + (recv_exact(conn, len(PING) - len(rest)) if len(rest) < len(PING) else b"")
+        assert got == PING, "warm %s: ping %r" % (seed, got)
+        rest = rest[len(PING):]
+        conn.sendall(PONG)
+        got = rest[: len(ACK)] + (recv_exact(conn, len(ACK) - len(rest)) if len(rest) < len(ACK) else b"")
+        assert got == ACK, "warm %s: ack %r" % (seed, got)
+        rest = rest[len(ACK):]
     if pattern == "client-fin":
         got = rest + recv_until_eof(conn)
         assert got == from_client, "client-fin %s: %d != %d" % (seed, len(got), len(from_client))
@@ -58,9 +73,14 @@ def cycle_upstream(conn, head, rest):
         _drain_quietly(conn)
 
 
-def run_cycle(port, pattern, seed):
+def run_cycle(port, pattern, seed, warm):
     to_client, from_client = payload(seed, "up"), payload(seed, "client")
-    s, rest = open_tunnel(port, "/cycle/%s/%d" % (pattern, seed))
+    s, rest = open_tunnel(port, "/cycle/%s/%d/%s" % (pattern, seed, "warm" if warm else "cold"))
+    if warm:
+        assert rest == b"", "warm %d: %d bytes before the ping" % (seed, len(rest))
+        s.sendall(PING)
+        assert recv_exact(s, len(PONG)) == PONG, "warm %d: no pong" % seed
+        s.sendall(ACK)
     if pattern in ("client-fin", "both-fin"):  # the upstream sends FIN first or at the same time
         s.sendall(from_client)
         s.shutdown(socket.SHUT_WR)
@@ -116,19 +136,25 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
         pattern = rnd.choice(PATTERNS)
         started = time.monotonic()
         try:
-            run_cycle(px.port, pattern, i)
+            run_cycle(px.port, pattern, i, warm=i % 2 == 0)
         except (AssertionError, OSError) as e:
             took = time.monotonic() - started
             # Not chained, and the cause cut short: a bytes diff would push the rest out of CI's excerpt.
-            raise AssertionError("cycle %d (%s) failed after %.3f s: %s\n%s"
-                                 % (i, pattern, took, repr(e)[:300], what_the_proxy_saw(px, up, mode))) from None
+            raise AssertionError("cycle %d (%s, %s) failed after %.3f s: %s\n%s"
+                                 % (i, pattern, "warm" if i % 2 == 0 else "cold", took, repr(e)[:300],
+                                    what_the_proxy_saw(px, up, mode))) from None
     if not wait_for(lambda: px.fd_count() == base_fds, timeout=10):
         raise AssertionError("fds: %d, baseline %d\n%s" % (px.fd_count(), base_fds, what_the_proxy_saw(px, up, mode)))
     if px.kernel:
         assert wait_for(lambda: maps_empty(px.pin_dir), timeout=5), "map entries leaked"
-        fallbacks = px.read_log().count("falls back to the copy relay")
-        report("1000 cycles [%s]: %d kernel redirects, %d insertions fell back to the copy relay"
-               % (mode, px.redirected(), fallbacks))
+        log = px.read_log()
+        spliced = log.count(" spliced in the kernel")
+        report("1000 cycles [%s]: %d kernel redirects, %d tunnels spliced, %d finished by the copy relay after a "
+               "FIN before the first byte, %d insertions fell back to it"
+               % (mode, px.redirected(), spliced, log.count("FIN before any payload"),
+                  log.count("falls back to the copy relay")))
+        # Every warm cycle's tunnel is spliced: its ping comes alone, long before any FIN.
+        assert spliced >= 500, "only %d of 1000 tunnels were spliced" % spliced
     px.assert_kernel_path(at_least=1000)
 
 

@@ -89,6 +89,81 @@ def test_sockmap_splices_peers_streaming_from_the_101_on(upstream, start_proxy, 
         "the kernel moved only %d bytes client->upstream and %d upstream->client of %d" % (c2u, u2c, size)
 
 
+@pytest.mark.parametrize("speaker", ["client", "upstream"])
+def test_a_tunnel_enters_the_kernel_with_its_first_byte(upstream, start_proxy, kmode, speaker):
+    """After the 101 a sockmap tunnel waits outside the kernel (no map entry)
+    until either end sends a byte; that byte inserts it, and the kernel moves
+    it and every later one (docs/KERNEL.md, "Insertion on the first byte")."""
+    go, done = threading.Event(), threading.Event()
+    to_client, to_upstream = os.urandom(3000), os.urandom(2000)
+    got = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        assert go.wait(10)
+        if speaker == "upstream":
+            conn.sendall(to_client)
+        got["up"] = rest + recv_exact(conn, len(to_upstream) - len(rest))
+        if speaker == "client":
+            conn.sendall(to_client)
+        recv_until_eof(conn)
+        done.set()
+
+    up = upstream(handler)
+    px = start_proxy(up.port, kmode, extra=("-v",))
+    s, rest = open_tunnel(px.port)
+    assert rest == b""
+    time.sleep(0.2)
+    assert bpf_tunnels(px.pin_dir) == [], "an idle tunnel entered the kernel before its first byte"
+    assert px.redirected() == 0
+    go.set()
+    if speaker == "client":
+        s.sendall(to_upstream)
+    assert recv_exact(s, len(to_client)) == to_client
+    if speaker == "upstream":
+        s.sendall(to_upstream)
+    assert wait_for(lambda: "up" in got, timeout=10) and got["up"] == to_upstream
+    (tunnel,) = bpf_tunnels(px.pin_dir)
+    c2u, u2c = (d["bytes"] for d in tunnel["dir"])
+    assert (c2u, u2c) == (len(to_upstream), len(to_client)), "the kernel did not move every byte"
+    s.close()
+    assert done.wait(10) and wait_for(lambda: not bpf_tunnels(px.pin_dir), timeout=5)
+    assert px.read_log().count(" spliced in the kernel") == 1
+    px.assert_kernel_path(at_least=2)
+
+
+@pytest.mark.parametrize("closer", ["client", "upstream"])
+def test_a_tunnel_closed_before_its_first_byte_never_enters_the_kernel(upstream, start_proxy, kmode, closer):
+    """Connect, upgrade, close: the FIN comes before any byte, so the copy
+    relay passes it on and the kernel never gets the sockets (no psock to set
+    up and tear down for a tunnel that carries nothing)."""
+    closed = threading.Event()
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        if closer == "upstream":
+            conn.shutdown(socket.SHUT_WR)
+        assert rest + recv_until_eof(conn) == b""
+        closed.set()
+
+    up = upstream(handler)
+    px = start_proxy(up.port, kmode, extra=("-v",))
+    base_fds = px.fd_count()
+    for _ in range(3):
+        closed.clear()
+        s, rest = open_tunnel(px.port)
+        if closer == "client":
+            s.shutdown(socket.SHUT_WR)
+        assert rest + recv_until_eof(s) == b""
+        s.close()
+        assert closed.wait(10), "the upstream did not see the tunnel close"
+    assert wait_for(lambda: px.fd_count() == base_fds, timeout=5)
+    log = px.read_log()
+    assert log.count("%s FIN before any payload" % closer) == 3, log
+    assert " spliced in the kernel" not in log
+    assert px.redirected() == 0 and bpf_tunnels(px.pin_dir) == []
+
+
 def test_10000_small_messages_in_order(upstream, start_proxy, mode):
     up = upstream(echo_after_101)
     px = start_proxy(up.port, mode)
