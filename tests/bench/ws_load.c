@@ -3,7 +3,8 @@
  *   ws_load HOST PORT rtt  CONNS MSGS [SAMPLES_FILE]  64-byte frames, strict ping-pong per connection
  *   ws_load HOST PORT tput MIB                        64 KiB frames echoed back, every byte verified
  *   ws_load HOST PORT hs   SECONDS                    connect, upgrade, close, one at a time
- *   ws_load HOST PORT idle CONNS                      open idle tunnels, print "ready", hold until stdin closes */
+ *   ws_load HOST PORT idle CONNS                      open tunnels, one echoed frame each, then hold them
+ *                                                     idle: print "ready", hold until stdin closes */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -254,8 +255,18 @@ static void mode_idle(int conns)
 	int *fds = malloc(sizeof(int) * conns);
 	char c;
 
-	for (int i = 0; i < conns; i++)
+	/* One echoed frame each: an idle tunnel is one that carried a message
+	 * and went quiet, which puts it in the kernel path's maps (a sockmap
+	 * tunnel enters them with its first byte). */
+	for (int i = 0; i < conns; i++) {
+		unsigned char f[RTT_MSG], back[RTT_MSG];
+
 		fds[i] = open_tunnel();
+		rtt_frame(f, (uint32_t)i);
+		if (write_all(fds[i], f, sizeof(f)) < 0 || read_all(fds[i], back, sizeof(back)) < 0 ||
+		    memcmp(f, back, sizeof(f)))
+			die("idle tunnel %d: the echo failed", i);
+	}
 	printf("ready conns=%d\n", conns);
 	fflush(stdout);
 	while (read(0, &c, 1) > 0)
