@@ -4,17 +4,58 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 #include "listener.h"
 #include "log.h"
 #include "session.h"
 #include "upstream.h"
 
+/* How long a listener stops accepting when the process is out of file
+ * descriptors or memory (nginx waits accept_mutex_delay, 500 ms, and
+ * HAProxy until a connection closes). The connection stays in the accept
+ * queue meanwhile; nothing is refused. */
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_PAUSE_LOG_MS 1000
+
 struct listener {
 	struct proxy *px;
 	struct ev_handler h;
+	struct ev_handler resume; /* a one-shot timer, made at open: no fd is free when it is needed */
+	uint64_t pauses, logged_pauses, last_log_ms;
 	char name[CFG_NAME_MAX]; /* routes name the listener they serve */
+	char where[256 + 8 + 3]; /* host:port, for the log */
 };
+
+/* A listener is level-triggered: without the pause, a queued connection
+ * that cannot be accepted woke the loop at once, forever, with a log line
+ * each time. */
+static void pause_accepting(struct listener *l, int err)
+{
+	struct itimerspec its = { .it_value = { 0, ACCEPT_PAUSE_MS * 1000000L } };
+	uint64_t now = ev_now_ms();
+
+	l->pauses++;
+	if (!l->last_log_ms || now - l->last_log_ms >= ACCEPT_PAUSE_LOG_MS) {
+		log_warn("accept on %s: %s: not accepting for %d ms (%llu such pauses since the last line)", l->where,
+			 strerror(err), ACCEPT_PAUSE_MS, (unsigned long long)(l->pauses - l->logged_pauses));
+		l->logged_pauses = l->pauses;
+		l->last_log_ms = now;
+	}
+	if (timerfd_settime(l->resume.fd, 0, &its, NULL) == 0)
+		ev_watch(l->px->loop, &l->h, 0);
+}
+
+static void on_resume(struct ev_handler *h, uint32_t events)
+{
+	struct listener *l = container_of(h, struct listener, resume);
+	uint64_t expirations;
+
+	(void)events;
+	if (read(h->fd, &expirations, sizeof(expirations)) < 0 && errno == EAGAIN)
+		return;
+	ev_watch(l->px->loop, &l->h, EPOLLIN);
+}
 
 static void on_accept(struct ev_handler *h, uint32_t events)
 {
@@ -28,8 +69,10 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 		int fd = accept4(h->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				log_warn("accept: %s", strerror(errno));
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+				pause_accepting(l, errno);
+			else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				log_warn("accept on %s: %s", l->where, strerror(errno));
 			return;
 		}
 		socket_tune(fd);
@@ -54,11 +97,21 @@ struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, 
 		free(l);
 		return NULL;
 	}
+	l->resume.fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (l->resume.fd < 0) {
+		snprintf(err, errlen, "listener %s:%s: timerfd: %s", ep->host, ep->port, strerror(errno));
+		close(fd);
+		free(l);
+		return NULL;
+	}
 	l->px = px;
 	snprintf(l->name, sizeof(l->name), "%s", lc->name);
+	snprintf(l->where, sizeof(l->where), "%s:%s", ep->host, ep->port);
 	l->h.fd = fd;
 	l->h.on_event = on_accept;
+	l->resume.on_event = on_resume;
 	ev_watch(px->loop, &l->h, EPOLLIN);
+	ev_watch(px->loop, &l->resume, EPOLLIN);
 	return l;
 }
 
@@ -67,6 +120,8 @@ void listener_close(struct listener *l)
 	if (!l)
 		return;
 	ev_watch(l->px->loop, &l->h, 0);
+	ev_watch(l->px->loop, &l->resume, 0);
 	close(l->h.fd);
+	close(l->resume.fd);
 	free(l);
 }

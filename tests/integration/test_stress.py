@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import WS_CNT_PAUSE_DEFERRED, WS_CNT_PAUSES, WS_CNT_UNFLAGGED, report
-from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, key_of, mem_available, open_tunnel, recv_exact,
+from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, echo_after_101, key_of, mem_available, open_tunnel, recv_exact,
                     recv_until_eof, switching_protocols, wait_for)
 
 PATTERNS = ["client-fin", "upstream-fin", "both-fin", "client-rst", "upstream-rst", "client-close-unread"]
@@ -360,3 +360,34 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
     assert mem_drop < 256, "MemAvailable fell by %.0f MiB" % mem_drop
     s.close()
     px.assert_kernel_path(at_least=100)
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_pauses_accepting(upstream, start_proxy):
+    """With its file descriptors used up, the daemon stops accepting for a
+    moment instead of spinning on a listener it cannot drain (a log line and a
+    wake-up per try, at full CPU), and it serves again once descriptors are
+    free. The connections waiting meanwhile stay queued, not refused."""
+    up = upstream(echo_after_101)
+    px = start_proxy(up.port, "copy")
+    limit = px.fd_count() + 20
+    subprocess.run(["prlimit", "--pid", str(px.proc.pid), "--nofile=%d:%d" % (limit, limit)], check=True)
+    held = [socket.create_connection(("127.0.0.1", px.port), timeout=5) for _ in range(40)]
+    assert wait_for(lambda: px.fd_count() >= limit - 1, timeout=5), "the daemon did not use up its descriptors"
+    cpu0 = _cpu_seconds(px.proc.pid)
+    time.sleep(1.5)
+    burnt = _cpu_seconds(px.proc.pid) - cpu0
+    pauses = px.read_log().count("Too many open files")
+    assert burnt < 0.5, "the daemon spun on accept: %.2f s of CPU in 1.5 s" % burnt
+    assert 1 <= pauses <= 5, "%d lines about the exhausted descriptors in 1.5 s" % pauses
+    for s in held:
+        s.close()
+    s, rest = open_tunnel(px.port)  # accepted once descriptors are free again
+    s.sendall(b"again")
+    assert rest + recv_exact(s, 5 - len(rest)) == b"again"
+    s.close()
