@@ -60,16 +60,25 @@ static int copy_fields(const struct http_head *h, struct buf *out, const char *c
 int rewrite_request(const struct http_head *req, const struct request_rewrite *rw, struct buf *out)
 {
 	static const char *const forwarded[] = { "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", NULL };
-	int host = http_header_find(req, "Host", 0);
-	struct http_str ip = { rw->client_ip, strlen(rw->client_ip) };
+	static const char *const forwarded_and_host[] = { "X-Forwarded-For", "X-Forwarded-Proto",
+							  "X-Forwarded-Host", "Host", NULL };
+	int i = http_header_find(req, "Host", 0);
+	struct http_str ip = { rw->client_ip, strlen(rw->client_ip) }, target = req->target, authority;
+	bool absolute = http_target_absolute(req->target, &authority, &target);
+	struct http_str host = absolute ? authority : i >= 0 ? req->headers[i].value : (struct http_str){ "", 0 };
 
+	/* An absolute-form target goes on in origin form, and its authority
+	 * replaces whatever Host the client sent (RFC 9112 §3.2.2): the
+	 * upstream must see the one name the request was routed on. */
 	if (put(out, req->method.p, req->method.len) || put(out, " ", 1) ||
-	    put(out, req->target.p, req->target.len) ||
+	    ((!target.len || target.p[0] != '/') && put(out, "/", 1)) || put(out, target.p, target.len) ||
 	    /* An HTTP/1.0 client cannot read chunked: ask as it asked, so the
 	     * upstream answers with a body it can read (RFC 9112 §7.1). */
 	    put_str(out, req->version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n"))
 		return -1;
-	if (copy_fields(req, out, forwarded))
+	if (absolute && put_field(out, "Host", authority))
+		return -1;
+	if (copy_fields(req, out, absolute ? forwarded_and_host : forwarded))
 		return -1;
 	/* From a trusted proxy the chain is kept and extended; from anyone else
 	 * client-supplied X-Forwarded-* are replaced, never trusted. */
@@ -93,7 +102,7 @@ int rewrite_request(const struct http_head *req, const struct request_rewrite *r
 		} else if (k == 1) {
 			if (put_str(out, "X-Forwarded-Proto: http\r\n"))
 				return -1;
-		} else if (host >= 0 && put_field(out, "X-Forwarded-Host", req->headers[host].value)) {
+		} else if (host.len && put_field(out, "X-Forwarded-Host", host)) {
 			return -1;
 		}
 	}

@@ -97,8 +97,33 @@ static long parse_fields(const char *buf, size_t len, size_t off, struct http_he
 	}
 }
 
+/* The scheme's length with its "://", or 0 when the target is not absolute-form. */
+static size_t scheme_len(struct http_str t)
+{
+	if (t.len > 7 && !strncasecmp(t.p, "http://", 7))
+		return 7;
+	if (t.len > 8 && !strncasecmp(t.p, "https://", 8))
+		return 8;
+	return 0;
+}
+
+bool http_target_absolute(struct http_str target, struct http_str *authority, struct http_str *origin)
+{
+	size_t a = scheme_len(target), end = a;
+
+	if (!a)
+		return false;
+	while (end < target.len && target.p[end] != '/' && target.p[end] != '?')
+		end++;
+	*authority = (struct http_str){ target.p + a, end - a };
+	*origin = (struct http_str){ target.p + end, target.len - end };
+	return true;
+}
+
 static bool valid_target(const char *p, size_t len, struct http_str method)
 {
+	struct http_str authority, origin;
+
 	for (size_t i = 0; i < len; i++)
 		if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f)
 			return false;
@@ -106,7 +131,11 @@ static bool valid_target(const char *p, size_t len, struct http_str method)
 		return true;
 	if (len == 1 && p[0] == '*')
 		return http_str_ieq(method, "OPTIONS");
-	return (len > 7 && !strncasecmp(p, "http://", 7)) || (len > 8 && !strncasecmp(p, "https://", 8));
+	/* An http(s) URI needs a host (RFC 9110 §4.2.1), and userinfo in one
+	 * is an error (RFC 9110 §4.2.4): it would also hide the real host
+	 * from a reader that stops at the '@'. */
+	return http_target_absolute((struct http_str){ p, len }, &authority, &origin) && authority.len &&
+	       !memchr(authority.p, '@', authority.len);
 }
 
 long http_parse_request(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim)

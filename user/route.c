@@ -39,16 +39,13 @@ void route_free_states(struct proxy *px)
  * without the port. */
 static struct http_str request_host(const struct http_head *req, struct http_str *path)
 {
-	struct http_str host = { "", 0 }, t = req->target;
+	struct http_str host = { "", 0 }, origin;
 	int i;
 
-	*path = t;
-	if (t.len && t.p[0] != '/' && t.p[0] != '*') {
-		const char *a = memchr(t.p, ':', t.len) + 3; /* valid_target saw "http(s)://" */
-		const char *end = t.p + t.len, *slash = memchr(a, '/', end - a);
-
-		host = (struct http_str){ a, (slash ? slash : end) - a };
-		*path = slash ? (struct http_str){ slash, end - slash } : (struct http_str){ "/", 1 };
+	*path = req->target;
+	if (http_target_absolute(req->target, &host, &origin)) {
+		/* "http://h" and "http://h?q" ask for "/" (RFC 9112 §3.2.1). */
+		*path = origin.len && origin.p[0] == '/' ? origin : (struct http_str){ "/", 1 };
 	} else if ((i = http_header_find(req, "Host", 0)) >= 0) {
 		host = req->headers[i].value;
 	}

@@ -192,6 +192,29 @@ def test_routes_by_host_and_longest_path_prefix(upstream, start_proxy):
         assert HttpReader(s).response()[2] == b"c"
 
 
+def test_absolute_form_target_replaces_host(upstream, start_proxy):
+    """RFC 9112 §3.2.2: a proxy ignores Host when the target is absolute-form
+    and replaces it with the target's authority. The request is routed on that
+    authority, and the upstream sees only that name, in origin form."""
+    a, b, c = upstream(named("a")), upstream(named("b")), upstream(named("c"))
+    px = start_proxy(0, "copy", config=routing_config(a.port, b.port, c.port, free_port()))
+    with socket.create_connection(("127.0.0.1", px.port), timeout=5) as s:
+        s.sendall(b"GET http://www.example.com/abs?x=1 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        assert HttpReader(s).response()[2] == b"c"  # www.example.com's route, not app.test's
+    (head,) = c.requests
+    line, fields = head.split(b"\r\n")[0], head.lower().split(b"\r\n")[1:]
+    assert line == b"GET /abs?x=1 HTTP/1.1", head
+    assert [f for f in fields if f.startswith(b"host:")] == [b"host: www.example.com"], head
+    assert b"x-forwarded-host: www.example.com" in fields, head
+    assert b"app.test" not in head.lower(), head
+    assert not a.requests and not b.requests
+    for bad in (b"http:///abs", b"http://user@www.example.com/abs"):
+        with socket.create_connection(("127.0.0.1", px.port), timeout=5) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n" % bad)
+            assert HttpReader(s).response()[0] == 400, bad
+    assert len(c.requests) == 1
+
+
 def pool_config(servers, balance="roundrobin", fail_timeout="10s"):
     return one_route_config(*servers, pool="balance = %s\nfail_timeout = %s\nkeepalive = 0" % (balance, fail_timeout))
 

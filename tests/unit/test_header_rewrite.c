@@ -51,6 +51,27 @@ static void connection_listed_fields_are_dropped_but_not_protected_ones(void **s
 				 "Connection: close\r\n\r\n");
 }
 
+/* RFC 9112 §3.2.2: the target's authority replaces Host, and the upstream
+ * gets the origin form. */
+static void absolute_form_target_replaces_host(void **state)
+{
+	char out[4096];
+
+	(void)state;
+	rewrite_req("GET http://evil.example/abs?q=1 HTTP/1.1\r\nHost: good.example\r\nX-A: 1\r\n\r\n", false, out,
+		    sizeof(out));
+	assert_string_equal(out, "GET /abs?q=1 HTTP/1.1\r\nHost: evil.example\r\nX-A: 1\r\n"
+				 "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\n"
+				 "Connection: close\r\n\r\n");
+	rewrite_req("GET HTTPS://evil.example:8443?q HTTP/1.1\r\nHost: good.example\r\n\r\n", false, out, sizeof(out));
+	assert_string_equal(out, "GET /?q HTTP/1.1\r\nHost: evil.example:8443\r\n"
+				 "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n"
+				 "X-Forwarded-Host: evil.example:8443\r\nConnection: close\r\n\r\n");
+	rewrite_req("OPTIONS http://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n", false, out, sizeof(out));
+	assert_string_equal(out, "OPTIONS / HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 10.0.0.9\r\n"
+				 "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\nConnection: close\r\n\r\n");
+}
+
 static void response_for_the_client(void **state)
 {
 	static const char raw[] = "HTTP/1.1 200 OK\r\nConnection: X-A, close\r\nX-A: 1\r\nKeep-Alive: t\r\n"
@@ -72,6 +93,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(websocket_request),
 		cmocka_unit_test(connection_listed_fields_are_dropped_but_not_protected_ones),
+		cmocka_unit_test(absolute_form_target_replaces_host),
 		cmocka_unit_test(response_for_the_client),
 	};
 

@@ -52,6 +52,9 @@ static void rejects_smuggling_shapes(void **state)
 		"GET foo HTTP/1.1\r\nHost: a\r\n\r\n",     /* invalid target */
 		"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",      /* trailing space */
 		"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",       /* method not a token */
+		"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",             /* absolute form without a host */
+		"GET http://?q HTTP/1.1\r\nHost: a\r\n\r\n",             /* the same, with a query */
+		"GET http://a@evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n", /* userinfo */
 	};
 	struct http_head h;
 
