@@ -13,6 +13,9 @@
 #   IDLE=8000   idle tunnels for the RSS figure (0 skips it)
 #   IDLE_SOCKETS=0  extra idle TCP sockets held on the host during the run
 #               (half established, half TIME_WAIT: scripts/idle_sockets.py)
+#   RPS_CPUS=   steer loopback's receive processing (softirq, and with it the
+#               sockmap verdict and its redirect worker) to these CPUs, e.g. 1,
+#               for every target; restored at exit. Default: unchanged.
 #   BENCH_QUICK=1  fewer messages (for the VM, where only ratios mean anything)
 #   OUT=build/bench/results   where samples, logs and the table go
 set -euo pipefail
@@ -47,6 +50,9 @@ for tool in nginx haproxy gnuplot taskset; do
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null 2>&1 ||
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkg >/dev/null; }
 done
+# 8 000 idle tunnels in splice mode hold 48 000 descriptors (two sockets and
+# two pipes each): more than a default hard limit. Root may raise it.
+ulimit -Hn 262144 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
 pin() { if [ "$PIN" = none ]; then "$@"; else taskset -c "$PIN" "$@"; fi; }
@@ -126,52 +132,68 @@ if [ "$IDLE_SOCKETS" -gt 0 ]; then
 	[ -e "$OUT/idle.ready" ] || { echo "bench: $IDLE_SOCKETS idle sockets not ready" >&2; exit 1; }
 	echo "bench: $IDLE_SOCKETS idle TCP sockets on the host ($(ss -Htan state time-wait | wc -l) in TIME_WAIT)" >&2
 fi
+RPS_FILE=/sys/class/net/lo/queues/rx-0/rps_cpus
+RPS_WAS=
+if [ -n "${RPS_CPUS:-}" ]; then
+	RPS_WAS=$(cat $RPS_FILE)
+	mask=0
+	for c in ${RPS_CPUS//,/ }; do mask=$((mask | (1 << c))); done
+	printf '%x\n' $mask >$RPS_FILE
+	echo "bench: loopback receive processing steered to CPU ${RPS_CPUS} (rps_cpus=$(cat $RPS_FILE))" >&2
+fi
 spawn /dev/null $ECHO $ECHO_PORT
 ECHO_PID=$!
-trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} ${HOLDER_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; exit $rc' EXIT
+trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} ${HOLDER_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; [ -n "$RPS_WAS" ] && echo "$RPS_WAS" >$RPS_FILE; exit $rc' EXIT
 wait_port $ECHO_PORT
 
 declare -A R
+# Repetitions are interleaved (every target once, then again), so a drift of
+# the host during the run spreads over all targets instead of one.
+declare -A A PORT
 port=21200
 for t in $TARGETS; do
 	port=$((port + 1))
-	echo "bench: $t" >&2
-	declare -a p50=() p99=() p999=() mx=() r64=() r64_99=() mbps=() hs=() cpu_p=() cpu_s=() hs_u=() hs_k=() hs_s=()
-	for rep in $(seq "$REPS"); do
-		start_target "$t" $port
+	PORT[$t]=$port
+done
+# add KEY VALUE: one more sample of a figure
+add() { [ -n "$2" ] && A[$1]="${A[$1]:-} $2"; return 0; }
+for rep in $(seq "$REPS"); do
+	for t in $TARGETS; do
+		echo "bench: $t (run $rep of $REPS)" >&2
+		start_target "$t" "${PORT[$t]}"
 		tp=$TP
 		samples=
 		[ "$rep" = 1 ] && samples="$OUT/$t.samples"
 		line=$(pin $LOAD 127.0.0.1 "$tp" rtt 1 $RTT1_MSGS $samples)
-		p50+=("$(field p50_us <<<"$line")") p99+=("$(field p99_us <<<"$line")")
-		p999+=("$(field p999_us <<<"$line")") mx+=("$(field max_us <<<"$line")")
+		add $t.p50 "$(field p50_us <<<"$line")"; add $t.p99 "$(field p99_us <<<"$line")"
+		add $t.p999 "$(field p999_us <<<"$line")"; add $t.max "$(field max_us <<<"$line")"
 		line=$(pin $LOAD 127.0.0.1 "$tp" rtt 64 $RTT64_MSGS)
-		r64+=("$(field p50_us <<<"$line")") r64_99+=("$(field p99_us <<<"$line")")
+		add $t.r64 "$(field p50_us <<<"$line")"; add $t.r64_99 "$(field p99_us <<<"$line")"
 		s0=$(cpu_jiffies); p0=0; [ -n "$PROXY_PID" ] && p0=$(proc_jiffies "$PROXY_PID")
 		line=$(pin $LOAD 127.0.0.1 "$tp" tput $TPUT_MIB)
 		s1=$(cpu_jiffies); p1=0; [ -n "$PROXY_PID" ] && p1=$(proc_jiffies "$PROXY_PID")
-		mbps+=("$(field mbps <<<"$line")")
+		add $t.mbps "$(field mbps <<<"$line")"
 		bytes=$(field bytes <<<"$line")
-		cpu_s+=("$(awk -v d=$((s1 - s0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
-		[ -n "$PROXY_PID" ] && cpu_p+=("$(awk -v d=$((p1 - p0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')")
+		add $t.cpu_s "$(awk -v d=$((s1 - s0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')"
+		[ -n "$PROXY_PID" ] && add $t.cpu_p "$(awk -v d=$((p1 - p0)) -v b="$bytes" -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz/(b/1073741824)}')"
 		# CPU per handshake: the proxy's user and system time, and the
 		# whole system's (two TCP connections per proxied handshake).
 		s0=$(cpu_jiffies); read -r u0 k0 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u0 k0 <<<"$(proc_user_sys "$PROXY_PID")"
 		line=$(pin $LOAD 127.0.0.1 "$tp" hs $HS_SECS)
 		s1=$(cpu_jiffies); read -r u1 k1 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u1 k1 <<<"$(proc_user_sys "$PROXY_PID")"
-		hs+=("$(field hs_per_s <<<"$line")")
+		add $t.hs "$(field hs_per_s <<<"$line")"
 		n=$(field handshakes <<<"$line")
-		hs_s+=("$(us_per_hs $((s1 - s0)) "$n")")
-		[ -n "$PROXY_PID" ] && hs_u+=("$(us_per_hs $((u1 - u0)) "$n")") hs_k+=("$(us_per_hs $((k1 - k0)) "$n")")
+		add $t.hs_s "$(us_per_hs $((s1 - s0)) "$n")"
+		[ -n "$PROXY_PID" ] && add $t.hs_u "$(us_per_hs $((u1 - u0)) "$n")" && add $t.hs_k "$(us_per_hs $((k1 - k0)) "$n")"
 		stop_target "$t"
 	done
-	R[$t.p50]=$(echo "${p50[*]}" | stat3) R[$t.p99]=$(echo "${p99[*]}" | stat3)
-	R[$t.p999]=$(echo "${p999[*]}" | stat3) R[$t.max]=$(echo "${mx[*]}" | stat3)
-	R[$t.r64]=$(echo "${r64[*]}" | stat3) R[$t.r64_99]=$(echo "${r64_99[*]}" | stat3)
-	R[$t.mbps]=$(echo "${mbps[*]}" | stat3) R[$t.hs]=$(echo "${hs[*]}" | stat3)
-	R[$t.cpu_s]=$(echo "${cpu_s[*]}" | stat3) R[$t.cpu_p]=$(echo "${cpu_p[*]:-}" | stat3)
-	R[$t.hs_u]=$(echo "${hs_u[*]:-}" | stat3) R[$t.hs_k]=$(echo "${hs_k[*]:-}" | stat3)
-	R[$t.hs_s]=$(echo "${hs_s[*]}" | stat3)
+done
+
+for t in $TARGETS; do
+	port=${PORT[$t]}
+	for k in p50 p99 p999 max r64 r64_99 mbps hs cpu_s cpu_p hs_u hs_k hs_s; do
+		R[$t.$k]=$(echo "${A[$t.$k]:-}" | stat3)
+	done
 	R[$t.rss]="-"
 	if [ "$IDLE" -gt 0 ] && [ "$t" != direct ]; then
 		start_target "$t" $port
@@ -200,7 +222,7 @@ ratio() { # value of target / value of nginx
 }
 
 {
-	echo "wsplice bench: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) CPUs, $(placement), $IDLE_SOCKETS extra idle TCP sockets"
+	echo "wsplice bench: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), $(nproc) CPUs, $(placement), $IDLE_SOCKETS extra idle TCP sockets, loopback rps_cpus=$(cat $RPS_FILE)"
 	echo "median of $REPS runs (min-max); ×nginx = this target's median over nginx's"
 	echo "RTT: 64-byte frames, strict ping-pong ($RTT1_MSGS msgs at 1 conn, $RTT64_MSGS per conn at 64); MB/s: 64 KiB frames echoed, ${TPUT_MIB} MiB, verified"
 	echo
