@@ -118,6 +118,19 @@ stop_target() {
 	sleep 0.2
 }
 
+# idle_batch PORT N FILE: N more idle tunnels, held by a client that reads
+# the fifo $OUT/hold until the bench closes it; waits for its "ready".
+idle_batch() {
+	pin $LOAD 127.0.0.1 "$1" idle "$2" <"$OUT/hold" >"$3" 2>&1 {HOLD}>&- &
+	IDLE_PIDS+=($!)
+	for _ in $(seq 600); do
+		grep -q '^ready' "$3" && return 0
+		kill -0 $! 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 1
+}
+
 # median and spread of a list of numbers: "median (min-max)"
 stat3() { tr ' ' '\n' | sort -g | awk 'NF{v[++n]=$1} END{if(!n){print "-";exit} printf "%s %s %s\n", v[int((n+1)/2)], v[1], v[n]}'; }
 field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
@@ -198,18 +211,24 @@ for t in $TARGETS; do
 		start_target "$t" $port
 		tp=$TP
 		sleep 0.2
-		before=$(rss_kib "$PROXY_PID")
-		coproc IDLER { pin $LOAD 127.0.0.1 "$tp" idle "$IDLE"; }
-		if read -r _ <&"${IDLER[0]}"; then
+		# The slope from a third of the tunnels to all of them: what one
+		# more idle tunnel costs, without the one-off growth the first
+		# ones cause (malloc arenas, tables that double).
+		first=$((IDLE / 3))
+		rm -f "$OUT/hold" && mkfifo "$OUT/hold"
+		IDLE_PIDS=()
+		exec {HOLD}<>"$OUT/hold"
+		if idle_batch "$tp" $first "$OUT/$t.idle1" && r1=$(rss_kib "$PROXY_PID") &&
+			idle_batch "$tp" $((IDLE - first)) "$OUT/$t.idle2"; then
 			sleep 0.5
-			after=$(rss_kib "$PROXY_PID")
-			R[$t.rss]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN{printf "%.0f", (a-b)*1024/n}')
+			r2=$(rss_kib "$PROXY_PID")
+			R[$t.rss]=$(awk -v a="$r2" -v b="$r1" -v n="$((IDLE - first))" 'BEGIN{printf "%.0f", (a-b)*1024/n}')
 		else
-			echo "bench: $IDLE idle tunnels failed for $t (see $OUT/$t.log)" >&2
+			echo "bench: $IDLE idle tunnels failed for $t (see $OUT/$t.log and $OUT/$t.idle*)" >&2
 			R[$t.rss]="failed"
 		fi
-		[ -n "${IDLER[1]:-}" ] && exec {IDLER[1]}>&-
-		wait "${IDLER_PID:-}" 2>/dev/null || true
+		exec {HOLD}>&- # EOF: the idle clients close their tunnels and exit
+		wait "${IDLE_PIDS[@]}" 2>/dev/null || true
 		stop_target "$t"
 	fi
 done
