@@ -507,8 +507,11 @@ static void sockmap_describe(void *st, char *out, size_t len)
 
 	if (t->in_kernel)
 		dataplane_tunnel_read(t->sm->dp, t->id, &tv);
-	n = snprintf(out, len, "id %u%s", t->id,
-		     t->in_kernel ? "" : armed(t) ? " (armed: no byte yet)" : " (draining)");
+	/* An id is given at insertion: before it, there is none to show. */
+	if (t->in_kernel)
+		n = snprintf(out, len, "id %u", t->id);
+	else
+		n = snprintf(out, len, "%s", armed(t) ? "armed: no byte yet" : "draining");
 	for (int d = 0; d < 2 && n < len; d++) {
 		const struct sm_dir *dd = &t->dir[d];
 
