@@ -102,7 +102,7 @@ clean:
 # from the seed corpus in tests/fuzz/corpus; new inputs stay under build/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := request response chunked
-FUZZ_LIB := user/http_parse.c user/http_body.c user/ws_handshake.c
+FUZZ_LIB := user/http_parse.c user/http_body.c user/ws_handshake.c user/header_rewrite.c user/buf.c
 .PHONY: fuzz
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB) user/*.h
 	@mkdir -p $(@D)

@@ -144,18 +144,22 @@ if [ "$IDLE_SOCKETS" -gt 0 ]; then
 	[ -e "$OUT/idle.ready" ] || { echo "bench: $IDLE_SOCKETS idle sockets not ready" >&2; exit 1; }
 	echo "bench: $IDLE_SOCKETS idle TCP sockets on the host ($(ss -Htan state time-wait | wc -l) in TIME_WAIT)" >&2
 fi
-RPS_FILE=/sys/class/net/lo/queues/rx-0/rps_cpus
-RPS_WAS=
-if [ -n "${RPS_CPUS:-}" ]; then
-	RPS_WAS=$(cat $RPS_FILE)
-	mask=0
-	for c in ${RPS_CPUS//,/ }; do mask=$((mask | (1 << c))); done
-	printf '%x\n' $mask >$RPS_FILE
-	echo "bench: loopback receive processing steered to CPU ${RPS_CPUS} (rps_cpus=$(cat $RPS_FILE))" >&2
-fi
 spawn /dev/null $ECHO $ECHO_PORT
 ECHO_PID=$!
 trap 'rc=$?; set +e; kill $ECHO_PID ${PROXY_PID:-} ${HOLDER_PID:-} 2>/dev/null; pkill -f "nginx -c $PWD/$OUT"; pkill -f "haproxy -db -f $OUT"; [ -n "$RPS_WAS" ] && echo "$RPS_WAS" >$RPS_FILE; exit $rc' EXIT
+RPS_FILE=/sys/class/net/lo/queues/rx-0/rps_cpus
+RPS_WAS=
+if [ -n "${RPS_CPUS:-}" ]; then
+	[[ "$RPS_CPUS" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "bench: RPS_CPUS=$RPS_CPUS: a comma-separated list of CPU numbers" >&2; exit 2; }
+	mask=0
+	for c in ${RPS_CPUS//,/ }; do
+		[ "$c" -lt "$(nproc)" ] && [ "$c" -lt 32 ] || { echo "bench: RPS_CPUS: no CPU $c here (0-$(($(nproc) - 1)), at most 31)" >&2; exit 2; }
+		mask=$((mask | (1 << c)))
+	done
+	RPS_WAS=$(cat $RPS_FILE) # the EXIT trap above puts it back
+	printf '%x\n' $mask >$RPS_FILE
+	echo "bench: loopback receive processing steered to CPU ${RPS_CPUS} (rps_cpus=$(cat $RPS_FILE))" >&2
+fi
 wait_port $ECHO_PORT
 
 declare -A R
@@ -218,7 +222,7 @@ for t in $TARGETS; do
 		rm -f "$OUT/hold" && mkfifo "$OUT/hold"
 		IDLE_PIDS=()
 		exec {HOLD}<>"$OUT/hold"
-		if idle_batch "$tp" $first "$OUT/$t.idle1" && r1=$(rss_kib "$PROXY_PID") &&
+		if idle_batch "$tp" $first "$OUT/$t.idle1" && sleep 0.5 && r1=$(rss_kib "$PROXY_PID") &&
 			idle_batch "$tp" $((IDLE - first)) "$OUT/$t.idle2"; then
 			sleep 0.5
 			r2=$(rss_kib "$PROXY_PID")
@@ -226,6 +230,7 @@ for t in $TARGETS; do
 		else
 			echo "bench: $IDLE idle tunnels failed for $t (see $OUT/$t.log and $OUT/$t.idle*)" >&2
 			R[$t.rss]="failed"
+			kill "${IDLE_PIDS[@]}" 2>/dev/null || true
 		fi
 		exec {HOLD}>&- # EOF: the idle clients close their tunnels and exit
 		wait "${IDLE_PIDS[@]}" 2>/dev/null || true

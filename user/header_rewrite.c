@@ -71,7 +71,7 @@ int rewrite_request(const struct http_head *req, const struct request_rewrite *r
 	 * replaces whatever Host the client sent (RFC 9112 §3.2.2): the
 	 * upstream must see the one name the request was routed on. */
 	if (put(out, req->method.p, req->method.len) || put(out, " ", 1) ||
-	    ((!target.len || target.p[0] != '/') && put(out, "/", 1)) || put(out, target.p, target.len) ||
+	    (absolute && (!target.len || target.p[0] != '/') && put(out, "/", 1)) || put(out, target.p, target.len) ||
 	    /* An HTTP/1.0 client cannot read chunked: ask as it asked, so the
 	     * upstream answers with a body it can read (RFC 9112 §7.1). */
 	    put_str(out, req->version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n"))

@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 #include "http_parse.h"
@@ -120,6 +121,37 @@ bool http_target_absolute(struct http_str target, struct http_str *authority, st
 	return true;
 }
 
+/* RFC 3986 §3.2: authority = host [ ":" port ], host a reg-name (unreserved,
+ * pct-encoded, sub-delims) or an IP literal in brackets, with no userinfo
+ * (RFC 9110 §4.2.4: an error, and a way to show one host and reach
+ * another) and a host that is not empty (RFC 9110 §4.2.1). */
+static bool valid_authority(struct http_str a)
+{
+	const char *host_end = a.p + a.len;
+
+	for (size_t i = 0; i < a.len; i++)
+		if (!isalnum((unsigned char)a.p[i]) && !strchr("-._~%!$&'()*+,;=:[]", a.p[i]))
+			return false;
+	if (a.len && a.p[0] == '[') {
+		const char *close = memchr(a.p, ']', a.len);
+
+		if (!close || close == a.p + 1)
+			return false;
+		host_end = close + 1;
+		if (host_end < a.p + a.len && *host_end != ':')
+			return false;
+	} else {
+		for (const char *c = a.p; c < a.p + a.len; c++)
+			if (*c == ':') {
+				host_end = c;
+				break;
+			}
+		if (memchr(a.p, '[', a.len) || memchr(a.p, ']', a.len))
+			return false;
+	}
+	return host_end > a.p;
+}
+
 static bool valid_target(const char *p, size_t len, struct http_str method)
 {
 	struct http_str authority, origin;
@@ -131,11 +163,7 @@ static bool valid_target(const char *p, size_t len, struct http_str method)
 		return true;
 	if (len == 1 && p[0] == '*')
 		return http_str_ieq(method, "OPTIONS");
-	/* An http(s) URI needs a host (RFC 9110 §4.2.1), and userinfo in one
-	 * is an error (RFC 9110 §4.2.4): it would also hide the real host
-	 * from a reader that stops at the '@'. */
-	return http_target_absolute((struct http_str){ p, len }, &authority, &origin) && authority.len &&
-	       !memchr(authority.p, '@', authority.len);
+	return http_target_absolute((struct http_str){ p, len }, &authority, &origin) && valid_authority(authority);
 }
 
 long http_parse_request(const char *buf, size_t len, struct http_head *h, const struct http_limits *lim)

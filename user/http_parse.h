@@ -47,7 +47,8 @@ long http_parse_response(const char *buf, size_t len, struct http_head *h, const
  * (RFC 9112 §3.2.2); origin is empty when the target has neither, and
  * starts with '?' when it has only a query. False for origin-form and
  * asterisk-form targets. The parser only accepts an absolute-form target
- * with a non-empty authority and no userinfo. */
+ * whose authority is a non-empty host and an optional port, without
+ * userinfo. */
 bool http_target_absolute(struct http_str target, struct http_str *authority, struct http_str *origin);
 /* The limits used when lim is NULL. */
 extern const struct http_limits http_default_limits;

@@ -29,6 +29,29 @@ static void parses_a_request(void **state)
 	assert_int_equal(http_header_find(&h, "host", 0), 0);
 }
 
+static void absolute_form_targets(void **state)
+{
+	static const char *const good[] = {
+		"GET http://a.example HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET https://a.example:8443/p?q HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET http://[::1]:8080/x HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET http://%61.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+	};
+	struct http_str authority, origin;
+	struct http_head h;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_true(req(good[i], &h) > 0);
+	assert_true(req(good[2], &h) > 0);
+	assert_true(http_target_absolute(h.target, &authority, &origin));
+	assert_int_equal(authority.len, strlen("[::1]:8080"));
+	assert_memory_equal(authority.p, "[::1]:8080", authority.len);
+	assert_int_equal(origin.len, 2);
+	assert_true(req("GET /p HTTP/1.1\r\nHost: x\r\n\r\n", &h) > 0);
+	assert_false(http_target_absolute(h.target, &authority, &origin));
+}
+
 static void incomplete_needs_more(void **state)
 {
 	struct http_head h;
@@ -55,6 +78,11 @@ static void rejects_smuggling_shapes(void **state)
 		"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",             /* absolute form without a host */
 		"GET http://?q HTTP/1.1\r\nHost: a\r\n\r\n",             /* the same, with a query */
 		"GET http://a@evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n", /* userinfo */
+		"GET http://:80/x HTTP/1.1\r\nHost: a\r\n\r\n",          /* a port but no host */
+		"GET http://h#x/ HTTP/1.1\r\nHost: a\r\n\r\n",           /* not a host character */
+		"GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n",          /* an IP literal left open */
+		"GET http://[]/ HTTP/1.1\r\nHost: a\r\n\r\n",            /* an empty IP literal */
+		"GET http://[::1]x/ HTTP/1.1\r\nHost: a\r\n\r\n",        /* junk after the literal */
 	};
 	struct http_head h;
 
@@ -163,6 +191,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(parses_a_request),    cmocka_unit_test(incomplete_needs_more),
+		cmocka_unit_test(absolute_form_targets),
 		cmocka_unit_test(rejects_smuggling_shapes), cmocka_unit_test(limits),
 		cmocka_unit_test(parses_responses),    cmocka_unit_test(connection_tokens),
 		cmocka_unit_test(framing_decisions),   cmocka_unit_test(chunked_decoder),
