@@ -51,7 +51,14 @@ def cycle_upstream(conn, head, rest):
         assert got == PING, "warm %s: ping %r" % (seed, got)
         rest = rest[len(PING):]
         conn.sendall(PONG)
-        got = rest[: len(ACK)] + (recv_exact(conn, len(ACK) - len(rest)) if len(rest) < len(ACK) else b"")
+        try:
+            got = rest[: len(ACK)] + (recv_exact(conn, len(ACK) - len(rest)) if len(rest) < len(ACK) else b"")
+        except ConnectionError:
+            # The client's reset may overtake its ack (still queued for the redirect worker): an RST
+            # discards what is in flight, and that is all these patterns expect of the upstream.
+            if pattern in ("client-rst", "client-close-unread"):
+                return
+            raise
         assert got == ACK, "warm %s: ack %r" % (seed, got)
         rest = rest[len(ACK):]
     if pattern == "client-fin":
