@@ -59,13 +59,15 @@ static int copy_fields(const struct http_head *h, struct buf *out, const char *c
 
 int rewrite_request(const struct http_head *req, const struct request_rewrite *rw, struct buf *out)
 {
-	static const char *const forwarded[] = { "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", NULL };
-	static const char *const forwarded_and_host[] = { "X-Forwarded-For", "X-Forwarded-Proto",
-							  "X-Forwarded-Host", "Host", NULL };
-	int i = http_header_find(req, "Host", 0);
+	/* What the proxy writes itself; Host too, for an absolute-form target. */
+	static const char *const own[] = { "Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", NULL };
+	const char *const *forwarded = own + 1;
+	int host_field = http_header_find(req, "Host", 0);
 	struct http_str ip = { rw->client_ip, strlen(rw->client_ip) }, target = req->target, authority;
 	bool absolute = http_target_absolute(req->target, &authority, &target);
-	struct http_str host = absolute ? authority : i >= 0 ? req->headers[i].value : (struct http_str){ "", 0 };
+	struct http_str host = absolute	      ? authority
+			       : host_field >= 0 ? req->headers[host_field].value
+						 : (struct http_str){ "", 0 };
 
 	/* An absolute-form target goes on in origin form, and its authority
 	 * replaces whatever Host the client sent (RFC 9112 §3.2.2): the
@@ -78,7 +80,7 @@ int rewrite_request(const struct http_head *req, const struct request_rewrite *r
 		return -1;
 	if (absolute && put_field(out, "Host", authority))
 		return -1;
-	if (copy_fields(req, out, absolute ? forwarded_and_host : forwarded))
+	if (copy_fields(req, out, absolute ? own : forwarded))
 		return -1;
 	/* From a trusted proxy the chain is kept and extended; from anyone else
 	 * client-supplied X-Forwarded-* are replaced, never trusted. */

@@ -141,11 +141,10 @@ static bool valid_authority(struct http_str a)
 		if (host_end < a.p + a.len && *host_end != ':')
 			return false;
 	} else {
-		for (const char *c = a.p; c < a.p + a.len; c++)
-			if (*c == ':') {
-				host_end = c;
-				break;
-			}
+		const char *colon = memchr(a.p, ':', a.len);
+
+		if (colon)
+			host_end = colon;
 		if (memchr(a.p, '[', a.len) || memchr(a.p, ']', a.len))
 			return false;
 	}

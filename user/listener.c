@@ -22,7 +22,7 @@ struct listener {
 	struct proxy *px;
 	struct ev_handler h;
 	struct ev_handler resume; /* a one-shot timer, made at open: no fd is free when it is needed */
-	uint64_t pauses, logged_pauses, last_log_ms;
+	uint64_t unlogged_pauses, last_log_ms;
 	char name[CFG_NAME_MAX]; /* routes name the listener they serve */
 	char where[256 + 8 + 3]; /* host:port, for the log */
 };
@@ -35,11 +35,11 @@ static void pause_accepting(struct listener *l, int err)
 	struct itimerspec its = { .it_value = { 0, ACCEPT_PAUSE_MS * 1000000L } };
 	uint64_t now = ev_now_ms();
 
-	l->pauses++;
+	l->unlogged_pauses++;
 	if (!l->last_log_ms || now - l->last_log_ms >= ACCEPT_PAUSE_LOG_MS) {
 		log_warn("accept on %s: %s: not accepting for %d ms (%llu such pauses since the last line)", l->where,
-			 strerror(err), ACCEPT_PAUSE_MS, (unsigned long long)(l->pauses - l->logged_pauses));
-		l->logged_pauses = l->pauses;
+			 strerror(err), ACCEPT_PAUSE_MS, (unsigned long long)l->unlogged_pauses);
+		l->unlogged_pauses = 0;
 		l->last_log_ms = now;
 	}
 	if (timerfd_settime(l->resume.fd, 0, &its, NULL) == 0)

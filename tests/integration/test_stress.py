@@ -42,17 +42,22 @@ def _drain_quietly(sock, timeout=3.0):
 PING, PONG, ACK = b"ping", b"pong", b"!"
 
 
+def _take(conn, rest, n):
+    """n bytes: first from what came with the head, then from the socket; returns them and the rest."""
+    got = rest[:n] + (recv_exact(conn, n - len(rest)) if len(rest) < n else b"")
+    return got, rest[n:]
+
+
 def cycle_upstream(conn, head, rest):
     _, pattern, seed, warmth = head.split(b" ")[1].decode().strip("/").split("/")
     to_client, from_client = payload(seed, "up"), payload(seed, "client")
     conn.sendall(switching_protocols(key_of(head)))
     if warmth == "warm":
-        got = rest[: len(PING)] + (recv_exact(conn, len(PING) - len(rest)) if len(rest) < len(PING) else b"")
+        got, rest = _take(conn, rest, len(PING))
         assert got == PING, "warm %s: ping %r" % (seed, got)
-        rest = rest[len(PING):]
         conn.sendall(PONG)
         try:
-            got = rest[: len(ACK)] + (recv_exact(conn, len(ACK) - len(rest)) if len(rest) < len(ACK) else b"")
+            got, rest = _take(conn, rest, len(ACK))
         except ConnectionError:
             # The client's reset may overtake its ack (still queued for the redirect worker): an RST
             # discards what is in flight, and that is all these patterns expect of the upstream.
@@ -60,7 +65,6 @@ def cycle_upstream(conn, head, rest):
                 return
             raise
         assert got == ACK, "warm %s: ack %r" % (seed, got)
-        rest = rest[len(ACK):]
     if pattern == "client-fin":
         got = rest + recv_until_eof(conn)
         assert got == from_client, "client-fin %s: %d != %d" % (seed, len(got), len(from_client))
