@@ -176,40 +176,105 @@ static __always_inline __u32 tcp_skb_seq(const struct sk_buff *kskb)
 	       (__u32)(__u8)kskb->cb[3] << 24;
 }
 
-/* tcp_read_skb() hands the verdict whole skbs, but TCP queues a
- * retransmitted segment that partly overlaps bytes already received as it
- * came, and only its other readers skip the overlap (by copied_seq - seq).
- * Redirected whole, those bytes reach the peer twice, and tcp_eat_skb()
- * pushes copied_seq past rcv_nxt, after which pruning discards real data
- * (docs/KERNEL.md, the trim). So cut off the head before copied_seq; tcp_eat_skb()
- * then advances copied_seq by exactly what is left. Returns false when
- * nothing is left (an skb of old bytes only, now empty: drop it). sk_skb
- * may shrink 4095 bytes per call: 64 calls cover 256 KiB. */
-static __always_inline bool trim_delivered_head(struct __sk_buff *skb, struct sk_buff *kskb,
-						       const struct tcp_sock *tp)
+static __always_inline void set_max(__u32 idx, __u64 n)
 {
-	__u32 len = skb->len, over, left;
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v && *v < n)
+		*v = n;
+}
+
+/* The most sk_skb's adjust_room cuts in one call, and enough calls for any
+ * skb a receive queue holds (the trim below): 1 024 x 4 095 is 4 MiB. */
+#define TRIM_STEP 4095
+#define TRIM_STEPS 1024
+
+struct trim_ctx {
+	struct __sk_buff *skb;
+	__u32 left;
+	long err;
+};
+
+static long trim_step(__u32 i, struct trim_ctx *c)
+{
+	__u32 n = c->left > TRIM_STEP ? TRIM_STEP : c->left;
+
+	(void)i;
+	c->err = bpf_skb_adjust_room(c->skb, -(__s32)n, 0, 0);
+	if (c->err)
+		return 1;
+	c->left -= n;
+	return c->left ? 0 : 1;
+}
+
+enum trim_result { TRIM_FAILED = -1, TRIM_EMPTY = 0, TRIM_KEEP = 1 };
+
+/* The trim. tcp_read_skb() hands the verdict whole skbs, but an skb may
+ * begin with bytes already delivered: the part userspace read before
+ * insertion (the drain), or the part of a retransmitted segment that
+ * overlaps bytes already received, which TCP queues as it came (only its
+ * other readers skip the overlap, by copied_seq - seq). Redirected whole,
+ * those bytes reach the peer twice, and tcp_eat_skb() pushes copied_seq
+ * past rcv_nxt, after which pruning discards real data (docs/KERNEL.md,
+ * "the trim"). So cut off the head before copied_seq; tcp_eat_skb() then
+ * advances copied_seq by exactly what is left.
+ *
+ * sk_skb's adjust_room cuts at most 4 095 bytes a call, and each call first
+ * pulls that many bytes into the linear part. On a paged skb as it comes,
+ * each call reallocates the head and keeps what the call before cut as
+ * headroom: an overlap of n bytes cost n / 4 KiB GFP_ATOMIC allocations
+ * growing to n, and a failed one delivered 62 018 bytes twice in CI. So
+ * the whole overlap is pulled first, in one allocation, and the cuts only
+ * move skb->data. Returns TRIM_EMPTY when nothing is left (drop it: the
+ * drop of an empty skb eats nothing), TRIM_FAILED when the head could not
+ * be cut (*err: the helper's error). */
+static __always_inline enum trim_result trim_delivered_head(struct __sk_buff *skb, struct sk_buff *kskb,
+							    const struct tcp_sock *tp, bool first, long *err)
+{
+	struct trim_ctx c = { .skb = skb };
+	__u32 len = skb->len, over;
 
 	if (!tp)
-		return true;
+		return TRIM_KEEP;
 	over = tp->copied_seq - tcp_skb_seq(kskb);
 	if ((__s32)over <= 0)
-		return true;
+		return TRIM_KEEP;
 	if (over > len)
 		over = len;
-	left = over;
-	for (int i = 0; i < 64 && left; i++) {
-		__u32 n = left > 4095 ? 4095 : left;
-
-		if (bpf_skb_adjust_room(skb, -(__s32)n, 0, 0))
-			break;
-		left -= n;
-	}
 	count(WS_CNT_OVERLAP_SKBS);
-	add(WS_CNT_OVERLAP_BYTES, over - left);
-	if (left)
-		count(WS_CNT_TRIM_FAILED);
-	return skb->len != 0;
+	if (first)
+		count(WS_CNT_OVERLAP_FIRST);
+	set_max(WS_CNT_OVERLAP_MAX, over);
+	c.left = over;
+	c.err = over > TRIM_STEP ? bpf_skb_pull_data(skb, over) : 0;
+	if (!c.err)
+		bpf_loop(TRIM_STEPS, trim_step, &c, 0);
+	add(WS_CNT_OVERLAP_BYTES, over - c.left);
+	if (c.left) {
+		*err = c.err;
+		return TRIM_FAILED;
+	}
+	return skb->len ? TRIM_KEEP : TRIM_EMPTY;
+}
+
+/* A direction whose stream can no longer be delivered intact (a failed
+ * trim): the daemon must reset the tunnel. It is told once, through the
+ * ring; a full ring leaves the link untold and the next skb tries again. */
+static __always_inline void tell_broken(struct ws_sock_link *link, __u64 cookie, long err)
+{
+	struct ws_event *ev = bpf_ringbuf_reserve(&pause_events, sizeof(*ev), 0);
+
+	link->broken = WS_BROKEN_UNTOLD;
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = WS_EV_BROKEN;
+	ev->cookie = cookie;
+	ev->tunnel_id = link->tunnel_id;
+	ev->dir = link->dir & 1;
+	ev->err = (__s32)err;
+	link->broken = WS_BROKEN_TOLD;
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
 }
 
 SEC("sk_skb")
@@ -217,39 +282,55 @@ int wsplice_verdict(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct ws_dir_stats *ds = NULL;
 	struct tcp_sock *tp = NULL;
 	struct ws_sock_link *link;
-	struct ws_dir_stats *ds;
-	struct ws_tunnel *t;
-	__u64 peer_key;
-	__u32 tid, dir, len;
+	struct ws_tunnel *t = NULL;
+	__u64 peer_key = 0;
+	__u32 tid;
+	long err = 0;
 
 	/* Only TCP sockets enter the maps. */
 	if (kskb->sk)
 		tp = bpf_rdonly_cast(kskb->sk, bpf_core_type_id_kernel(struct tcp_sock));
 	link = bpf_map_lookup_elem(&sock_links, &cookie);
-	/* First, before any return: rcv_nxt cannot move while this loop runs
-	 * (the socket is locked), and the pause tells a callback inside the
-	 * loop from one outside by it. */
-	if (link && tp)
-		link->verdict_rcv_nxt = tp->rcv_nxt;
-	/* A drop of the emptied skb eats nothing: copied_seq stays right. */
-	if (!trim_delivered_head(skb, kskb, tp))
+	if (link) {
+		/* First, before any return: rcv_nxt cannot move while this loop
+		 * runs (the socket is locked), and the pause tells a callback
+		 * inside the loop from one outside by it. */
+		if (tp)
+			link->verdict_rcv_nxt = tp->rcv_nxt;
+		/* Broken: nothing more of this source reaches the peer, so never
+		 * a byte out of order; the daemon resets the tunnel. */
+		if (link->broken) {
+			if (link->broken == WS_BROKEN_UNTOLD)
+				tell_broken(link, cookie, 0);
+			count(WS_CNT_BROKEN_DROPS);
+			return SK_DROP;
+		}
+		peer_key = link->peer_cookie;
+		tid = link->tunnel_id;
+		t = bpf_map_lookup_elem(&tunnels, &tid);
+		if (t)
+			ds = &t->dir[link->dir & 1];
+	}
+	switch (trim_delivered_head(skb, kskb, tp, ds && !ds->packets, &err)) {
+	case TRIM_KEEP:
+		break;
+	case TRIM_EMPTY:
 		return SK_DROP;
-	len = skb->len;
-	if (!link) {
+	case TRIM_FAILED:
+		count(WS_CNT_TRIM_FAILED);
+		set_max(WS_CNT_TRIM_ERRNO, -err);
+		if (link)
+			tell_broken(link, cookie, err);
+		count(WS_CNT_BROKEN_DROPS);
+		return SK_DROP;
+	}
+	if (!ds) {
 		count(WS_CNT_NO_LINK);
 		return SK_PASS;
 	}
-	peer_key = link->peer_cookie;
-	tid = link->tunnel_id;
-	dir = link->dir & 1;
-	t = bpf_map_lookup_elem(&tunnels, &tid);
-	if (!t) {
-		count(WS_CNT_NO_LINK);
-		return SK_PASS;
-	}
-	ds = &t->dir[dir];
 	/* Sample the peer before queueing this skb, so in-flight counts what
 	 * was already waiting plus this one. */
 	track_peer_sent(ds, peer_key);
@@ -260,7 +341,7 @@ int wsplice_verdict(struct __sk_buff *skb)
 		count(WS_CNT_NO_PEER);
 		return SK_PASS;
 	}
-	ds->bytes += len;
+	ds->bytes += skb->len;
 	ds->packets++;
 	t->last_active_ns = bpf_ktime_get_coarse_ns();
 	count(WS_CNT_REDIRECTED);
@@ -289,7 +370,7 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 	__u64 cookie = bpf_get_socket_cookie(ops);
 	struct ws_pause_request *req = bpf_map_lookup_elem(&pause_requests, &cookie);
 	struct ws_sock_link *link;
-	struct ws_pause_event *ev;
+	struct ws_event *ev;
 	struct ws_tunnel *t;
 	struct tcp_sock *tp;
 	struct bpf_sock *sk;
@@ -319,6 +400,8 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 		return;
 	}
 	bpf_map_delete_elem(&verdict_map, &cookie);
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = WS_EV_PAUSED;
 	ev->cookie = cookie;
 	ev->tunnel_id = link->tunnel_id;
 	ev->dir = link->dir & 1;

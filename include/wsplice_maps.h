@@ -53,7 +53,16 @@ struct ws_sock_link {
 	__u32 tunnel_id;
 	__u32 dir;          /* enum ws_dir */
 	__u32 verdict_rcv_nxt; /* the socket's rcv_nxt when the verdict last ran */
-	__u32 pad;
+	/* enum ws_broken: a trim failed, so this source's stream can no longer
+	 * be delivered intact; the verdict drops all it receives from then on
+	 * and the daemon resets the tunnel (bpf/splice.bpf.c, "the trim"). */
+	__u32 broken;
+};
+
+enum ws_broken {
+	WS_BROKEN_NO = 0,
+	WS_BROKEN_UNTOLD = 1, /* the daemon has not been told yet (set by a failed trim) */
+	WS_BROKEN_TOLD = 2,   /* a WS_EV_BROKEN event is in the ring */
 };
 
 /* Value of the `pause_requests` map, keyed by the source's cookie: the
@@ -64,13 +73,20 @@ struct ws_pause_request {
 	__u64 inflight;
 };
 
-/* Ring buffer record: a direction was paused (its source left verdict_map). */
-struct ws_pause_event {
+/* Ring buffer record: something the daemon must act on. */
+enum ws_event_kind {
+	WS_EV_PAUSED = 0, /* a direction was paused (its source left verdict_map) */
+	WS_EV_BROKEN = 1, /* a direction's stream broke (a failed trim): reset the tunnel */
+};
+
+struct ws_event {
 	__u64 cookie;    /* of the source socket */
 	__u32 tunnel_id;
 	__u32 dir;
-	__u64 inflight;  /* when the verdict asked */
-	__u64 waited_ns; /* from the request to the pause */
+	__u64 inflight;  /* WS_EV_PAUSED: when the verdict asked */
+	__u64 waited_ns; /* WS_EV_PAUSED: from the request to the pause */
+	__u32 kind;      /* enum ws_event_kind */
+	__s32 err;       /* WS_EV_BROKEN: the helper's error, 0 when unknown */
 };
 
 /* Keys of the `flag_ports` map: the ports whose sockets get the header
@@ -90,6 +106,10 @@ enum ws_counter {
 	WS_CNT_PAUSES = 7,        /* pauses carried out by the header callback */
 	WS_CNT_PAUSE_DEFERRED = 8, /* header callbacks inside a verdict loop: pause left for the next one */
 	WS_CNT_UNFLAGGED = 9,     /* pause requests on a socket without the header callback (must stay 0) */
+	WS_CNT_OVERLAP_MAX = 10,  /* the largest overlap cut off one skb (per CPU: a maximum, not a sum) */
+	WS_CNT_OVERLAP_FIRST = 11, /* overlaps on a direction's first skb: the part userspace read before insertion */
+	WS_CNT_TRIM_ERRNO = 12,   /* the largest -errno of a helper call that failed a trim */
+	WS_CNT_BROKEN_DROPS = 13, /* skbs dropped because their direction broke (must stay 0) */
 	WS_CNT_MAX = 16,
 };
 

@@ -31,7 +31,7 @@ struct dataplane {
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
 	char pin_dir[256];
-	paused_fn on_paused;
+	event_fn on_event;
 	void *ctx;
 };
 
@@ -127,8 +127,8 @@ static int on_ring_event(void *ctx, void *data, size_t size)
 {
 	struct dataplane *dp = ctx;
 
-	if (size >= sizeof(struct ws_pause_event))
-		dp->on_paused(dp->ctx, data);
+	if (size >= sizeof(struct ws_event))
+		dp->on_event(dp->ctx, data);
 	return 0;
 }
 
@@ -160,7 +160,7 @@ static bool kernel_has_kfuncs(void)
 	return ok;
 }
 
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn on_paused, void *ctx, char *why,
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn on_event, void *ctx, char *why,
 				 size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
@@ -174,7 +174,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn
 	dp->lock_fd = -1;
 	dp->cg.fd = -1;
 	dp->rcvbuf = budget / 2 > (4u << 20) ? (4 << 20) : budget / 2 < 65536 ? 65536 : (int)(budget / 2);
-	dp->on_paused = on_paused;
+	dp->on_event = on_event;
 	dp->ctx = ctx;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
 	libbpf_set_print(libbpf_log);

@@ -11,12 +11,13 @@
 
 struct dataplane;
 
-/* A direction was paused: the kernel took its source out of verdict_map
- * over budget. Resuming is the daemon's (dataplane_resume). */
-typedef void (*paused_fn)(void *ctx, const struct ws_pause_event *ev);
+/* The kernel's news of a tunnel (enum ws_event_kind): a direction was
+ * paused, its source out of verdict_map over budget (resuming is the
+ * daemon's: dataplane_resume), or a direction broke (reset the tunnel). */
+typedef void (*event_fn)(void *ctx, const struct ws_event *ev);
 
 /* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, paused_fn on_paused, void *ctx, char *why,
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn on_event, void *ctx, char *why,
 				 size_t whylen);
 void dataplane_close(struct dataplane *dp);
 /* Fd to watch for pauses; call dataplane_poll when readable. */

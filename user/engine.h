@@ -23,6 +23,7 @@ enum engine_verdict {
 	ENGINE_RUN,      /* keep going with want[] and tick */
 	ENGINE_CLOSE,    /* both directions closed: close both sockets */
 	ENGINE_RESET,    /* reset_end saw an RST: reset the other end too */
+	ENGINE_ABORT,    /* the rest cannot be delivered intact: reset both ends */
 	ENGINE_FALLBACK, /* cannot carry this tunnel: hand it to the copy relay */
 };
 

@@ -39,6 +39,9 @@ struct tunnel_set {
 	void *ctx[MODE_COUNT];        /* each open engine's context */
 };
 
+/* tunnel_close's reset_end when no end saw an RST but both get one. */
+#define RESET_BOTH 2
+
 static void tunnel_close(struct tunnel *t, int reset_end);
 static void tunnel_switch(struct tunnel *t, const struct engine_ops *to);
 
@@ -80,6 +83,9 @@ static void apply(struct tunnel *t, const struct engine_io *io)
 		return;
 	case ENGINE_RESET:
 		tunnel_close(t, io->reset_end);
+		return;
+	case ENGINE_ABORT:
+		tunnel_close(t, RESET_BOTH);
 		return;
 	case ENGINE_FALLBACK:
 		tunnel_switch(t, engine_fallback);

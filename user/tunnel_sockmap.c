@@ -43,6 +43,7 @@ struct sm_tunnel {
 	int fd[2];
 	uint32_t id;           /* key of the tunnels map */
 	bool in_kernel;        /* inserted; until then the drain runs */
+	bool broken;           /* the kernel could not deliver a direction intact */
 	uint64_t cookie[2];
 	/* Bytes each socket had queued for sending when the kernel took over;
 	 * what it queued since is what the redirects delivered. */
@@ -227,6 +228,10 @@ static void sockmap_progress(struct sm_tunnel *t, struct engine_io *io)
 {
 	struct ws_tunnel tv;
 
+	if (t->broken) {
+		io->verdict = ENGINE_ABORT;
+		return;
+	}
 	if (dataplane_tunnel_read(t->sm->dp, t->id, &tv) < 0) {
 		log_warn("tunnel %u: map entry missing: %s", t->id, strerror(errno));
 		io->verdict = ENGINE_CLOSE;
@@ -526,23 +531,39 @@ static void sockmap_describe(void *st, char *out, size_t len)
 
 /* The kernel paused a direction: its bytes piled up in the destination's
  * psock queue, and its source left verdict_map at a safe point (bpf/
- * splice.bpf.c, "the pause"). The cookie tells a reused tunnel id from the
- * tunnel that was paused. */
-static void on_paused(void *ctx, const struct ws_pause_event *ev)
+ * splice.bpf.c, "the pause"). */
+static void on_paused(struct sm_tunnel *t, const struct ws_event *ev)
 {
-	struct sockmap *sm = ctx;
-	struct sm_tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? sm->by_id[ev->tunnel_id] : NULL;
-	int d = ev->dir & 1;
-	struct sm_dir *dd;
+	struct sm_dir *dd = &t->dir[ev->dir & 1];
 
-	if (!t || t->cookie[dir_src(d)] != ev->cookie)
-		return;
-	dd = &t->dir[d];
 	if (dd->dst_shut)
 		return;
 	dd->paused = true;
-	log_debug("tunnel %u: %s paused in %llu us (%llu bytes in flight when asked)", t->id, dir_name(d),
+	log_debug("tunnel %u: %s paused in %llu us (%llu bytes in flight when asked)", t->id, dir_name(ev->dir & 1),
 		  (unsigned long long)(ev->waited_ns / 1000), (unsigned long long)ev->inflight);
+}
+
+/* The cookie tells a reused tunnel id from the tunnel the event is about. */
+static void on_event(void *ctx, const struct ws_event *ev)
+{
+	struct sockmap *sm = ctx;
+	struct sm_tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? sm->by_id[ev->tunnel_id] : NULL;
+
+	if (!t || t->cookie[dir_src(ev->dir & 1)] != ev->cookie)
+		return;
+	if (ev->kind == WS_EV_PAUSED) {
+		on_paused(t, ev);
+	} else if (ev->kind == WS_EV_BROKEN && !t->broken) {
+		/* The verdict drops the rest of that direction: a reset is the
+		 * honest end, where the stream goes on with a hole or bytes
+		 * twice (bpf/splice.bpf.c, "the trim"). */
+		t->broken = true;
+		log_error("tunnel %u: the kernel could not cut already-delivered bytes off a segment %s (%s): "
+			  "resetting both ends rather than deliver a byte twice",
+			  t->id, dir_name(ev->dir & 1), ev->err ? strerror(-ev->err) : "error unknown");
+	} else {
+		return;
+	}
 	sm->kick(t->owner);
 }
 
@@ -597,7 +618,7 @@ static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine
 	sm->loop = loop;
 	sm->kick = kick;
 	sm->budget = cfg->tunnel_buffer;
-	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_paused, sm, why, whylen);
+	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_event, sm, why, whylen);
 	if (!sm->dp) {
 		sockmap_close(sm);
 		return NULL;

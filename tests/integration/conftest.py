@@ -21,9 +21,27 @@ _seq = itertools.count()
 
 # Indexes of the counters map (include/wsplice_maps.h).
 WS_CNT_REDIRECTED = 2
+WS_CNT_OVERLAP_SKBS, WS_CNT_OVERLAP_BYTES, WS_CNT_TRIM_FAILED = 4, 5, 6
 WS_CNT_PAUSES = 7
 WS_CNT_PAUSE_DEFERRED = 8
 WS_CNT_UNFLAGGED = 9
+WS_CNT_OVERLAP_MAX, WS_CNT_OVERLAP_FIRST, WS_CNT_TRIM_ERRNO, WS_CNT_BROKEN_DROPS = 10, 11, 12, 13
+
+
+def trim_figures(pin_dir):
+    """The trim's counters as one line, and what in them is a failure: a
+    trim that could not complete, or an skb dropped because one did."""
+    k = {i: bpf_counter(pin_dir, i) for i in (WS_CNT_OVERLAP_SKBS, WS_CNT_OVERLAP_FIRST, WS_CNT_OVERLAP_BYTES,
+                                              WS_CNT_TRIM_FAILED, WS_CNT_BROKEN_DROPS)}
+    largest = bpf_counter(pin_dir, WS_CNT_OVERLAP_MAX, max)
+    line = ("%d skbs came partly delivered (%d of them a direction's first), %d bytes trimmed, largest %d; "
+            "%d trims failed, %d skbs dropped for it" % (k[WS_CNT_OVERLAP_SKBS], k[WS_CNT_OVERLAP_FIRST],
+                                                          k[WS_CNT_OVERLAP_BYTES], largest, k[WS_CNT_TRIM_FAILED],
+                                                          k[WS_CNT_BROKEN_DROPS]))
+    failures = []
+    if k[WS_CNT_TRIM_FAILED] or k[WS_CNT_BROKEN_DROPS]:
+        failures.append("a trim failed (largest helper errno %d)" % bpf_counter(pin_dir, WS_CNT_TRIM_ERRNO, max))
+    return line, failures
 
 
 def free_port():

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from wsutil import (bpf_tunnels, echo_after_101, key_of, one_route_config, open_tunnel, recv_exact, recv_until_eof,
+from conftest import WS_CNT_BROKEN_DROPS
+from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, echo_after_101, key_of, one_route_config, open_tunnel, recv_exact, recv_until_eof,
                     switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
 
@@ -335,6 +336,63 @@ def test_upstream_reset_reaches_client(upstream, start_proxy, mode):
     if not rest:
         recv_exact(s, 1)
     assert _sees_close_within(s, 1.0)
+    s.close()
+
+
+def _mark_broken(pin_dir, direction):
+    """Marks a direction's source broken in the pinned sock_links map, as a
+    failed trim does (bpf/splice.bpf.c, "the trim")."""
+    (link,) = [e.get("formatted", e) for e in bpftool_dump(pin_dir, "sock_links")
+               if e.get("formatted", e)["value"]["dir"] == direction]
+    v = link["value"]
+    value = struct.pack("<QIIII", v["peer_cookie"], v["tunnel_id"], v["dir"], v["verdict_rcv_nxt"], 1)
+    subprocess.run(["bpftool", "map", "update", "pinned", os.path.join(pin_dir, "sock_links"),
+                    "key", "hex", *("%02x" % b for b in struct.pack("<Q", link["key"])),
+                    "value", "hex", *("%02x" % b for b in value)], check=True)
+
+
+@pytest.mark.parametrize("source", ["client", "upstream"])
+def test_a_broken_direction_resets_both_ends_and_delivers_nothing_more(upstream, start_proxy, kmode, source):
+    """Where the kernel cannot deliver a direction intact (a trim that
+    failed), the verdict drops the rest of it and the daemon resets both
+    ends: the peers see a reset, never a byte twice or a hole."""
+    outcome = {}
+
+    def read_to_the_end(sock):
+        data = b""
+        sock.settimeout(5)
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return data, "eof"
+                data += chunk
+        except ConnectionResetError:
+            return data, "reset"
+        except socket.timeout:
+            return data, "timeout"
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        roundtrip_upstream(conn, rest)
+        outcome["armed"] = True
+        if source == "upstream":
+            assert recv_exact(conn, 2) == b"go"
+            conn.sendall(b"after the break")
+        outcome["upstream"] = read_to_the_end(conn)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, kmode)
+    s, rest = open_tunnel(px.port)
+    roundtrip_client(s, rest)
+    assert wait_for(lambda: "armed" in outcome)
+    _mark_broken(px.pin_dir, 0 if source == "client" else 1)
+    s.sendall(b"after the break" if source == "client" else b"go")
+    client = read_to_the_end(s)
+    assert wait_for(lambda: "upstream" in outcome, timeout=10)
+    assert client == (b"", "reset") and outcome["upstream"] == (b"", "reset"), (client, outcome)
+    assert "resetting both ends rather than deliver a byte twice" in px.read_log()
+    assert bpf_counter(px.pin_dir, WS_CNT_BROKEN_DROPS) == 1
     s.close()
 
 

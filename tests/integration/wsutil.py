@@ -170,11 +170,12 @@ def bpftool_dump(pin_dir, name):
     return json.loads(out)
 
 
-def bpf_counter(pin_dir, index):
+def bpf_counter(pin_dir, index, over_cpus=sum):
+    """A per-CPU counter, summed (over_cpus=max for the ones that keep a maximum)."""
     for entry in bpftool_dump(pin_dir, "counters"):
         entry = entry.get("formatted", entry)
         if entry["key"] == index:
-            return sum(v["value"] for v in entry["values"])
+            return over_cpus(v["value"] for v in entry["values"])
     return 0
 
 
