@@ -1,6 +1,9 @@
 /* The benchmark's load client. Every mode upgrades first (and checks the
  * 101's accept), then measures; output is one line of key=value figures.
- *   ws_load HOST PORT rtt  CONNS MSGS [SAMPLES_FILE]  64-byte frames, strict ping-pong per connection
+ *   ws_load HOST PORT rtt  CONNS MSGS [SAMPLES_FILE|- [GAP_US]]
+ *                                                     64-byte frames, strict ping-pong per connection;
+ *                                                     GAP_US: each connection waits that long after an
+ *                                                     answer before it sends again (sparse traffic)
  *   ws_load HOST PORT tput MIB                        64 KiB frames echoed back, every byte verified
  *   ws_load HOST PORT hs   SECONDS                    connect, upgrade, close, one at a time
  *   ws_load HOST PORT idle CONNS                      open tunnels, one echoed frame each, then hold them
@@ -10,7 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "bench_common.h"
@@ -50,16 +57,43 @@ static int cmp_u64(const void *a, const void *b)
 struct rtt_conn {
 	int fd;
 	uint32_t sent, got_bytes;
-	uint64_t t0;
+	uint64_t t0, due; /* due: when the next frame goes (0: none waits) */
 	unsigned char in[RTT_MSG];
 };
 
-static void mode_rtt(int conns, int msgs, const char *samples_file)
+static void rtt_send(struct rtt_conn *x)
+{
+	unsigned char frame[RTT_MSG];
+
+	rtt_frame(frame, x->sent++);
+	x->due = 0;
+	x->t0 = now_ns();
+	if (write_all(x->fd, frame, RTT_MSG))
+		die("write");
+}
+
+/* Sends the frames that are due; returns the epoll timeout (ms) until the
+ * next one, or the 10 s no-answer limit when none waits. */
+static int rtt_send_due(struct rtt_conn *c, int conns)
+{
+	uint64_t now = now_ns(), next = 0;
+
+	for (int i = 0; i < conns; i++) {
+		if (!c[i].due)
+			continue;
+		if (c[i].due <= now)
+			rtt_send(&c[i]);
+		else if (!next || c[i].due < next)
+			next = c[i].due;
+	}
+	return next ? (int)((next - now + 999999) / 1000000) : 10000;
+}
+
+static void mode_rtt(int conns, int msgs, const char *samples_file, uint64_t gap_ns)
 {
 	struct rtt_conn *c = calloc(conns, sizeof(*c));
 	uint64_t *rtt = malloc(sizeof(*rtt) * (size_t)conns * msgs), n = 0, total = (uint64_t)conns * msgs;
 	struct epoll_event evs[256];
-	unsigned char frame[RTT_MSG];
 	int ep = epoll_create1(0);
 
 	for (int i = 0; i < conns; i++) {
@@ -67,17 +101,12 @@ static void mode_rtt(int conns, int msgs, const char *samples_file)
 		set_nonblock(c[i].fd, 1);
 		epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &(struct epoll_event){ .events = EPOLLIN, .data.u32 = i });
 	}
-	for (int i = 0; i < conns; i++) {
-		rtt_frame(frame, 0);
-		c[i].t0 = now_ns();
-		if (write_all(c[i].fd, frame, RTT_MSG))
-			die("write");
-		c[i].sent = 1;
-	}
+	for (int i = 0; i < conns; i++)
+		rtt_send(&c[i]);
 	while (n < total) {
-		int k = epoll_wait(ep, evs, 256, 10000);
+		int timeout = rtt_send_due(c, conns), k = epoll_wait(ep, evs, 256, timeout);
 
-		if (k <= 0)
+		if (k < 0 || (k == 0 && timeout == 10000))
 			die("rtt: no answer for 10 s");
 		for (int j = 0; j < k; j++) {
 			struct rtt_conn *x = &c[evs[j].data.u32];
@@ -94,10 +123,10 @@ static void mode_rtt(int conns, int msgs, const char *samples_file)
 			rtt[n++] = now_ns() - x->t0;
 			x->got_bytes = 0;
 			if (x->sent < (uint32_t)msgs) {
-				rtt_frame(frame, x->sent++);
-				x->t0 = now_ns();
-				if (write_all(x->fd, frame, RTT_MSG))
-					die("write");
+				if (gap_ns)
+					x->due = now_ns() + gap_ns;
+				else
+					rtt_send(x);
 			}
 		}
 	}
@@ -169,6 +198,26 @@ static void tput_explain(const unsigned char *got, size_t n, uint64_t pos)
 	fprintf(stderr, "tput: at stream byte %llu came bytes that were never sent\n", (unsigned long long)pos);
 }
 
+/* A stalled socket's TCP state, so a stall says whether the peer stopped
+ * (no window, nothing to read) or TCP itself waits (retransmission backoff). */
+static void tcp_explain(int fd, const char *what)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int inq = 0, outq = 0;
+
+	memset(&ti, 0, sizeof(ti));
+	getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len);
+	ioctl(fd, SIOCINQ, &inq);
+	ioctl(fd, SIOCOUTQ, &outq);
+	fprintf(stderr,
+		"%s: tcp state=%u rto_us=%u backoff=%u probes=%u retransmits=%u unacked=%u lost=%u total_retrans=%u "
+		"snd_cwnd=%u bytes_acked=%llu bytes_received=%llu inq=%d outq=%d\n",
+		what, ti.tcpi_state, ti.tcpi_rto, ti.tcpi_backoff, ti.tcpi_probes, ti.tcpi_retransmits, ti.tcpi_unacked,
+		ti.tcpi_lost, ti.tcpi_total_retrans, ti.tcpi_snd_cwnd, (unsigned long long)ti.tcpi_bytes_acked,
+		(unsigned long long)ti.tcpi_bytes_received, inq, outq);
+}
+
 /* Writer and reader interleave on one non-blocking socket so neither side's
  * buffers fill up; every echoed byte is compared with what was sent. */
 static void mode_tput(int mib)
@@ -189,8 +238,10 @@ static void mode_tput(int mib)
 	while (recvd < total) {
 		struct epoll_event ev;
 
-		if (epoll_wait(ep, &ev, 1, 10000) <= 0)
+		if (epoll_wait(ep, &ev, 1, 10000) <= 0) {
+			tcp_explain(fd, "tput");
 			die("tput: stalled for 10 s at %llu bytes", (unsigned long long)recvd);
+		}
 		while (sent < total) {
 			ssize_t w;
 
@@ -283,7 +334,8 @@ int main(int argc, char **argv)
 	host = argv[1];
 	port = atoi(argv[2]);
 	if (!strcmp(argv[3], "rtt") && argc >= 6)
-		mode_rtt(atoi(argv[4]), atoi(argv[5]), argc > 6 ? argv[6] : NULL);
+		mode_rtt(atoi(argv[4]), atoi(argv[5]), argc > 6 && strcmp(argv[6], "-") ? argv[6] : NULL,
+			 argc > 7 ? strtoull(argv[7], NULL, 10) * 1000 : 0);
 	else if (!strcmp(argv[3], "tput"))
 		mode_tput(atoi(argv[4]));
 	else if (!strcmp(argv[3], "hs"))
