@@ -160,6 +160,22 @@ static bool kernel_has_kfuncs(void)
 	return ok;
 }
 
+/* SO_RCVBUF of spliced sockets: half the budget (the kernel doubles it), so
+ * a resume releases at most one budget's worth at once (docs/KERNEL.md, the
+ * bound), within [512 KiB, 4 MiB]. The floor: the advertised window is half
+ * the buffer, and a receiver only announces it in whole segments (SWS
+ * avoidance); loopback's MSS is 64 KiB, so a 256 KiB buffer let a
+ * sender see less than one segment of window and wait for its probe timer.
+ * That made bulk fall to 89 MB/s at --tunnel-buffer 512k and 7 MB/s at
+ * 256k, against 600 at 1M and more (KERNEL-LOG.md, "A small budget starves
+ * the window"); 512 KiB set is 1 MiB, sixteen loopback segments. */
+static int spliced_rcvbuf(uint64_t budget)
+{
+	uint64_t half = budget / 2;
+
+	return half > (4u << 20) ? 4 << 20 : half < (512u << 10) ? 512 << 10 : (int)half;
+}
+
 struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn on_event, void *ctx, char *why,
 				 size_t whylen)
 {
@@ -173,7 +189,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn 
 	}
 	dp->lock_fd = -1;
 	dp->cg.fd = -1;
-	dp->rcvbuf = budget / 2 > (4u << 20) ? (4 << 20) : budget / 2 < 65536 ? 65536 : (int)(budget / 2);
+	dp->rcvbuf = spliced_rcvbuf(budget);
 	dp->on_event = on_event;
 	dp->ctx = ctx;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);

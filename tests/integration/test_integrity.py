@@ -51,3 +51,27 @@ def test_bulk_streams_under_backpressure_arrive_intact(start_proxy, mode):
     finally:
         echo.terminate()
         echo.wait(5)
+
+
+def test_a_small_tunnel_buffer_keeps_bulk_moving(start_proxy, kmode):
+    """A budget far below the default still moves bulk at full speed. The
+    spliced sockets' receive buffer was half the budget: at 256k that is a
+    window of about two 64 KiB loopback segments, the peers stalled on their
+    probe timers after every pause, and 256 MiB took 36 s (KERNEL-LOG.md, "A
+    small budget starves the window"). A liveness bound, not a speed test."""
+    echo_port = free_port()
+    echo = subprocess.Popen([os.path.join(BENCH, "ws_echo"), str(echo_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: subprocess.run(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/%d" % echo_port],
+                                               capture_output=True).returncode == 0, timeout=5)
+        px = start_proxy(echo_port, kmode, extra=("--tunnel-buffer", "256k"))
+        load = subprocess.run([os.path.join(BENCH, "ws_load"), "127.0.0.1", str(px.port), "tput", "256"],
+                              capture_output=True, text=True, timeout=30)
+        assert load.returncode == 0 and "verified=1" in load.stdout, load.stderr
+        pauses = bpf_counter(px.pin_dir, WS_CNT_PAUSES)
+        report("256 MiB through --tunnel-buffer 256k [%s]: %s, %d pauses" % (kmode, load.stdout.strip(), pauses))
+        assert pauses, "the small budget never paused: the test did not test it"
+    finally:
+        echo.terminate()
+        echo.wait(5)
