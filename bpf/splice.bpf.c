@@ -345,6 +345,10 @@ int wsplice_verdict(struct __sk_buff *skb)
 	ds->packets++;
 	t->last_active_ns = bpf_ktime_get_coarse_ns();
 	count(WS_CNT_REDIRECTED);
+	/* The same per CPU, for the metrics: one map read sums every tunnel,
+	 * closed ones included. */
+	add(WS_CNT_BYTES_C2U + (link->dir & 1), skb->len);
+	count(WS_CNT_PACKETS_C2U + (link->dir & 1));
 	check_budget(ds, cookie, tp);
 	return SK_PASS;
 }

@@ -110,7 +110,11 @@ enum ws_counter {
 	WS_CNT_OVERLAP_FIRST = 11, /* overlaps on a direction's first skb: the part userspace read before insertion */
 	WS_CNT_TRIM_ERRNO = 12,   /* the largest -errno of a helper call that failed a trim */
 	WS_CNT_BROKEN_DROPS = 13, /* skbs dropped because their direction broke (must stay 0) */
-	WS_CNT_MAX = 16,
+	WS_CNT_BYTES_C2U = 14,    /* bytes redirected, per direction (WS_CNT_BYTES_C2U + enum ws_dir) */
+	WS_CNT_BYTES_U2C = 15,
+	WS_CNT_PACKETS_C2U = 16,  /* skbs redirected, per direction */
+	WS_CNT_PACKETS_U2C = 17,
+	WS_CNT_MAX = 32,
 };
 
 #endif

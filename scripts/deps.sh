@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(make gcc clang llvm libbpf-dev libelf-dev zlib1g-dev libssl-dev libinih-dev
       libcmocka-dev libclang-rt-14-dev bpftool pkg-config iproute2 python3 python3-websockets
-      python3-pytest chromium)
+      python3-pytest chromium prometheus)
 # node and npm may come from elsewhere than Debian (the CI image ships them);
 # only ask apt when they are missing.
 command -v node >/dev/null || pkgs+=(nodejs)

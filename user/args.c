@@ -27,6 +27,7 @@ void args_usage(FILE *out)
 	      "      --bpffs DIR             where maps are pinned (default /sys/fs/bpf/wsplice)\n"
 	      "      --tunnel-buffer SIZE    in-kernel bytes in flight per direction before the\n"
 	      "                              sender is paused (default 4M; k, M, G suffixes)\n"
+	      "      --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics\n"
 	      "  -v, --verbose               debug logging\n"
 	      "  -h, --help                  this text\n"
 	      "  -V, --version               print the version\n",
@@ -41,6 +42,7 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "mode", required_argument, NULL, 'm' },
 		{ "bpffs", required_argument, NULL, 'B' },
 		{ "tunnel-buffer", required_argument, NULL, 'T' },
+		{ "metrics", required_argument, NULL, 'M' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "test-config", no_argument, NULL, 't' },
@@ -93,6 +95,11 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 			}
 			opt->have_tunnel_buffer = true;
 			break;
+		case 'M':
+			if (endpoint_split(optarg, &opt->metrics, err, errlen))
+				goto bad;
+			opt->have_metrics = true;
+			break;
 		case 'v':
 			opt->verbose = 1;
 			break;
@@ -139,6 +146,8 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		snprintf(cfg->bpffs, sizeof(cfg->bpffs), "%s", opt->bpffs);
 	if (opt->have_tunnel_buffer || !opt->config_path)
 		cfg->tunnel_buffer = opt->tunnel_buffer;
+	if (opt->have_metrics)
+		cfg->metrics = opt->metrics;
 	if (opt->verbose)
 		cfg->verbose = 1;
 }

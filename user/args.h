@@ -18,8 +18,9 @@ struct cli_options {
 	enum tunnel_mode mode;
 	char bpffs[256];
 	uint64_t tunnel_buffer;
+	struct endpoint metrics;
 	int verbose;
-	bool have_mode, have_bpffs, have_tunnel_buffer;
+	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics;
 };
 
 /* Fills opt; on ARGS_ERROR, err holds one line saying what is wrong. */

@@ -111,6 +111,8 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 		if (endpoint_resolve(&l->ep, true, why, sizeof(why)))
 			FAIL(l->line, "[listener %s]: %s", l->name, why);
 	}
+	if (cfg->metrics.host[0] && endpoint_resolve(&cfg->metrics, true, why, sizeof(why)))
+		FAIL(0, "metrics: %s", why);
 	for (size_t i = 0; i < cfg->n_pools; i++) {
 		struct pool *p = &cfg->pools[i];
 

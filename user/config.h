@@ -88,6 +88,7 @@ struct config {
 	enum tunnel_mode mode;
 	char bpffs[256];
 	uint64_t tunnel_buffer;
+	struct endpoint metrics; /* the scrape endpoint; host "" = none */
 	int verbose;
 	struct timeouts timeouts;
 	struct http_limits limits;

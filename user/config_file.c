@@ -271,6 +271,11 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "tunnel_buffer")) {
 		if (parse_size(value, &cfg->tunnel_buffer) || cfg->tunnel_buffer < 65536)
 			error_at(ld, ld->line, "tunnel_buffer '%s': expected a size of at least 64k", value);
+	} else if (!strcmp(key, "metrics")) {
+		char why[300];
+
+		if (endpoint_split(value, &cfg->metrics, why, sizeof(why)))
+			error_at(ld, ld->line, "metrics: %s", why);
 	} else if (!strcmp(key, "verbose")) {
 		if (parse_bool(value, &b))
 			error_at(ld, ld->line, "verbose '%s': expected on or off", value);

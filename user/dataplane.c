@@ -370,6 +370,27 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 	return bpf_map_lookup_elem(dp->tunnels_fd, &id, out);
 }
 
+int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_t *max)
+{
+	int ncpus = libbpf_num_possible_cpus();
+	uint64_t *vals;
+
+	*sum = *max = 0;
+	if (ncpus <= 0 || !(vals = calloc(ncpus, sizeof(*vals))))
+		return -1;
+	if (bpf_map_lookup_elem(bpf_map__fd(dp->skel->maps.counters), &idx, vals)) {
+		free(vals);
+		return -1;
+	}
+	for (int cpu = 0; cpu < ncpus; cpu++) {
+		*sum += vals[cpu];
+		if (vals[cpu] > *max)
+			*max = vals[cpu];
+	}
+	free(vals);
+	return 0;
+}
+
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)
 {
 	uint64_t v = fd;

@@ -38,6 +38,9 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
  * socket leaves the SOCKHASHes by itself). */
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
+/* One index of the per-CPU counters map (enum ws_counter) over every CPU:
+ * the sum, and the largest (for the counters that keep a maximum). */
+int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_t *max);
 /* Backpressure: restart the verdict for a paused source socket. */
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
 uint64_t socket_cookie(int fd);

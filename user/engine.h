@@ -74,6 +74,15 @@ extern const struct engine_ops *const engine_table[MODE_COUNT];
 /* Where a tunnel goes when its engine returns ENGINE_FALLBACK. */
 extern const struct engine_ops *const engine_fallback;
 
+/* Of n bytes written to a destination whose lifetime count went from w to
+ * w + n, how many are tunnel payload (at or past payload_from). */
+static inline uint64_t payload_part(uint64_t w, uint64_t n, uint64_t payload_from)
+{
+	uint64_t end = w + n;
+
+	return end <= payload_from ? 0 : end - (w > payload_from ? w : payload_from);
+}
+
 /* Shared by engines: the socket error pending on fd, 0 when none. */
 int sock_error(int fd);
 

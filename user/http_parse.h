@@ -54,6 +54,8 @@ bool http_target_absolute(struct http_str target, struct http_str *authority, st
 extern const struct http_limits http_default_limits;
 
 bool http_str_ieq(struct http_str s, const char *lit);
+/* The reason phrase of the statuses wsplice answers itself. */
+const char *http_reason(int status);
 /* Index of the first header with that name (case-insensitive) or -1. */
 int http_header_find(const struct http_head *h, const char *name, int from);
 int http_header_count(const struct http_head *h, const char *name);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 #include "upstream.h"
 
@@ -76,6 +77,7 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 			return;
 		}
 		socket_tune(fd);
+		metrics_inc(M_CONNECTIONS_ACCEPTED);
 		session_start(l->px, fd, l->name, &peer);
 	}
 }

@@ -13,6 +13,7 @@
 #include "config_file.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "pool.h"
 #include "proxy.h"
 #include "route.h"
@@ -79,11 +80,13 @@ static void reload(struct proxy *px)
 		config_put(cfg);
 		return;
 	}
-	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer)
-		log_warn("reload: mode, bpffs and tunnel_buffer apply at the next restart");
+	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer ||
+	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port))
+		log_warn("reload: mode, bpffs, tunnel_buffer and metrics apply at the next restart");
 	cfg->mode = old->mode;
 	snprintf(cfg->bpffs, sizeof(cfg->bpffs), "%s", old->bpffs);
 	cfg->tunnel_buffer = old->tunnel_buffer;
+	cfg->metrics = old->metrics;
 	if (route_bind_states(px, cfg) || pool_bind_states(px, cfg)) {
 		log_error("reload refused: out of memory");
 		config_put(cfg);
@@ -163,6 +166,7 @@ int main(int argc, char **argv)
 	struct signal_watch sw = { 0 };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
+	struct metrics_server *ms = NULL;
 	struct config *cfg;
 	char err[512];
 	sigset_t mask;
@@ -235,6 +239,14 @@ int main(int argc, char **argv)
 			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
 				 cfg->listeners[i].ep.port);
 	}
+	if (cfg->metrics.host[0]) {
+		ms = metrics_server_open(px.loop, &cfg->metrics, err, sizeof(err));
+		if (!ms) {
+			log_error("%s", err);
+			goto out;
+		}
+		log_info("metrics on http://%s:%s/metrics", cfg->metrics.host, cfg->metrics.port);
+	}
 	if (cfg->path[0])
 		log_info("configuration %s: %zu routes, %zu pools, mode %s", cfg->path, cfg->n_routes, cfg->n_pools,
 			 tunnel_set_engine(px.tunnels));
@@ -245,6 +257,7 @@ int main(int argc, char **argv)
 	ev_loop_run(px.loop);
 	rc = 0;
 out:
+	metrics_server_close(ms);
 	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
 		listener_close(listeners[i]);
 	free(listeners);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,6 +13,7 @@
 #include "http_body.h"
 #include "header_rewrite.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "route.h"
 #include "session.h"
@@ -46,11 +48,18 @@ struct session {
 	enum session_state state;
 	bool closed, client_eof, upstream_eof, upstream_connected;
 	bool websocket, head_request, keepalive, close_after, resp_head_done;
+	/* An upgrade request not yet counted as succeeded or refused (the
+	 * metrics count each once), and when its head was complete. */
+	bool upgrade_pending;
+	uint64_t upgrade_start_ns;
 	struct buf cin, uin, cout, uout;
 	struct http_body req_body, resp_body;
 	/* Bytes userspace moved on each socket: the sockmap FIN check compares
 	 * them with the kernel's own counts. */
 	uint64_t client_read, client_written, upstream_read, upstream_written;
+	/* Set at the 101: where the tunnel's payload starts in upstream_written
+	 * and client_written (struct tunnel_handoff). */
+	uint64_t payload_from[2];
 	char ws_accept[WS_ACCEPT_LEN + 1];
 	char client_ip[INET6_ADDRSTRLEN];
 };
@@ -74,24 +83,6 @@ enum deadline_action {
 static void on_client(struct ev_handler *h, uint32_t events);
 static void on_upstream(struct ev_handler *h, uint32_t events);
 static void drive(struct session *s);
-
-static const char *reason_phrase(int status)
-{
-	switch (status) {
-	case 400: return "Bad Request";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 408: return "Request Timeout";
-	case 414: return "URI Too Long";
-	case 426: return "Upgrade Required";
-	case 431: return "Request Header Fields Too Large";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	case 505: return "HTTP Version Not Supported";
-	default: return "Error";
-	}
-}
 
 static void set_deadline(struct session *s, enum deadline_action action, uint64_t after_ms)
 {
@@ -217,6 +208,23 @@ void session_close_all(struct proxy *px)
 		session_close((struct session *)px->sessions.next);
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Counts a pending upgrade as refused, for this reason. */
+static void upgrade_refused(struct session *s, enum metric reason)
+{
+	if (!s->upgrade_pending)
+		return;
+	s->upgrade_pending = false;
+	metrics_inc(reason);
+}
+
 void session_reply_error(struct session *s, int status)
 {
 	char resp[256];
@@ -224,9 +232,12 @@ void session_reply_error(struct session *s, int status)
 
 	n = snprintf(resp, sizeof(resp),
 		     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%sConnection: close\r\n\r\n%d %s\n",
-		     status, reason_phrase(status), strlen(reason_phrase(status)) + 5,
-		     status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", status, reason_phrase(status));
-	log_info("client %s: %d %s", s->client_ip, status, reason_phrase(status));
+		     status, http_reason(status), strlen(http_reason(status)) + 5,
+		     status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", status, http_reason(status));
+	log_info("client %s: %d %s", s->client_ip, status, http_reason(status));
+	metrics_status(status);
+	/* The sites that know better named their reason already. */
+	upgrade_refused(s, status >= 500 ? M_REFUSED_UPSTREAM_UNAVAILABLE : M_REFUSED_INVALID);
 	close_upstream(s);
 	release_tunnel_slot(s);
 	set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
@@ -274,6 +285,7 @@ static void connect_upstream(struct session *s)
 		fd = upstream_connect(&srv->ep);
 		if (fd < 0) {
 			log_warn("upstream %s:%s: %s", srv->ep.host, srv->ep.port, strerror(errno));
+			metrics_upstream_failure(srv->ep.host, srv->ep.port);
 			pool_mark_failed(p, srv, now);
 			continue;
 		}
@@ -300,6 +312,7 @@ static void upstream_failed(struct session *s, const char *why)
 	struct server *srv = s->server;
 
 	log_warn("upstream %s:%s: %s", srv->ep.host, srv->ep.port, why);
+	metrics_upstream_failure(srv->ep.host, srv->ep.port);
 	pool_mark_failed(s->route->pool, srv, ev_now_ms());
 	release_upstream(s, false);
 	connect_upstream(s);
@@ -355,18 +368,27 @@ static bool start_request(struct session *s)
 		goto done;
 	}
 	ws = ws_request_check(h, s->ws_accept);
+	if (ws) {
+		metrics_inc(M_UPGRADES_ATTEMPTED);
+		s->upgrade_pending = true;
+		s->upgrade_start_ns = mono_ns();
+	}
 	if (ws < 0 || http_request_body(h, &s->req_body) < 0 || (ws && !s->req_body.done)) {
 		session_reply_error(s, ws < 0 ? -ws : 400);
 		goto done;
 	}
 	s->route = route_match(s->cfg, s->listener, h);
 	if (!s->route) {
+		upgrade_refused(s, M_REFUSED_NO_ROUTE);
 		session_reply_error(s, 404);
 		goto done;
 	}
 	if (ws == 1 && (status = route_admit_websocket(s->route, h))) {
 		log_info("route %s refuses the upgrade (%s)", s->route->name,
 			 status == 503 ? "max_tunnels reached" : !s->route->websocket ? "websocket off" : "origin");
+		upgrade_refused(s, status == 503		? M_REFUSED_MAX_TUNNELS
+				   : !s->route->websocket ? M_REFUSED_WEBSOCKET_OFF
+							  : M_REFUSED_ORIGIN);
 		session_reply_error(s, status);
 		goto done;
 	}
@@ -447,6 +469,7 @@ static bool handle_response_head(struct session *s)
 	if (h->status == 101) {
 		if (!s->websocket || !ws_response_accepts(h, s->ws_accept)) {
 			log_warn("upstream 101 without a matching websocket accept: no tunnel");
+			upgrade_refused(s, M_REFUSED_BAD_ACCEPT);
 			session_reply_error(s, 502);
 			goto done;
 		}
@@ -454,6 +477,11 @@ static bool handle_response_head(struct session *s)
 			session_reply_error(s, 502);
 			goto done;
 		}
+		metrics_status(101);
+		/* Everything queued so far is the handshake; what comes after
+		 * it (move_leftovers) is the tunnel's. */
+		s->payload_from[WS_DIR_C2U] = s->upstream_written + buf_len(&s->uout);
+		s->payload_from[WS_DIR_U2C] = s->client_written + buf_len(&s->cout);
 		buf_consume(&s->uin, r);
 		s->state = S_HANDOFF;
 		set_deadline(s, DL_NONE, 0);
@@ -483,6 +511,8 @@ static bool handle_response_head(struct session *s)
 		session_reply_error(s, 502);
 		goto done;
 	}
+	metrics_status(h->status);
+	upgrade_refused(s, M_REFUSED_UPSTREAM_DECLINED);
 	buf_consume(&s->uin, r);
 	s->resp_head_done = true;
 done:
@@ -561,10 +591,16 @@ static void hand_off(struct session *s)
 		.queue = { [WS_DIR_C2U] = s->uout, [WS_DIR_U2C] = s->cout },
 		.read = { [WS_DIR_C2U] = s->client_read, [WS_DIR_U2C] = s->upstream_read },
 		.written = { [WS_DIR_C2U] = s->upstream_written, [WS_DIR_U2C] = s->client_written },
+		.payload_from = { s->payload_from[WS_DIR_C2U], s->payload_from[WS_DIR_U2C] },
 		.route_st = s->tunnel_slot,
 		.server_st = s->server ? s->server->st : NULL,
 	};
 
+	if (s->upgrade_pending) {
+		s->upgrade_pending = false;
+		metrics_inc(M_UPGRADES_SUCCEEDED);
+		metrics_handshake_seconds((double)(mono_ns() - s->upgrade_start_ns) / 1e9);
+	}
 	/* The session's epoll registrations carry its own pointers: drop them. */
 	ev_watch(s->px->loop, &s->client, 0);
 	ev_watch(s->px->loop, &s->upstream, 0);

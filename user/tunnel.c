@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "engine.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "route.h"
 #include "tunnel.h"
@@ -42,7 +43,7 @@ struct tunnel_set {
 /* tunnel_close's reset_end when no end saw an RST but both get one. */
 #define RESET_BOTH 2
 
-static void tunnel_close(struct tunnel *t, int reset_end);
+static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause);
 static void tunnel_switch(struct tunnel *t, const struct engine_ops *to);
 
 int sock_error(int fd)
@@ -79,13 +80,13 @@ static void apply(struct tunnel *t, const struct engine_io *io)
 	case ENGINE_RUN:
 		break;
 	case ENGINE_CLOSE:
-		tunnel_close(t, -1);
+		tunnel_close(t, -1, M_CLOSED_FIN);
 		return;
 	case ENGINE_RESET:
-		tunnel_close(t, io->reset_end);
+		tunnel_close(t, io->reset_end, M_CLOSED_RESET);
 		return;
 	case ENGINE_ABORT:
-		tunnel_close(t, RESET_BOTH);
+		tunnel_close(t, RESET_BOTH, M_CLOSED_ERROR);
 		return;
 	case ENGINE_FALLBACK:
 		tunnel_switch(t, engine_fallback);
@@ -142,6 +143,7 @@ static void tunnel_switch(struct tunnel *t, const struct engine_ops *to)
 
 	log_debug("tunnel %llu: %s hands over to %s", (unsigned long long)t->serial, t->eng->name, to->name);
 	t->eng->stop(t->st, &h);
+	metrics_engine_tunnels(t->eng->name, -1);
 	t->eng = to;
 	io = io_now(t);
 	io.tick = false; /* the new engine asks for its own */
@@ -150,23 +152,27 @@ static void tunnel_switch(struct tunnel *t, const struct engine_ops *to)
 		for (int d = 0; d < 2; d++)
 			buf_release(&h.queue[d]);
 		t->eng = NULL;
-		tunnel_close(t, -1);
+		tunnel_close(t, -1, M_CLOSED_ERROR);
 		return;
 	}
+	metrics_engine_tunnels(to->name, 1);
 	apply(t, &io);
 }
 
-static void tunnel_close(struct tunnel *t, int reset_end)
+static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 {
 	struct tunnel_set *ts = t->ts;
 
 	if (t->closed)
 		return;
 	t->closed = true;
+	metrics_inc(cause);
 	ev_ticker_stop(ts->loop, &t->ticker);
 	/* While both sockets are open: the sockmap takes them out of its maps. */
-	if (t->eng)
+	if (t->eng) {
 		t->eng->stop(t->st, NULL);
+		metrics_engine_tunnels(t->eng->name, -1);
+	}
 	for (int e = 0; e < 2; e++) {
 		if (reset_end >= 0 && e != reset_end) {
 			/* Pass the reset on: close with an RST, not a FIN. */
@@ -217,6 +223,7 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 	}
 	ts->count++;
 	TAILQ_INSERT_TAIL(&ts->all, t, link);
+	metrics_engine_tunnels(t->eng->name, 1);
 	apply(t, &io);
 }
 
@@ -250,7 +257,7 @@ void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t 
 		}
 		log_info("tunnel %llu: %s for %llu ms: closing", (unsigned long long)t->serial,
 			 t->half_closed ? "half-closed and idle" : "idle", (unsigned long long)(now_ms - last));
-		tunnel_close(t, -1);
+		tunnel_close(t, -1, t->half_closed ? M_CLOSED_FIN_TIMEOUT : M_CLOSED_IDLE_TIMEOUT);
 	}
 }
 
@@ -349,7 +356,7 @@ void tunnel_set_close(struct tunnel_set *ts)
 	if (!ts)
 		return;
 	while (!TAILQ_EMPTY(&ts->all))
-		tunnel_close(TAILQ_FIRST(&ts->all), -1);
+		tunnel_close(TAILQ_FIRST(&ts->all), -1, M_CLOSED_SHUTDOWN);
 	/* The tunnels' memory goes with the loop's deferred frees. */
 	ev_run_deferred(ts->loop);
 	for (int m = 0; m < MODE_COUNT; m++)

@@ -33,6 +33,10 @@ struct tunnel_handoff {
 	 * bytes userspace read from the direction's source and wrote to its
 	 * destination. The sockmap FIN check compares them with TCP's. */
 	uint64_t read[2], written[2];
+	/* Where the tunnel's payload starts, as a value of written[d]: what is
+	 * queued before it is the handshake (the request, the 101), not
+	 * tunnel bytes. The metrics and the tunnel's byte counts start there. */
+	uint64_t payload_from[2];
 	/* Held for the tunnel's life: a slot of its route's max_tunnels, and a
 	 * connection counted against its server for leastconn. */
 	struct route_state *route_st;

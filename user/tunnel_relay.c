@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "engine.h"
 #include "log.h"
+#include "metrics.h"
 
 #define RELAY_PIPE_SIZE 65536
 #define RELAY_BUF_SIZE 65536
@@ -22,7 +23,7 @@ struct relay_dir {
 	uint32_t in_pipe;
 	bool src_eof;         /* FIN received from the source */
 	bool dst_shut;        /* FIN sent to the destination */
-	uint64_t read, written, written_at_start;
+	uint64_t read, written, payload_from; /* written: the destination's lifetime count */
 };
 
 struct relay {
@@ -128,6 +129,8 @@ static int relay_drain(struct relay *r, int d)
 		return 0;
 	}
 	if (n > 0) {
+		metrics_add(d == WS_DIR_C2U ? M_USER_BYTES_C2U : M_USER_BYTES_U2C,
+			    payload_part(dd->written, n, dd->payload_from));
 		dd->written += n;
 		return 1;
 	}
@@ -223,7 +226,8 @@ static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io
 		if (!buf_len(&dd->buf))
 			buf_release(&dd->buf); /* an idle tunnel holds no block */
 		dd->read = h->read[d];
-		dd->written = dd->written_at_start = h->written[d];
+		dd->written = h->written[d];
+		dd->payload_from = h->payload_from[d];
 	}
 	relay_run(r, io);
 	return r;
@@ -254,6 +258,7 @@ static void relay_stop(void *st, struct tunnel_handoff *h)
 			h->queue[d] = dd->buf;
 			h->read[d] = dd->read;
 			h->written[d] = dd->written;
+			h->payload_from[d] = dd->payload_from;
 		} else {
 			buf_release(&dd->buf); /* now, not deferred: see session_close */
 		}
@@ -270,7 +275,7 @@ static void relay_stats(void *st, struct tunnel_stats *out)
 	struct relay *r = st;
 
 	for (int d = 0; d < 2; d++)
-		out->bytes[d] = r->dir[d].written - r->dir[d].written_at_start;
+		out->bytes[d] = payload_part(0, r->dir[d].written, r->dir[d].payload_from);
 	out->last_active_ms = r->last_active_ms;
 }
 

@@ -20,6 +20,7 @@
 #include "dataplane.h"
 #include "engine.h"
 #include "log.h"
+#include "metrics.h"
 
 /* tcpi_state values are the kernel's TCP_* states (include/net/tcp_states.h). */
 #define TCPI_STATE_CLOSE 7
@@ -32,7 +33,7 @@ struct sm_dir {
 	bool user_finish;      /* finishing this direction in userspace */
 	uint64_t user_read;    /* bytes userspace ever read from the source */
 	uint64_t user_written; /* bytes userspace ever wrote to the destination */
-	uint64_t written_at_start;
+	uint64_t payload_from;  /* the value of user_written where the tunnel's payload starts */
 };
 
 struct sockmap;
@@ -66,6 +67,14 @@ struct sockmap {
 static const char *dir_name(int d)
 {
 	return d == WS_DIR_C2U ? "client->upstream" : "upstream->client";
+}
+
+/* Userspace wrote n bytes of direction d (the drain, or a finish after FIN). */
+static void user_wrote(struct sm_dir *dd, int d, ssize_t n)
+{
+	metrics_add(d == WS_DIR_C2U ? M_USER_BYTES_C2U : M_USER_BYTES_U2C,
+		    payload_part(dd->user_written, n, dd->payload_from));
+	dd->user_written += n;
 }
 
 static void tcp_info_of(int fd, struct tcp_info *ti)
@@ -162,7 +171,7 @@ static int finish_in_userspace(struct sm_tunnel *t, int d)
 			n = buf_write_fd(&dd->buf, dst);
 			if (n < 0)
 				return errno == EAGAIN ? 0 : -1;
-			dd->user_written += n;
+			user_wrote(dd, d, n);
 			continue;
 		}
 		if (!dd->user_finish)
@@ -288,6 +297,7 @@ static void insert(struct sm_tunnel *t, struct engine_io *io)
 		goto fallback;
 	sm->by_id[t->id] = t;
 	t->in_kernel = true;
+	metrics_inc(M_SOCKMAP_INSERTIONS);
 	for (int e = 0; e < 2; e++) {
 		int d = end_dir(e);
 
@@ -305,6 +315,8 @@ static void insert(struct sm_tunnel *t, struct engine_io *io)
 fallback:
 	/* EOPNOTSUPP: a FIN arrived since the drain (a client that closes
 	 * right after the 101), not worth a line. */
+	metrics_inc(errno == EOPNOTSUPP ? M_FALLBACK_FIN_DURING_INSERTION
+				: errno == ENOSPC ? M_FALLBACK_NO_TUNNEL_ID : M_FALLBACK_ERROR);
 	if (errno == EOPNOTSUPP)
 		log_debug("tunnel falls back to the copy relay: %s", strerror(errno));
 	else
@@ -338,7 +350,7 @@ static void drain(struct sm_tunnel *t, struct engine_io *io)
 					reset_end = dst;
 				break;
 			}
-			dd->user_written += n;
+			user_wrote(dd, d, n);
 		}
 		/* Nobody reads during the drain: what arrives waits in the kernel. */
 		io->want[dst] = buf_len(&dd->buf) ? EPOLLOUT : EPOLLERR;
@@ -382,6 +394,7 @@ static void before_insertion(struct sm_tunnel *t, int end, uint32_t events, stru
 	if (events & (EPOLLRDHUP | EPOLLHUP)) {
 		log_debug("tunnel: %s FIN before any payload: the copy relay finishes the tunnel",
 			  end == TUNNEL_END_CLIENT ? "client" : "upstream");
+		metrics_inc(M_FALLBACK_FIN_BEFORE_PAYLOAD);
 		io->verdict = ENGINE_FALLBACK;
 		return;
 	}
@@ -446,7 +459,8 @@ static void *sockmap_start(void *ctx, struct tunnel_handoff *h, void *owner, str
 		dd->buf = h->queue[d];
 		buf_init(&h->queue[d], 0);
 		dd->user_read = h->read[d];
-		dd->user_written = dd->written_at_start = h->written[d];
+		dd->user_written = h->written[d];
+		dd->payload_from = h->payload_from[d];
 	}
 	drain(t, io);
 	return t;
@@ -465,6 +479,7 @@ static void sockmap_stop(void *st, struct tunnel_handoff *h)
 			h->queue[d] = t->dir[d].buf;
 			h->read[d] = t->dir[d].user_read;
 			h->written[d] = t->dir[d].user_written;
+			h->payload_from[d] = t->dir[d].payload_from;
 		} else {
 			buf_release(&t->dir[d].buf);
 		}
@@ -501,7 +516,7 @@ static void sockmap_stats(void *st, struct tunnel_stats *out)
 			out->last_active_ms = k;
 	}
 	for (int d = 0; d < 2; d++)
-		out->bytes[d] = tv.dir[d].bytes + t->dir[d].user_written - t->dir[d].written_at_start;
+		out->bytes[d] = tv.dir[d].bytes + payload_part(0, t->dir[d].user_written, t->dir[d].payload_from);
 }
 
 static void sockmap_describe(void *st, char *out, size_t len)
@@ -587,6 +602,51 @@ static void sockmap_reload(void *ctx, const struct config *cfg)
 		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
 }
 
+/* The kernel's figures, read at scrape time: per-CPU sums, so one read
+ * counts every tunnel the verdict ever carried, closed ones included. */
+static void sockmap_metrics(void *ctx, FILE *out)
+{
+	static const struct {
+		enum ws_counter idx;
+		const char *name;
+	} events[] = {
+		{ WS_CNT_PAUSE_REQUESTS, "pause_requests" }, { WS_CNT_PAUSES, "pauses" },
+		{ WS_CNT_PAUSE_DEFERRED, "pause_deferred" }, { WS_CNT_OVERLAP_SKBS, "overlap_skbs" },
+		{ WS_CNT_OVERLAP_BYTES, "overlap_bytes" },   { WS_CNT_TRIM_FAILED, "trim_failed" },
+		{ WS_CNT_BROKEN_DROPS, "broken_drops" },     { WS_CNT_NO_LINK, "no_link" },
+		{ WS_CNT_NO_PEER, "no_peer" },               { WS_CNT_UNFLAGGED, "unflagged" },
+	};
+	static const char *const dirs[2] = { "client_to_upstream", "upstream_to_client" };
+	struct sockmap *sm = ctx;
+	uint64_t v, max;
+
+	fputs("# HELP wsplice_tunnel_kernel_bytes_total Tunnel bytes the sockmap verdict redirected, per direction.\n"
+	      "# TYPE wsplice_tunnel_kernel_bytes_total counter\n",
+	      out);
+	for (int d = 0; d < 2; d++)
+		if (!dataplane_counter(sm->dp, WS_CNT_BYTES_C2U + d, &v, &max))
+			fprintf(out, "wsplice_tunnel_kernel_bytes_total{direction=\"%s\"} %llu\n", dirs[d],
+				(unsigned long long)v);
+	fputs("# HELP wsplice_tunnel_kernel_packets_total Skbs the sockmap verdict redirected, per direction.\n"
+	      "# TYPE wsplice_tunnel_kernel_packets_total counter\n",
+	      out);
+	for (int d = 0; d < 2; d++)
+		if (!dataplane_counter(sm->dp, WS_CNT_PACKETS_C2U + d, &v, &max))
+			fprintf(out, "wsplice_tunnel_kernel_packets_total{direction=\"%s\"} %llu\n", dirs[d],
+				(unsigned long long)v);
+	fputs("# HELP wsplice_bpf_events_total Events the data plane counts (docs/KERNEL.md).\n"
+	      "# TYPE wsplice_bpf_events_total counter\n",
+	      out);
+	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
+		if (!dataplane_counter(sm->dp, events[i].idx, &v, &max))
+			fprintf(out, "wsplice_bpf_events_total{event=\"%s\"} %llu\n", events[i].name, (unsigned long long)v);
+	fputs("# HELP wsplice_bpf_overlap_max_bytes The largest overlap the verdict cut off one skb.\n"
+	      "# TYPE wsplice_bpf_overlap_max_bytes gauge\n",
+	      out);
+	if (!dataplane_counter(sm->dp, WS_CNT_OVERLAP_MAX, &v, &max))
+		fprintf(out, "wsplice_bpf_overlap_max_bytes %llu\n", (unsigned long long)max);
+}
+
 static void on_dataplane_event(struct ev_handler *h, uint32_t events)
 {
 	(void)events;
@@ -597,6 +657,7 @@ static void sockmap_close(void *ctx)
 {
 	struct sockmap *sm = ctx;
 
+	metrics_collector_del(sockmap_metrics, sm);
 	if (sm->events.fd > 0)
 		ev_watch(sm->loop, &sm->events, 0);
 	/* Closing the maps' owner detaches the verdict and removes the pins. */
@@ -635,6 +696,7 @@ static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine
 		sockmap_close(sm);
 		return NULL;
 	}
+	metrics_collector_add(sockmap_metrics, sm);
 	log_info("sockmap: BPF maps pinned in %s", cfg->bpffs);
 	return sm;
 }

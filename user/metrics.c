@@ -1,0 +1,212 @@
+/* Counters in process memory, rendered in the Prometheus text format
+ * (version 0.0.4). Series of one family are contiguous in enum metric, so
+ * rendering prints a family's # HELP and # TYPE once, where it starts. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include "metrics.h"
+
+struct series {
+	const char *family, *type, *help, *labels;
+};
+
+#define REFUSED "wsplice_upgrades_refused_total", "counter", "WebSocket upgrades refused, by reason."
+#define ACTIVE "wsplice_tunnels_active", "gauge", "Open tunnels, by the engine that moves their bytes."
+#define CLOSED "wsplice_tunnels_closed_total", "counter", "Tunnels closed, by cause."
+#define REQUESTS "wsplice_requests_total", "counter", "Responses sent to clients, by status class."
+#define USER_BYTES "wsplice_tunnel_userspace_bytes_total", "counter", \
+	"Tunnel bytes written by the daemon (the relays, and the sockmap drain), per direction."
+#define FALLBACKS "wsplice_sockmap_fallbacks_total", "counter", \
+	"Tunnels the sockmap engine handed to the copy relay, by reason."
+
+static const struct series series[M_COUNT] = {
+	[M_CONNECTIONS_ACCEPTED] = { "wsplice_connections_accepted_total", "counter", "Client connections accepted.", "" },
+	[M_REQUESTS_1XX] = { REQUESTS, "class=\"1xx\"" },
+	[M_REQUESTS_2XX] = { REQUESTS, "class=\"2xx\"" },
+	[M_REQUESTS_3XX] = { REQUESTS, "class=\"3xx\"" },
+	[M_REQUESTS_4XX] = { REQUESTS, "class=\"4xx\"" },
+	[M_REQUESTS_5XX] = { REQUESTS, "class=\"5xx\"" },
+	[M_UPGRADES_ATTEMPTED] = { "wsplice_upgrades_attempted_total", "counter", "Valid WebSocket upgrade requests.", "" },
+	[M_UPGRADES_SUCCEEDED] = { "wsplice_upgrades_succeeded_total", "counter",
+				   "Upgrades whose 101 carried the matching accept: tunnels opened.", "" },
+	[M_REFUSED_INVALID] = { REFUSED, "reason=\"invalid_request\"" },
+	[M_REFUSED_NO_ROUTE] = { REFUSED, "reason=\"no_route\"" },
+	[M_REFUSED_WEBSOCKET_OFF] = { REFUSED, "reason=\"websocket_off\"" },
+	[M_REFUSED_ORIGIN] = { REFUSED, "reason=\"origin\"" },
+	[M_REFUSED_MAX_TUNNELS] = { REFUSED, "reason=\"max_tunnels\"" },
+	[M_REFUSED_UPSTREAM_UNAVAILABLE] = { REFUSED, "reason=\"upstream_unavailable\"" },
+	[M_REFUSED_UPSTREAM_DECLINED] = { REFUSED, "reason=\"upstream_declined\"" },
+	[M_REFUSED_BAD_ACCEPT] = { REFUSED, "reason=\"bad_accept\"" },
+	[M_ACTIVE_COPY] = { ACTIVE, "engine=\"copy\"" },
+	[M_ACTIVE_SPLICE] = { ACTIVE, "engine=\"splice\"" },
+	[M_ACTIVE_SOCKMAP] = { ACTIVE, "engine=\"sockmap\"" },
+	[M_CLOSED_FIN] = { CLOSED, "cause=\"fin\"" },
+	[M_CLOSED_RESET] = { CLOSED, "cause=\"reset\"" },
+	[M_CLOSED_IDLE_TIMEOUT] = { CLOSED, "cause=\"idle_timeout\"" },
+	[M_CLOSED_FIN_TIMEOUT] = { CLOSED, "cause=\"fin_timeout\"" },
+	[M_CLOSED_ERROR] = { CLOSED, "cause=\"error\"" },
+	[M_CLOSED_SHUTDOWN] = { CLOSED, "cause=\"shutdown\"" },
+	[M_USER_BYTES_C2U] = { USER_BYTES, "direction=\"client_to_upstream\"" },
+	[M_USER_BYTES_U2C] = { USER_BYTES, "direction=\"upstream_to_client\"" },
+	[M_SOCKMAP_INSERTIONS] = { "wsplice_sockmap_insertions_total", "counter",
+				   "Tunnels whose sockets entered the kernel's maps.", "" },
+	[M_FALLBACK_FIN_BEFORE_PAYLOAD] = { FALLBACKS, "reason=\"fin_before_payload\"" },
+	[M_FALLBACK_FIN_DURING_INSERTION] = { FALLBACKS, "reason=\"fin_during_insertion\"" },
+	[M_FALLBACK_NO_TUNNEL_ID] = { FALLBACKS, "reason=\"no_tunnel_id\"" },
+	[M_FALLBACK_ERROR] = { FALLBACKS, "reason=\"error\"" },
+};
+
+static int64_t values[M_COUNT];
+
+/* The handshake histogram's upper bounds, in seconds (the last is +Inf). */
+static const double hs_bounds[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
+#define HS_BUCKETS (sizeof(hs_bounds) / sizeof(hs_bounds[0]))
+static uint64_t hs_counts[HS_BUCKETS + 1];
+static double hs_sum;
+
+/* Per-server connect failures: few servers, found by a linear search. */
+struct server_failures {
+	char name[256 + 8];
+	uint64_t count;
+};
+static struct server_failures *failures;
+static size_t n_failures;
+
+struct collector {
+	metrics_collector_fn fn;
+	void *ctx;
+};
+#define COLLECTORS_MAX 8
+static struct collector collectors[COLLECTORS_MAX];
+
+void metrics_add(enum metric m, int64_t n)
+{
+	values[m] += n;
+}
+
+void metrics_status(int status)
+{
+	if (status >= 100 && status < 600)
+		metrics_inc(M_REQUESTS_1XX + status / 100 - 1);
+}
+
+void metrics_engine_tunnels(const char *engine, int delta)
+{
+	if (!strcmp(engine, "copy"))
+		metrics_add(M_ACTIVE_COPY, delta);
+	else if (!strcmp(engine, "splice"))
+		metrics_add(M_ACTIVE_SPLICE, delta);
+	else if (!strcmp(engine, "sockmap"))
+		metrics_add(M_ACTIVE_SOCKMAP, delta);
+}
+
+void metrics_handshake_seconds(double seconds)
+{
+	size_t b = 0;
+
+	while (b < HS_BUCKETS && seconds > hs_bounds[b])
+		b++;
+	hs_counts[b]++;
+	hs_sum += seconds;
+}
+
+void metrics_upstream_failure(const char *host, const char *port)
+{
+	char name[sizeof(failures->name)];
+	struct server_failures *grown;
+
+	snprintf(name, sizeof(name), "%s:%s", host, port);
+	for (size_t i = 0; i < n_failures; i++)
+		if (!strcmp(failures[i].name, name)) {
+			failures[i].count++;
+			return;
+		}
+	grown = realloc(failures, (n_failures + 1) * sizeof(*failures));
+	if (!grown)
+		return;
+	failures = grown;
+	snprintf(failures[n_failures].name, sizeof(failures->name), "%s", name);
+	failures[n_failures++].count = 1;
+}
+
+int metrics_collector_add(metrics_collector_fn fn, void *ctx)
+{
+	for (int i = 0; i < COLLECTORS_MAX; i++)
+		if (!collectors[i].fn) {
+			collectors[i] = (struct collector){ fn, ctx };
+			return 0;
+		}
+	return -1;
+}
+
+void metrics_collector_del(metrics_collector_fn fn, void *ctx)
+{
+	for (int i = 0; i < COLLECTORS_MAX; i++)
+		if (collectors[i].fn == fn && collectors[i].ctx == ctx)
+			collectors[i] = (struct collector){ 0 };
+}
+
+/* A label value as the exposition format wants it: \, " and newline escaped. */
+static void put_label_value(FILE *out, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', out);
+		if (*s == '\n')
+			fputs("\\n", out);
+		else
+			fputc(*s, out);
+	}
+}
+
+static void render_histogram(FILE *out)
+{
+	uint64_t cumulative = 0;
+
+	fputs("# HELP wsplice_handshake_seconds From a WebSocket request head to the hand-off of its tunnel.\n"
+	      "# TYPE wsplice_handshake_seconds histogram\n",
+	      out);
+	for (size_t b = 0; b <= HS_BUCKETS; b++) {
+		cumulative += hs_counts[b];
+		if (b < HS_BUCKETS)
+			fprintf(out, "wsplice_handshake_seconds_bucket{le=\"%g\"} %llu\n", hs_bounds[b],
+				(unsigned long long)cumulative);
+		else
+			fprintf(out, "wsplice_handshake_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cumulative);
+	}
+	fprintf(out, "wsplice_handshake_seconds_sum %.9f\nwsplice_handshake_seconds_count %llu\n", hs_sum,
+		(unsigned long long)cumulative);
+}
+
+char *metrics_render(size_t *len)
+{
+	char *text = NULL;
+	FILE *out = open_memstream(&text, len);
+
+	if (!out)
+		return NULL;
+	for (int m = 0; m < M_COUNT; m++) {
+		const struct series *s = &series[m];
+
+		if (!m || strcmp(series[m - 1].family, s->family))
+			fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", s->family, s->help, s->family, s->type);
+		fprintf(out, s->labels[0] ? "%s{%s} %lld\n" : "%s%s %lld\n", s->family, s->labels, (long long)values[m]);
+	}
+	render_histogram(out);
+	fputs("# HELP wsplice_upstream_connect_failures_total Connects to an upstream server that failed or timed out.\n"
+	      "# TYPE wsplice_upstream_connect_failures_total counter\n",
+	      out);
+	for (size_t i = 0; i < n_failures; i++) {
+		fputs("wsplice_upstream_connect_failures_total{server=\"", out);
+		put_label_value(out, failures[i].name);
+		fprintf(out, "\"} %llu\n", (unsigned long long)failures[i].count);
+	}
+	for (int i = 0; i < COLLECTORS_MAX; i++)
+		if (collectors[i].fn)
+			collectors[i].fn(collectors[i].ctx, out);
+	if (fclose(out)) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}

@@ -1,0 +1,71 @@
+/* The daemon's figures for Prometheus: process-lifetime counters and gauges
+ * that any layer adds to (a leaf like log.c: it calls nobody), never reset
+ * by a reload, and rendered in the text exposition format on a scrape
+ * (metrics_server.c). What the kernel keeps (the sockmap verdict's bytes,
+ * packets and events) is read at scrape time by a collector its engine
+ * registers, from per-CPU counters: a scrape costs the same at 10 tunnels
+ * as at 100 000. */
+#ifndef WSPLICE_METRICS_H
+#define WSPLICE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum metric {
+	M_CONNECTIONS_ACCEPTED,
+	M_REQUESTS_1XX, /* responses sent to clients, by status class */
+	M_REQUESTS_2XX,
+	M_REQUESTS_3XX,
+	M_REQUESTS_4XX,
+	M_REQUESTS_5XX,
+	M_UPGRADES_ATTEMPTED, /* valid WebSocket upgrade requests */
+	M_UPGRADES_SUCCEEDED, /* tunnels handed off after a matching 101 */
+	M_REFUSED_INVALID,    /* upgrades refused, by reason: a malformed upgrade request */
+	M_REFUSED_NO_ROUTE,
+	M_REFUSED_WEBSOCKET_OFF,
+	M_REFUSED_ORIGIN,
+	M_REFUSED_MAX_TUNNELS,
+	M_REFUSED_UPSTREAM_UNAVAILABLE, /* no server answered: 502 or 504 */
+	M_REFUSED_UPSTREAM_DECLINED,    /* the server answered something other than 101 */
+	M_REFUSED_BAD_ACCEPT,           /* a 101 without the matching Sec-WebSocket-Accept */
+	M_ACTIVE_COPY,                  /* gauges: open tunnels by engine */
+	M_ACTIVE_SPLICE,
+	M_ACTIVE_SOCKMAP,
+	M_CLOSED_FIN,                   /* tunnels closed, by cause */
+	M_CLOSED_RESET,
+	M_CLOSED_IDLE_TIMEOUT,
+	M_CLOSED_FIN_TIMEOUT,
+	M_CLOSED_ERROR,
+	M_CLOSED_SHUTDOWN,
+	M_USER_BYTES_C2U,               /* tunnel bytes userspace wrote, per direction */
+	M_USER_BYTES_U2C,
+	M_SOCKMAP_INSERTIONS,
+	M_FALLBACK_FIN_BEFORE_PAYLOAD,  /* sockmap tunnels finished by the copy relay, by reason */
+	M_FALLBACK_FIN_DURING_INSERTION,
+	M_FALLBACK_NO_TUNNEL_ID,
+	M_FALLBACK_ERROR,
+	M_COUNT
+};
+
+void metrics_add(enum metric m, int64_t n);
+static inline void metrics_inc(enum metric m) { metrics_add(m, 1); }
+/* A response's status, as the client got it. */
+void metrics_status(int status);
+/* A tunnel opened (+1) or closed (-1) on the engine of that name. */
+void metrics_engine_tunnels(const char *engine, int delta);
+/* From the request head to the hand-off of its tunnel. */
+void metrics_handshake_seconds(double seconds);
+/* A connect to this upstream server failed (refused, timed out). */
+void metrics_upstream_failure(const char *host, const char *port);
+
+/* Something that writes its own series at scrape time (with # HELP and
+ * # TYPE lines). */
+typedef void (*metrics_collector_fn)(void *ctx, FILE *out);
+int metrics_collector_add(metrics_collector_fn fn, void *ctx);
+void metrics_collector_del(metrics_collector_fn fn, void *ctx);
+
+/* The whole exposition; the caller frees it. NULL when out of memory. */
+char *metrics_render(size_t *len);
+
+#endif

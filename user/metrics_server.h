@@ -1,0 +1,16 @@
+/* The scrape endpoint: GET /metrics on its own listening socket, served
+ * from the event loop (metrics.c renders the text). */
+#ifndef WSPLICE_METRICS_SERVER_H
+#define WSPLICE_METRICS_SERVER_H
+
+#include <stddef.h>
+#include "config.h"
+#include "event_loop.h"
+
+struct metrics_server;
+
+/* NULL with a one-line reason in err (the address is in use, ...). */
+struct metrics_server *metrics_server_open(struct ev_loop *loop, const struct endpoint *ep, char *err, size_t errlen);
+void metrics_server_close(struct metrics_server *ms);
+
+#endif
