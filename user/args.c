@@ -28,6 +28,11 @@ void args_usage(FILE *out)
 	      "      --tunnel-buffer SIZE    in-kernel bytes in flight per direction before the\n"
 	      "                              sender is paused (default 4M; k, M, G suffixes)\n"
 	      "      --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	      "      --control PATH          the control socket (default /run/wsplice/NAME.sock,\n"
+	      "                              NAME the last part of --bpffs)\n"
+	      "\n"
+	      "       wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]\n"
+	      "                              ask a running daemon: its state, or its open tunnels\n"
 	      "  -v, --verbose               debug logging\n"
 	      "  -h, --help                  this text\n"
 	      "  -V, --version               print the version\n",
@@ -43,6 +48,7 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "bpffs", required_argument, NULL, 'B' },
 		{ "tunnel-buffer", required_argument, NULL, 'T' },
 		{ "metrics", required_argument, NULL, 'M' },
+		{ "control", required_argument, NULL, 'C' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "test-config", no_argument, NULL, 't' },
@@ -94,6 +100,15 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 				goto bad;
 			}
 			opt->have_tunnel_buffer = true;
+			break;
+		case 'C':
+			if (optarg[0] != '/' || strlen(optarg) >= sizeof(opt->control)) {
+				snprintf(err, errlen, "--control '%s': expected an absolute path of at most %zu characters",
+					 optarg, sizeof(opt->control) - 1);
+				goto bad;
+			}
+			snprintf(opt->control, sizeof(opt->control), "%s", optarg);
+			opt->have_control = true;
 			break;
 		case 'M':
 			if (endpoint_split(optarg, &opt->metrics, err, errlen))
@@ -148,6 +163,8 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		cfg->tunnel_buffer = opt->tunnel_buffer;
 	if (opt->have_metrics)
 		cfg->metrics = opt->metrics;
+	if (opt->have_control)
+		snprintf(cfg->control, sizeof(cfg->control), "%s", opt->control);
 	if (opt->verbose)
 		cfg->verbose = 1;
 }

@@ -19,8 +19,9 @@ struct cli_options {
 	char bpffs[256];
 	uint64_t tunnel_buffer;
 	struct endpoint metrics;
+	char control[108];
 	int verbose;
-	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics;
+	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control;
 };
 
 /* Fills opt; on ARGS_ERROR, err holds one line saying what is wrong. */

@@ -89,6 +89,7 @@ struct config {
 	char bpffs[256];
 	uint64_t tunnel_buffer;
 	struct endpoint metrics; /* the scrape endpoint; host "" = none */
+	char control[108];       /* the control socket; "" = control_default_path(bpffs) */
 	int verbose;
 	struct timeouts timeouts;
 	struct http_limits limits;

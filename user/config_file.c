@@ -271,6 +271,12 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "tunnel_buffer")) {
 		if (parse_size(value, &cfg->tunnel_buffer) || cfg->tunnel_buffer < 65536)
 			error_at(ld, ld->line, "tunnel_buffer '%s': expected a size of at least 64k", value);
+	} else if (!strcmp(key, "control")) {
+		if (value[0] != '/' || strlen(value) >= sizeof(cfg->control))
+			error_at(ld, ld->line, "control '%s': expected an absolute path of at most %zu characters", value,
+				 sizeof(cfg->control) - 1);
+		else
+			snprintf(cfg->control, sizeof(cfg->control), "%s", value);
 	} else if (!strcmp(key, "metrics")) {
 		char why[300];
 

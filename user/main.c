@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "args.h"
 #include "config_file.h"
+#include "control.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics_server.h"
@@ -22,9 +23,6 @@
 #include "tunnel.h"
 #include "upstream.h"
 
-#ifndef WSPLICE_VERSION
-#define WSPLICE_VERSION "0.1.0"
-#endif
 
 struct signal_watch {
 	struct ev_handler h;
@@ -80,9 +78,12 @@ static void reload(struct proxy *px)
 		config_put(cfg);
 		return;
 	}
+	if (!cfg->control[0])
+		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
 	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer ||
-	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port))
-		log_warn("reload: mode, bpffs, tunnel_buffer and metrics apply at the next restart");
+	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port) ||
+	    strcmp(cfg->control, old->control))
+		log_warn("reload: mode, bpffs, tunnel_buffer, metrics and control apply at the next restart");
 	cfg->mode = old->mode;
 	snprintf(cfg->bpffs, sizeof(cfg->bpffs), "%s", old->bpffs);
 	cfg->tunnel_buffer = old->tunnel_buffer;
@@ -94,7 +95,9 @@ static void reload(struct proxy *px)
 	}
 	log_threshold = cfg->verbose ? LOG_DEBUG : LOG_INFO;
 	tunnel_set_reload(px->tunnels, cfg);
+	snprintf(cfg->control, sizeof(cfg->control), "%s", old->control);
 	px->cfg = cfg;
+	px->generation++;
 	config_put(old);
 	log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
 }
@@ -128,6 +131,47 @@ static void raise_fd_limit(void)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+}
+
+/* `wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]`:
+ * asks the daemon those would name. */
+static int ask_daemon(int argc, char **argv)
+{
+	const char *request = argv[1], *config_path = NULL;
+	char path[108] = "", bpffs[256] = "/sys/fs/bpf/wsplice", errors[8192], line[64];
+	bool json = false;
+
+	for (int i = 2; i < argc; i++) {
+		bool has_value = i + 1 < argc;
+
+		if (!strcmp(argv[i], "--json"))
+			json = true;
+		else if (!strcmp(argv[i], "--control") && has_value)
+			snprintf(path, sizeof(path), "%s", argv[++i]);
+		else if (!strcmp(argv[i], "--bpffs") && has_value)
+			snprintf(bpffs, sizeof(bpffs), "%s", argv[++i]);
+		else if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && has_value)
+			config_path = argv[++i];
+		else {
+			fprintf(stderr, "wsplice %s: unexpected '%s' (see --help)\n", request, argv[i]);
+			return 2;
+		}
+	}
+	if (config_path && !path[0]) {
+		struct config *cfg = config_load_file(config_path, errors, sizeof(errors));
+
+		if (!cfg) {
+			fputs(errors, stderr);
+			return 1;
+		}
+		snprintf(path, sizeof(path), "%s", cfg->control);
+		snprintf(bpffs, sizeof(bpffs), "%s", cfg->bpffs);
+		config_put(cfg);
+	}
+	if (!path[0])
+		control_default_path(bpffs, path, sizeof(path));
+	snprintf(line, sizeof(line), "%s%s", request, json ? " json" : "");
+	return control_client(path, line);
 }
 
 /* The configuration from -c FILE or the --listen/--upstream shortcut.
@@ -166,12 +210,14 @@ int main(int argc, char **argv)
 	struct signal_watch sw = { 0 };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
-	struct metrics_server *ms = NULL;
+	struct reply_server *ms = NULL, *ctl = NULL;
 	struct config *cfg;
 	char err[512];
 	sigset_t mask;
 	int rc = 1;
 
+	if (argc >= 2 && (!strcmp(argv[1], "status") || !strcmp(argv[1], "conns")))
+		return ask_daemon(argc, argv);
 	switch (args_parse(argc, argv, &opt, err, sizeof(err))) {
 	case ARGS_HELP:
 		args_usage(stdout);
@@ -212,6 +258,10 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
 	px.sessions.next = px.sessions.prev = &px.sessions;
+	px.started_ms = ev_now_ms();
+	px.generation = 1;
+	if (!cfg->control[0])
+		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
 	px.loop = ev_loop_new();
 	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
 		goto out;
@@ -239,6 +289,11 @@ int main(int argc, char **argv)
 			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
 				 cfg->listeners[i].ep.port);
 	}
+	ctl = control_open(&px, cfg->control, err, sizeof(err));
+	if (!ctl) {
+		log_error("%s", err);
+		goto out;
+	}
 	if (cfg->metrics.host[0]) {
 		ms = metrics_server_open(px.loop, &cfg->metrics, err, sizeof(err));
 		if (!ms) {
@@ -257,7 +312,11 @@ int main(int argc, char **argv)
 	ev_loop_run(px.loop);
 	rc = 0;
 out:
-	metrics_server_close(ms);
+	reply_server_close(ms);
+	if (ctl) {
+		reply_server_close(ctl);
+		control_unlink(px.cfg->control);
+	}
 	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
 		listener_close(listeners[i]);
 	free(listeners);

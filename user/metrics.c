@@ -84,6 +84,11 @@ void metrics_add(enum metric m, int64_t n)
 	values[m] += n;
 }
 
+int64_t metrics_value(enum metric m)
+{
+	return values[m];
+}
+
 void metrics_status(int status)
 {
 	if (status >= 100 && status < 600)

@@ -49,6 +49,7 @@ enum metric {
 };
 
 void metrics_add(enum metric m, int64_t n);
+int64_t metrics_value(enum metric m);
 static inline void metrics_inc(enum metric m) { metrics_add(m, 1); }
 /* A response's status, as the client got it. */
 void metrics_status(int status);

@@ -6,11 +6,10 @@
 #include <stddef.h>
 #include "config.h"
 #include "event_loop.h"
+#include "reply_server.h"
 
-struct metrics_server;
-
-/* NULL with a one-line reason in err (the address is in use, ...). */
-struct metrics_server *metrics_server_open(struct ev_loop *loop, const struct endpoint *ep, char *err, size_t errlen);
-void metrics_server_close(struct metrics_server *ms);
+/* NULL with a one-line reason in err (the address is in use, ...);
+ * reply_server_close() closes it. */
+struct reply_server *metrics_server_open(struct ev_loop *loop, const struct endpoint *ep, char *err, size_t errlen);
 
 #endif

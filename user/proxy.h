@@ -32,12 +32,18 @@ static inline void conn_link_del(struct conn_link *l)
 struct route_state;
 struct server_state;
 
+#ifndef WSPLICE_VERSION
+#define WSPLICE_VERSION "0.1.0"
+#endif
+
 struct proxy {
 	struct config *cfg;    /* the current generation; SIGHUP swaps it */
 	struct ev_loop *loop;
 	struct tunnel_set *tunnels; /* tunnel.c's: every tunnel and its engines */
 	struct conn_link sessions;  /* list head; session.c's */
 	uint64_t sessions_open;
+	uint64_t started_ms;     /* ev_now_ms() at start */
+	unsigned generation;     /* configurations loaded: 1, then one more per reload */
 	struct route_state *route_states;
 	struct server_state *server_states;
 };

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "engine.h"
+#include "json_out.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
@@ -29,6 +30,7 @@ struct tunnel {
 	struct server_state *server_st;
 	uint64_t serial;         /* for log lines */
 	uint64_t next_check_ms;  /* when tunnel_timeouts reads the activity stamp next */
+	uint64_t started_ms;     /* ev_now_ms() at the hand-off */
 	bool closed, half_closed;
 };
 
@@ -202,6 +204,7 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 		t->ts = ts;
 		t->eng = ts->eng;
 		t->serial = ++ts->serial;
+		t->started_ms = ev_now_ms();
 		for (int e = 0; e < 2; e++)
 			t->ep[e] = (struct ev_handler){ .fd = h->fd[e], .owner = t, .on_event = on_end_event };
 		t->ticker.on_tick = on_tick;
@@ -274,6 +277,69 @@ static void tunnel_ports(struct tunnel *t, char *out, size_t len)
 	if (!getsockname(t->ep[TUNNEL_END_UPSTREAM].fd, (struct sockaddr *)&b, &lb) && b.ss_family != AF_UNIX)
 		pb = ntohs(((struct sockaddr_in *)&b)->sin_port);
 	snprintf(out, len, "client port %u, upstream local port %u", pa, pb);
+}
+
+/* "ip:port" or "[ip6]:port" of a socket's peer (peer) or its own end. */
+static void sock_address(int fd, bool peer, char *out, size_t len)
+{
+	struct sockaddr_storage a;
+	socklen_t alen = sizeof(a);
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if ((peer ? getpeername(fd, (struct sockaddr *)&a, &alen) : getsockname(fd, (struct sockaddr *)&a, &alen)) == 0) {
+		if (a.ss_family == AF_INET6) {
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+		} else if (a.ss_family == AF_INET) {
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+		}
+	}
+	snprintf(out, len, a.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+void tunnel_list(struct tunnel_set *ts, FILE *f, bool json)
+{
+	uint64_t now = ev_now_ms();
+	char client[INET6_ADDRSTRLEN + 9], upstream[INET6_ADDRSTRLEN + 9], detail[512];
+	struct tunnel *t;
+	bool first = true;
+
+	if (json)
+		fputs("{\"tunnels\":[", f);
+	else
+		fprintf(f, "%-8s %-8s %-24s %-24s %9s %15s %15s %9s\n", "ID", "ENGINE", "CLIENT", "UPSTREAM", "AGE_S",
+			"BYTES_C2U", "BYTES_U2C", "IDLE_MS");
+	TAILQ_FOREACH(t, &ts->all, link) {
+		struct tunnel_stats st;
+		uint64_t idle;
+
+		if (t->closed)
+			continue;
+		t->eng->stats(t->st, &st);
+		idle = now > st.last_active_ms ? now - st.last_active_ms : 0;
+		sock_address(t->ep[TUNNEL_END_CLIENT].fd, true, client, sizeof(client));
+		sock_address(t->ep[TUNNEL_END_UPSTREAM].fd, true, upstream, sizeof(upstream));
+		if (!json) {
+			fprintf(f, "%-8llu %-8s %-24s %-24s %9.1f %15llu %15llu %9llu\n", (unsigned long long)t->serial,
+				t->eng->name, client, upstream, (now - t->started_ms) / 1000.0,
+				(unsigned long long)st.bytes[WS_DIR_C2U], (unsigned long long)st.bytes[WS_DIR_U2C],
+				(unsigned long long)idle);
+			continue;
+		}
+		t->eng->describe(t->st, detail, sizeof(detail));
+		fprintf(f, "%s{\"id\":%llu,\"engine\":\"%s\",\"client\":\"%s\",\"upstream\":\"%s\",\"age_seconds\":%.3f,"
+			   "\"bytes_client_to_upstream\":%llu,\"bytes_upstream_to_client\":%llu,\"idle_ms\":%llu,\"detail\":",
+			first ? "" : ",", (unsigned long long)t->serial, t->eng->name, client, upstream,
+			(now - t->started_ms) / 1000.0, (unsigned long long)st.bytes[WS_DIR_C2U],
+			(unsigned long long)st.bytes[WS_DIR_U2C], (unsigned long long)idle);
+		json_string(f, detail);
+		fputc('}', f);
+		first = false;
+	}
+	if (json)
+		fputs("]}\n", f);
 }
 
 void tunnel_dump_all(struct tunnel_set *ts)

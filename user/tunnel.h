@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "buf.h"
 #include "config.h"
 #include "event_loop.h"
@@ -67,5 +68,9 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h);
 void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms);
 /* Logs every open tunnel (SIGUSR1). */
 void tunnel_dump_all(struct tunnel_set *ts);
+/* Every open tunnel for `wsplice conns`: its client and upstream, engine,
+ * age, bytes each way since the 101 and idle time; as a table, or JSON
+ * with the engine's own view of it (the sockmap's tunnel id). */
+void tunnel_list(struct tunnel_set *ts, FILE *f, bool json);
 
 #endif

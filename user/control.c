@@ -1,0 +1,192 @@
+/* The control socket's daemon and client sides. The daemon answers from
+ * the event loop with what it holds: the tunnel list comes from tunnel.c
+ * (each engine's byte counts, the sockmap's read from its BPF map). */
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include "control.h"
+#include "event_loop.h"
+#include "json_out.h"
+#include "log.h"
+#include "metrics.h"
+#include "tunnel.h"
+
+void control_default_path(const char *bpffs, char *out, size_t len)
+{
+	const char *base = strrchr(bpffs, '/');
+
+	base = base && base[1] ? base + 1 : "wsplice";
+	snprintf(out, len, "/run/wsplice/%s.sock", base);
+}
+
+static int unix_addr(const char *path, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa->sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sa->sun_path, path, strlen(path));
+	return 0;
+}
+
+static void status_text(struct proxy *px, FILE *f, bool json)
+{
+	const struct config *cfg = px->cfg;
+	double up = (ev_now_ms() - px->started_ms) / 1000.0;
+
+	if (json) {
+		fprintf(f, "{\"version\":\"%s\",\"pid\":%d,\"uptime_seconds\":%.3f,\"engine\":\"%s\",", WSPLICE_VERSION,
+			(int)getpid(), up, tunnel_set_engine(px->tunnels));
+		fputs("\"configuration\":", f);
+		json_string(f, cfg->path[0] ? cfg->path : "");
+		fprintf(f, ",\"generation\":%u,\"listeners\":[", px->generation);
+		for (size_t i = 0; i < cfg->n_listeners; i++) {
+			fputs(i ? ",{\"name\":" : "{\"name\":", f);
+			json_string(f, cfg->listeners[i].name);
+			fprintf(f, ",\"address\":\"%s:%s\"}", cfg->listeners[i].ep.host, cfg->listeners[i].ep.port);
+		}
+		fprintf(f, "],\"sessions_open\":%llu,\"tunnels_open\":%llu,\"tunnels_by_engine\":{\"sockmap\":%lld,"
+			   "\"splice\":%lld,\"copy\":%lld}}\n",
+			(unsigned long long)px->sessions_open, (unsigned long long)tunnel_set_count(px->tunnels),
+			(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
+			(long long)metrics_value(M_ACTIVE_COPY));
+		return;
+	}
+	fprintf(f, "wsplice %s, pid %d, up %.1f s\nengine: %s\n", WSPLICE_VERSION, (int)getpid(), up,
+		tunnel_set_engine(px->tunnels));
+	fprintf(f, "configuration: %s, generation %u\n", cfg->path[0] ? cfg->path : "(command line)", px->generation);
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		fprintf(f, "listener %s: %s:%s\n", cfg->listeners[i].name, cfg->listeners[i].ep.host,
+			cfg->listeners[i].ep.port);
+	fprintf(f, "sessions open: %llu\ntunnels open: %llu (sockmap %lld, splice %lld, copy %lld)\n",
+		(unsigned long long)px->sessions_open, (unsigned long long)tunnel_set_count(px->tunnels),
+		(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
+		(long long)metrics_value(M_ACTIVE_COPY));
+}
+
+static int answer(void *ctx, const char *in, size_t len, bool full, char **out, size_t *out_len)
+{
+	struct proxy *px = ctx;
+	const char *nl = memchr(in, '\n', len);
+	char req[64];
+	bool json;
+	FILE *f;
+
+	if (!nl)
+		return full ? (*out = NULL, 1) : 0;
+	snprintf(req, sizeof(req), "%.*s", (int)(nl - in), in);
+	json = strstr(req, " json") != NULL;
+	f = open_memstream(out, out_len);
+	if (!f) {
+		*out = NULL;
+		return 1;
+	}
+	if (!strncmp(req, "status", 6))
+		status_text(px, f, json);
+	else if (!strncmp(req, "conns", 5))
+		tunnel_list(px->tunnels, f, json);
+	else
+		fprintf(f, "error: unknown request '%s' (status or conns)\n", req);
+	if (fclose(f)) {
+		free(*out);
+		*out = NULL;
+	}
+	return 1;
+}
+
+/* A socket file left by a daemon that was killed is removed; one that
+ * answers belongs to a running daemon. */
+static int claim(const char *path, const struct sockaddr_un *sa, char *err, size_t errlen)
+{
+	char dir[sizeof(sa->sun_path)];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	if (mkdir(dirname(dir), 0755) && errno != EEXIST) {
+		snprintf(err, errlen, "control socket %s: cannot make its directory: %s", path, strerror(errno));
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && !connect(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+		close(fd);
+		snprintf(err, errlen, "control socket %s is in use by another wsplice (choose another --control)", path);
+		return -1;
+	}
+	if (fd >= 0)
+		close(fd);
+	unlink(path);
+	return 0;
+}
+
+struct reply_server *control_open(struct proxy *px, const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sa;
+	struct reply_server *rs;
+	int fd;
+
+	if (unix_addr(path, &sa)) {
+		snprintf(err, errlen, "control socket %s: path too long", path);
+		return NULL;
+	}
+	if (claim(path, &sa, err, errlen))
+		return NULL;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	/* Bound then narrowed: the socket's inode takes the umask's mode at bind. */
+	if (fd < 0 || bind(fd, (const struct sockaddr *)&sa, sizeof(sa)) || chmod(path, 0600) || listen(fd, 16)) {
+		snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	rs = reply_server_open(px->loop, fd, answer, px);
+	if (!rs) {
+		snprintf(err, errlen, "control socket %s: out of memory", path);
+		close(fd);
+		unlink(path);
+	}
+	return rs;
+}
+
+void control_unlink(const char *path)
+{
+	unlink(path);
+}
+
+int control_client(const char *path, const char *request)
+{
+	struct sockaddr_un sa;
+	char buf[65536];
+	ssize_t n;
+	int fd;
+
+	if (unix_addr(path, &sa)) {
+		fprintf(stderr, "wsplice: control socket %s: path too long\n", path);
+		return 1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (const struct sockaddr *)&sa, sizeof(sa))) {
+		fprintf(stderr, "wsplice: no daemon answers on %s: %s (is it running, with this --bpffs or --control?)\n",
+			path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return 1;
+	}
+	snprintf(buf, sizeof(buf), "%s\n", request);
+	if (write(fd, buf, strlen(buf)) < 0) {
+		fprintf(stderr, "wsplice: %s: %s\n", path, strerror(errno));
+		close(fd);
+		return 1;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		fwrite(buf, 1, n, stdout);
+	close(fd);
+	return n < 0 ? 1 : 0;
+}
