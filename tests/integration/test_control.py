@@ -104,7 +104,8 @@ def test_conns_answers_during_a_bulk_transfer(start_proxy, kmode):
             seen.append((time.monotonic() - t0, sum(t["bytes_client_to_upstream"] for t in listing)))
         out, err = load.communicate(timeout=120)
         assert load.returncode == 0 and "verified=1" in out, err
-        assert seen and max(t for t, _ in seen) < 2.0, seen
+        # It answers while the kernel moves a GiB (the limit leaves room for qemu, where the VM tests run it).
+        assert seen and max(t for t, _ in seen) < 5.0, seen
         assert any(b > 0 for _, b in seen), "no answer saw the transfer's bytes: %s" % seen
     finally:
         echo.terminate()
