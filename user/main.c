@@ -211,6 +211,7 @@ int main(int argc, char **argv)
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
 	struct reply_server *ms = NULL, *ctl = NULL;
+	bool control_named;
 	struct config *cfg;
 	char err[512];
 	sigset_t mask;
@@ -260,7 +261,8 @@ int main(int argc, char **argv)
 	px.sessions.next = px.sessions.prev = &px.sessions;
 	px.started_ms = ev_now_ms();
 	px.generation = 1;
-	if (!cfg->control[0])
+	control_named = cfg->control[0] != '\0';
+	if (!control_named)
 		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
 	px.loop = ev_loop_new();
 	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
@@ -289,11 +291,16 @@ int main(int argc, char **argv)
 			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
 				 cfg->listeners[i].ep.port);
 	}
+	/* A socket the configuration names must work; the default one is
+	 * derived from bpffs, and a second instance on the same bpffs (auto
+	 * then runs the copy relay) still serves, without status and conns. */
 	ctl = control_open(&px, cfg->control, err, sizeof(err));
-	if (!ctl) {
+	if (!ctl && control_named) {
 		log_error("%s", err);
 		goto out;
 	}
+	if (!ctl)
+		log_warn("%s: wsplice status and conns cannot reach this instance (give it --control)", err);
 	if (cfg->metrics.host[0]) {
 		ms = metrics_server_open(px.loop, &cfg->metrics, err, sizeof(err));
 		if (!ms) {

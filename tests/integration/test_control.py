@@ -145,3 +145,18 @@ def test_no_daemon_is_a_clear_error():
     assert r.returncode == 1 and "no daemon answers on" in r.stderr, r.stderr
     r = subprocess.run([WSPLICE, "conns", "--bogus"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "unexpected '--bogus'" in r.stderr, r.stderr
+
+
+def test_a_second_instance_on_the_same_bpffs_serves_without_status(upstream, start_proxy):
+    """The default socket is derived from --bpffs: a second instance on the
+    same one (auto runs the copy relay there) still serves, and says why
+    status cannot reach it; a socket the configuration names must work."""
+    up = upstream(lambda conn, head, rest: (conn.sendall(switching_protocols(key_of(head)) + b"hi"),
+                                            recv_until_eof(conn)))
+    first = start_proxy(up.port, "copy")
+    second = start_proxy(up.port, "copy", pin_dir=first.pin_dir)
+    s, rest = open_tunnel(second.port)
+    assert rest + recv_exact(s, 2 - len(rest)) == b"hi"
+    s.close()
+    assert "wsplice status and conns cannot reach this instance" in second.read_log()
+    assert "pid %d" % first.proc.pid in ask(first, "status")
