@@ -28,6 +28,9 @@ void args_usage(FILE *out)
 	      "      --tunnel-buffer SIZE    in-kernel bytes in flight per direction before the\n"
 	      "                              sender is paused (default 4M; k, M, G suffixes)\n"
 	      "      --metrics ADDR:PORT     serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	      "      --access-log PATH       one line per request and per tunnel, to a file or stderr;\n"
+	      "                              SIGUSR1 reopens it\n"
+	      "      --access-log-format F   logfmt (default) or json\n"
 	      "      --control PATH          the control socket (default /run/wsplice/NAME.sock,\n"
 	      "                              NAME the last part of --bpffs)\n"
 	      "\n"
@@ -49,6 +52,8 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "tunnel-buffer", required_argument, NULL, 'T' },
 		{ "metrics", required_argument, NULL, 'M' },
 		{ "control", required_argument, NULL, 'C' },
+		{ "access-log", required_argument, NULL, 'A' },
+		{ "access-log-format", required_argument, NULL, 'F' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "test-config", no_argument, NULL, 't' },
@@ -100,6 +105,22 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 				goto bad;
 			}
 			opt->have_tunnel_buffer = true;
+			break;
+		case 'A':
+			if ((optarg[0] != '/' && strcmp(optarg, "stderr")) || strlen(optarg) >= sizeof(opt->access_log)) {
+				snprintf(err, errlen, "--access-log '%s': expected an absolute path or stderr", optarg);
+				goto bad;
+			}
+			snprintf(opt->access_log, sizeof(opt->access_log), "%s", optarg);
+			opt->have_access_log = true;
+			break;
+		case 'F':
+			if (strcmp(optarg, "logfmt") && strcmp(optarg, "json")) {
+				snprintf(err, errlen, "--access-log-format '%s': expected logfmt or json", optarg);
+				goto bad;
+			}
+			opt->access_log_json = !strcmp(optarg, "json");
+			opt->have_access_log_format = true;
 			break;
 		case 'C':
 			if (optarg[0] != '/' || strlen(optarg) >= sizeof(opt->control)) {
@@ -163,6 +184,10 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		cfg->tunnel_buffer = opt->tunnel_buffer;
 	if (opt->have_metrics)
 		cfg->metrics = opt->metrics;
+	if (opt->have_access_log)
+		snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", opt->access_log);
+	if (opt->have_access_log_format)
+		cfg->access_log_json = opt->access_log_json;
 	if (opt->have_control)
 		snprintf(cfg->control, sizeof(cfg->control), "%s", opt->control);
 	if (opt->verbose)

@@ -20,8 +20,11 @@ struct cli_options {
 	uint64_t tunnel_buffer;
 	struct endpoint metrics;
 	char control[108];
+	char access_log[512];
+	bool access_log_json;
 	int verbose;
-	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control;
+	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control, have_access_log,
+		have_access_log_format;
 };
 
 /* Fills opt; on ARGS_ERROR, err holds one line saying what is wrong. */

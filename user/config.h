@@ -90,6 +90,8 @@ struct config {
 	uint64_t tunnel_buffer;
 	struct endpoint metrics; /* the scrape endpoint; host "" = none */
 	char control[108];       /* the control socket; "" = control_default_path(bpffs) */
+	char access_log[512];    /* a file, "stderr", or "" for none */
+	bool access_log_json;    /* JSON lines instead of logfmt */
 	int verbose;
 	struct timeouts timeouts;
 	struct http_limits limits;

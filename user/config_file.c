@@ -271,6 +271,16 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "tunnel_buffer")) {
 		if (parse_size(value, &cfg->tunnel_buffer) || cfg->tunnel_buffer < 65536)
 			error_at(ld, ld->line, "tunnel_buffer '%s': expected a size of at least 64k", value);
+	} else if (!strcmp(key, "access_log")) {
+		if ((value[0] != '/' && strcmp(value, "stderr")) || strlen(value) >= sizeof(cfg->access_log))
+			error_at(ld, ld->line, "access_log '%s': expected an absolute path or stderr", value);
+		else
+			snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", value);
+	} else if (!strcmp(key, "access_log_format")) {
+		if (strcmp(value, "logfmt") && strcmp(value, "json"))
+			error_at(ld, ld->line, "access_log_format '%s': expected logfmt or json", value);
+		else
+			cfg->access_log_json = !strcmp(value, "json");
 	} else if (!strcmp(key, "control")) {
 		if (value[0] != '/' || strlen(value) >= sizeof(cfg->control))
 			error_at(ld, ld->line, "control '%s': expected an absolute path of at most %zu characters", value,

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+#include "access_log.h"
 #include "args.h"
 #include "config_file.h"
 #include "control.h"
@@ -82,8 +83,11 @@ static void reload(struct proxy *px)
 		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
 	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer ||
 	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port) ||
-	    strcmp(cfg->control, old->control))
-		log_warn("reload: mode, bpffs, tunnel_buffer, metrics and control apply at the next restart");
+	    strcmp(cfg->control, old->control) || strcmp(cfg->access_log, old->access_log) ||
+	    cfg->access_log_json != old->access_log_json)
+		log_warn("reload: mode, bpffs, tunnel_buffer, metrics, control and access_log apply at the next restart");
+	snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", old->access_log);
+	cfg->access_log_json = old->access_log_json;
 	cfg->mode = old->mode;
 	snprintf(cfg->bpffs, sizeof(cfg->bpffs), "%s", old->bpffs);
 	cfg->tunnel_buffer = old->tunnel_buffer;
@@ -111,8 +115,11 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	if (read(h->fd, &si, sizeof(si)) != sizeof(si))
 		return;
 	if (si.ssi_signo == SIGUSR1) {
-		log_info("%llu sessions open", (unsigned long long)sw->px->sessions_open);
-		tunnel_dump_all(sw->px->tunnels);
+		/* logrotate's: the open tunnels are `wsplice conns` now. */
+		if (access_log_enabled()) {
+			log_info("SIGUSR1: reopening the access log");
+			access_log_reopen();
+		}
 		return;
 	}
 	if (si.ssi_signo == SIGHUP) {
@@ -264,6 +271,12 @@ int main(int argc, char **argv)
 	control_named = cfg->control[0] != '\0';
 	if (!control_named)
 		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
+	if (cfg->access_log[0] &&
+	    access_log_open(cfg->access_log, cfg->access_log_json ? ACCESS_JSON : ACCESS_LOGFMT, err, sizeof(err))) {
+		log_error("%s", err);
+		config_put(cfg);
+		return 1;
+	}
 	px.loop = ev_loop_new();
 	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
 		goto out;
@@ -335,6 +348,8 @@ out:
 	tunnel_set_close(px.tunnels);
 	if (sw.h.fd > 0)
 		close(sw.h.fd);
+	/* After the tunnels: each wrote its line at close. */
+	access_log_close();
 	ev_loop_free(px.loop);
 	pool_free_states(&px);
 	route_free_states(&px);

@@ -45,6 +45,7 @@ enum metric {
 	M_FALLBACK_FIN_DURING_INSERTION,
 	M_FALLBACK_NO_TUNNEL_ID,
 	M_FALLBACK_ERROR,
+	M_ACCESS_LOG_DROPPED,           /* access log lines dropped: its queue was full */
 	M_COUNT
 };
 

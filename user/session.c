@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include "access_log.h"
 #include "buf.h"
 #include "config_value.h"
 #include "http_body.h"
@@ -49,9 +50,14 @@ struct session {
 	bool closed, client_eof, upstream_eof, upstream_connected;
 	bool websocket, head_request, keepalive, close_after, resp_head_done;
 	/* An upgrade request not yet counted as succeeded or refused (the
-	 * metrics count each once), and when its head was complete. */
+	 * metrics count each once). */
 	bool upgrade_pending;
-	uint64_t upgrade_start_ns;
+	/* The current request, for the metrics and the access log: when its
+	 * head was complete, where it starts in each byte count, its status. */
+	uint64_t req_start_ns, req_in_base, req_out_base, req_in_end;
+	int resp_status;
+	bool req_logged;
+	char req_method[16], req_host[256], req_path[1024];
 	struct buf cin, uin, cout, uout;
 	struct http_body req_body, resp_body;
 	/* Bytes userspace moved on each socket: the sockmap FIN check compares
@@ -182,11 +188,59 @@ static void release_tunnel_slot(struct session *s)
 	s->tunnel_slot = NULL;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void copy_str(char *out, size_t len, struct http_str v)
+{
+	snprintf(out, len, "%.*s", (int)(v.len < len ? v.len : len - 1), v.p);
+}
+
+/* The current request's access log line, once: its status is final. */
+static void log_request(struct session *s, int status, uint64_t tunnel)
+{
+	char client[INET6_ADDRSTRLEN + 8], upstream[256 + 8];
+	/* A 101's bytes end where the tunnel's start (set at the 101). An error
+	 * reply supersedes what was queued for the client: never below zero. */
+	uint64_t in_end = tunnel ? s->req_in_end : s->client_read - buf_len(&s->cin);
+	uint64_t out_end = tunnel ? s->payload_from[WS_DIR_U2C] : s->client_written + buf_len(&s->cout);
+
+	if (s->req_logged || !access_log_enabled())
+		return;
+	s->req_logged = true;
+	snprintf(client, sizeof(client), s->peer.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", s->client_ip,
+		 ntohs(((struct sockaddr_in *)&s->peer)->sin_port)); /* same offset in sockaddr_in6 */
+	if (s->server)
+		snprintf(upstream, sizeof(upstream), "%s:%s", s->server->ep.host, s->server->ep.port);
+	else
+		snprintf(upstream, sizeof(upstream), "-");
+	access_log_request(&(struct access_request){
+		.client = client,
+		.host = s->req_host,
+		.method = s->req_method,
+		.path = s->req_path,
+		.upstream = upstream,
+		.status = status,
+		.duration_ms = s->req_start_ns ? (double)(mono_ns() - s->req_start_ns) / 1e6 : 0,
+		.bytes_in = in_end > s->req_in_base ? in_end - s->req_in_base : 0,
+		.bytes_out = out_end > s->req_out_base ? out_end - s->req_out_base : 0,
+		.tunnel = tunnel,
+	});
+}
+
 void session_close(struct session *s)
 {
 	if (s->closed)
 		return;
 	s->closed = true;
+	/* A request that never got its answer: the client left (nginx's 499). */
+	if (s->req_start_ns && !s->req_logged)
+		log_request(s, 499, 0);
 	close_upstream(s);
 	/* Blocks go back to the pool now, not with the deferred free: an
 	 * accept batch of handshakes would otherwise empty the pool (mmap)
@@ -206,14 +260,6 @@ void session_close_all(struct proxy *px)
 {
 	while (px->sessions.next != &px->sessions)
 		session_close((struct session *)px->sessions.next);
-}
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Counts a pending upgrade as refused, for this reason. */
@@ -238,12 +284,13 @@ void session_reply_error(struct session *s, int status)
 	metrics_status(status);
 	/* The sites that know better named their reason already. */
 	upgrade_refused(s, status >= 500 ? M_REFUSED_UPSTREAM_UNAVAILABLE : M_REFUSED_INVALID);
-	close_upstream(s);
-	release_tunnel_slot(s);
-	set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
 	/* Whatever else was queued for the client is superseded. */
 	buf_consume(&s->cout, buf_len(&s->cout));
 	buf_append(&s->cout, resp, n);
+	log_request(s, status, 0); /* while the server it tried is known */
+	close_upstream(s);
+	release_tunnel_slot(s);
+	set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
 	s->state = S_CLOSING;
 }
 
@@ -355,10 +402,21 @@ static bool start_request(struct session *s)
 			set_deadline(s, DL_HEADER, s->cfg->timeouts.client_header_ms); /* its first byte came */
 		return false;
 	}
+	/* A request begins: where it starts in each byte count, for its line. */
+	s->req_start_ns = mono_ns();
+	s->req_in_base = s->client_read - buf_len(&s->cin);
+	s->req_out_base = s->client_written + buf_len(&s->cout);
+	s->req_logged = false;
+	s->resp_status = 0;
+	s->req_method[0] = s->req_host[0] = s->req_path[0] = '\0';
 	if (r < 0) {
 		session_reply_error(s, (int)-r);
 		goto done;
 	}
+	copy_str(s->req_method, sizeof(s->req_method), h->method);
+	copy_str(s->req_path, sizeof(s->req_path), h->target);
+	if (http_header_find(h, "Host", 0) >= 0)
+		copy_str(s->req_host, sizeof(s->req_host), h->headers[http_header_find(h, "Host", 0)].value);
 	if (h->version_minor == 1 && http_header_count(h, "Host") != 1) {
 		session_reply_error(s, 400);
 		goto done;
@@ -371,7 +429,6 @@ static bool start_request(struct session *s)
 	if (ws) {
 		metrics_inc(M_UPGRADES_ATTEMPTED);
 		s->upgrade_pending = true;
-		s->upgrade_start_ns = mono_ns();
 	}
 	if (ws < 0 || http_request_body(h, &s->req_body) < 0 || (ws && !s->req_body.done)) {
 		session_reply_error(s, ws < 0 ? -ws : 400);
@@ -482,6 +539,7 @@ static bool handle_response_head(struct session *s)
 		 * it (move_leftovers) is the tunnel's. */
 		s->payload_from[WS_DIR_C2U] = s->upstream_written + buf_len(&s->uout);
 		s->payload_from[WS_DIR_U2C] = s->client_written + buf_len(&s->cout);
+		s->req_in_end = s->client_read - buf_len(&s->cin);
 		buf_consume(&s->uin, r);
 		s->state = S_HANDOFF;
 		set_deadline(s, DL_NONE, 0);
@@ -513,6 +571,7 @@ static bool handle_response_head(struct session *s)
 	}
 	metrics_status(h->status);
 	upgrade_refused(s, M_REFUSED_UPSTREAM_DECLINED);
+	s->resp_status = h->status;
 	buf_consume(&s->uin, r);
 	s->resp_head_done = true;
 done:
@@ -542,6 +601,7 @@ static bool forward_response_body(struct session *s)
 			s->close_after = true;
 			s->state = S_CLOSING;
 			set_deadline(s, DL_LINGER, s->cfg->timeouts.client_header_ms);
+			log_request(s, s->resp_status, 0);
 			close_upstream(s);
 			release_tunnel_slot(s);
 			return true;
@@ -549,6 +609,7 @@ static bool forward_response_body(struct session *s)
 		return adv > 0;
 	}
 	/* Clean end of a response: the connection can serve another request. */
+	log_request(s, s->resp_status, 0);
 	release_upstream(s, s->upstream_keepalive && s->req_body.done && !buf_len(&s->uout) && !buf_len(&s->uin) &&
 				    !s->upstream_eof && s->resp_body.kind != BODY_UNTIL_CLOSE);
 	buf_release(&s->uin);
@@ -599,7 +660,7 @@ static void hand_off(struct session *s)
 	if (s->upgrade_pending) {
 		s->upgrade_pending = false;
 		metrics_inc(M_UPGRADES_SUCCEEDED);
-		metrics_handshake_seconds((double)(mono_ns() - s->upgrade_start_ns) / 1e9);
+		metrics_handshake_seconds((double)(mono_ns() - s->req_start_ns) / 1e9);
 	}
 	/* The session's epoll registrations carry its own pointers: drop them. */
 	ev_watch(s->px->loop, &s->client, 0);
@@ -608,9 +669,11 @@ static void hand_off(struct session *s)
 	buf_init(&s->uout, 0);
 	buf_init(&s->cout, 0);
 	s->tunnel_slot = NULL;
-	s->server = NULL;
+	/* Started before the session closes: the 101's line names its tunnel
+	 * and its server. */
+	log_request(s, 101, tunnel_start(s->px->tunnels, &h));
+	s->server = NULL; /* its count is the tunnel's now */
 	session_close(s);
-	tunnel_start(s->px->tunnels, &h);
 }
 
 static bool step(struct session *s)

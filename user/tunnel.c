@@ -11,6 +11,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "access_log.h"
 #include "engine.h"
 #include "json_out.h"
 #include "log.h"
@@ -31,6 +32,9 @@ struct tunnel {
 	uint64_t serial;         /* for log lines */
 	uint64_t next_check_ms;  /* when tunnel_timeouts reads the activity stamp next */
 	uint64_t started_ms;     /* ev_now_ms() at the hand-off */
+	/* Both peers' addresses, taken at the hand-off for the access log (a
+	 * socket that was reset has none any more); NULL while it is off. */
+	char (*peers)[INET6_ADDRSTRLEN + 9];
 	bool closed, half_closed;
 };
 
@@ -161,6 +165,60 @@ static void tunnel_switch(struct tunnel *t, const struct engine_ops *to)
 	apply(t, &io);
 }
 
+/* "ip:port" or "[ip6]:port" of a socket's peer. */
+static void peer_address(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage a;
+	socklen_t alen = sizeof(a);
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	a.ss_family = AF_UNSPEC;
+	if (getpeername(fd, (struct sockaddr *)&a, &alen) == 0) {
+		if (a.ss_family == AF_INET6) {
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+		} else if (a.ss_family == AF_INET) {
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+		}
+	}
+	snprintf(out, len, a.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+static const char *cause_name(enum metric cause)
+{
+	switch (cause) {
+	case M_CLOSED_FIN: return "fin";
+	case M_CLOSED_RESET: return "reset";
+	case M_CLOSED_IDLE_TIMEOUT: return "idle_timeout";
+	case M_CLOSED_FIN_TIMEOUT: return "fin_timeout";
+	case M_CLOSED_SHUTDOWN: return "shutdown";
+	default: return "error";
+	}
+}
+
+/* The tunnel's access log line, while its engine still holds its counts. */
+static void log_close(struct tunnel *t, enum metric cause)
+{
+	struct tunnel_stats st = { 0 };
+
+	if (!t->peers)
+		return;
+	if (t->eng)
+		t->eng->stats(t->st, &st);
+	access_log_tunnel(&(struct access_tunnel){
+		.id = t->serial,
+		.client = t->peers[TUNNEL_END_CLIENT],
+		.upstream = t->peers[TUNNEL_END_UPSTREAM],
+		.engine = t->eng ? t->eng->name : "-",
+		.cause = cause_name(cause),
+		.duration_ms = (double)(ev_now_ms() - t->started_ms),
+		.bytes_c2u = st.bytes[WS_DIR_C2U],
+		.bytes_u2c = st.bytes[WS_DIR_U2C],
+	});
+}
+
 static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 {
 	struct tunnel_set *ts = t->ts;
@@ -169,6 +227,9 @@ static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 		return;
 	t->closed = true;
 	metrics_inc(cause);
+	log_close(t, cause);
+	free(t->peers);
+	t->peers = NULL;
 	ev_ticker_stop(ts->loop, &t->ticker);
 	/* While both sockets are open: the sockmap takes them out of its maps. */
 	if (t->eng) {
@@ -195,7 +256,7 @@ static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 	ev_defer(ts->loop, free, t);
 }
 
-void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
+uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 {
 	struct tunnel *t = calloc(1, sizeof(*t));
 	struct engine_io io;
@@ -205,6 +266,9 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 		t->eng = ts->eng;
 		t->serial = ++ts->serial;
 		t->started_ms = ev_now_ms();
+		if (access_log_enabled() && (t->peers = calloc(2, sizeof(*t->peers))))
+			for (int e = 0; e < 2; e++)
+				peer_address(h->fd[e], t->peers[e], sizeof(t->peers[e]));
 		for (int e = 0; e < 2; e++)
 			t->ep[e] = (struct ev_handler){ .fd = h->fd[e], .owner = t, .on_event = on_end_event };
 		t->ticker.on_tick = on_tick;
@@ -215,6 +279,8 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 	}
 	if (!t || !t->st) {
 		log_warn("tunnel: out of memory: closing the connection");
+		if (t)
+			free(t->peers);
 		free(t);
 		for (int e = 0; e < 2; e++)
 			close(h->fd[e]);
@@ -222,12 +288,13 @@ void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 			buf_release(&h->queue[d]);
 		route_tunnel_done(h->route_st);
 		pool_server_done(h->server_st);
-		return;
+		return 0;
 	}
 	ts->count++;
 	TAILQ_INSERT_TAIL(&ts->all, t, link);
 	metrics_engine_tunnels(t->eng->name, 1);
 	apply(t, &io);
+	return t->serial;
 }
 
 void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms)
@@ -264,41 +331,6 @@ void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t 
 	}
 }
 
-/* The client's port and the upstream connection's local port: what ss shows
- * for the two sockets, so a dumped tunnel can be matched to its queues. */
-static void tunnel_ports(struct tunnel *t, char *out, size_t len)
-{
-	struct sockaddr_storage a, b;
-	socklen_t la = sizeof(a), lb = sizeof(b);
-	unsigned pa = 0, pb = 0;
-
-	if (!getpeername(t->ep[TUNNEL_END_CLIENT].fd, (struct sockaddr *)&a, &la) && a.ss_family != AF_UNIX)
-		pa = ntohs(((struct sockaddr_in *)&a)->sin_port); /* same offset in sockaddr_in6 */
-	if (!getsockname(t->ep[TUNNEL_END_UPSTREAM].fd, (struct sockaddr *)&b, &lb) && b.ss_family != AF_UNIX)
-		pb = ntohs(((struct sockaddr_in *)&b)->sin_port);
-	snprintf(out, len, "client port %u, upstream local port %u", pa, pb);
-}
-
-/* "ip:port" or "[ip6]:port" of a socket's peer (peer) or its own end. */
-static void sock_address(int fd, bool peer, char *out, size_t len)
-{
-	struct sockaddr_storage a;
-	socklen_t alen = sizeof(a);
-	char ip[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-
-	if ((peer ? getpeername(fd, (struct sockaddr *)&a, &alen) : getsockname(fd, (struct sockaddr *)&a, &alen)) == 0) {
-		if (a.ss_family == AF_INET6) {
-			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, ip, sizeof(ip));
-			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
-		} else if (a.ss_family == AF_INET) {
-			inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, ip, sizeof(ip));
-			port = ntohs(((struct sockaddr_in *)&a)->sin_port);
-		}
-	}
-	snprintf(out, len, a.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
-}
-
 void tunnel_list(struct tunnel_set *ts, FILE *f, bool json)
 {
 	uint64_t now = ev_now_ms();
@@ -319,8 +351,8 @@ void tunnel_list(struct tunnel_set *ts, FILE *f, bool json)
 			continue;
 		t->eng->stats(t->st, &st);
 		idle = now > st.last_active_ms ? now - st.last_active_ms : 0;
-		sock_address(t->ep[TUNNEL_END_CLIENT].fd, true, client, sizeof(client));
-		sock_address(t->ep[TUNNEL_END_UPSTREAM].fd, true, upstream, sizeof(upstream));
+		peer_address(t->ep[TUNNEL_END_CLIENT].fd, client, sizeof(client));
+		peer_address(t->ep[TUNNEL_END_UPSTREAM].fd, upstream, sizeof(upstream));
 		if (!json) {
 			fprintf(f, "%-8llu %-8s %-24s %-24s %9.1f %15llu %15llu %9llu\n", (unsigned long long)t->serial,
 				t->eng->name, client, upstream, (now - t->started_ms) / 1000.0,
@@ -340,19 +372,6 @@ void tunnel_list(struct tunnel_set *ts, FILE *f, bool json)
 	}
 	if (json)
 		fputs("]}\n", f);
-}
-
-void tunnel_dump_all(struct tunnel_set *ts)
-{
-	char line[512], ports[64];
-	struct tunnel *t;
-
-	log_info("%llu tunnels open", (unsigned long long)ts->count);
-	TAILQ_FOREACH(t, &ts->all, link) {
-		t->eng->describe(t->st, line, sizeof(line));
-		tunnel_ports(t, ports, sizeof(ports));
-		log_info("tunnel %llu %s: %s (%s)", (unsigned long long)t->serial, t->eng->name, line, ports);
-	}
 }
 
 /* Opens engine m's context unless it is open already. */

@@ -60,14 +60,13 @@ const char *tunnel_set_engine(const struct tunnel_set *ts);
 uint64_t tunnel_set_count(const struct tunnel_set *ts);
 
 /* Takes everything in h, whatever happens (on failure the sockets are
- * closed and the slots given back). */
-void tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h);
+ * closed and the slots given back). Returns the tunnel's id (what the
+ * access log and `wsplice conns` call it), 0 on failure. */
+uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h);
 /* Closes tunnels idle past tunnel_idle_timeout, or half-closed and idle past
  * tunnel_fin_timeout. An engine's activity stamp is read at most once per
  * timeout period (the sockmap's is a BPF map lookup). */
 void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms);
-/* Logs every open tunnel (SIGUSR1). */
-void tunnel_dump_all(struct tunnel_set *ts);
 /* Every open tunnel for `wsplice conns`: its client and upstream, engine,
  * age, bytes each way since the 101 and idle time; as a table, or JSON
  * with the engine's own view of it (the sockmap's tunnel id). */

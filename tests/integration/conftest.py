@@ -119,6 +119,12 @@ class Proxy:
         with open(self.log.name, errors="replace") as f:
             return f.read()
 
+    def conns(self):
+        """Every open tunnel as the daemon sees it (`wsplice conns --json`), for a failure's report."""
+        r = subprocess.run([WSPLICE, "conns", "--json", "--bpffs", self.pin_dir], capture_output=True, text=True,
+                           timeout=10)
+        return r.stdout if r.returncode == 0 else "wsplice conns failed: " + r.stderr
+
     def fd_count(self):
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
 

@@ -29,21 +29,25 @@ def vite():
     shutil.copytree(os.path.join(HMR, "app"), app)  # the test edits msg.js
     port = free_port()
     proxy_port = free_port()
-    log = open(os.path.join(work, "vite.log"), "w+")
+    log_path = os.path.join(work, "vite.log")
     # No colours: with CI=true Vite would colour its log, splitting the words checked below.
     env = dict(os.environ, VITE_PORT=str(port), WSPLICE_PORT=str(proxy_port), NO_COLOR="1")
     env.pop("FORCE_COLOR", None)
-    proc = subprocess.Popen(["node", os.path.join(HMR, "node_modules", "vite", "bin", "vite.js"),
-                             "--config", os.path.join(app, "vite.config.js")],
-                            cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Vite appends through a file description of its own: one shared with
+    # the reader below moved Vite's write offset on every seek(0), and its
+    # next line overwrote "ready in" (a CI failure).
+    with open(log_path, "a") as out:
+        proc = subprocess.Popen(["node", os.path.join(HMR, "node_modules", "vite", "bin", "vite.js"),
+                                 "--config", os.path.join(app, "vite.config.js")],
+                                cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def ready():
-        log.seek(0)
-        return "ready in" in plain(log.read())
+        with open(log_path) as f:
+            return "ready in" in plain(f.read())
 
     try:
-        assert wait_for(ready, timeout=30), open(log.name).read()
-        yield {"port": port, "proxy_port": proxy_port, "app": app, "log": log.name}
+        assert wait_for(ready, timeout=30), open(log_path).read()
+        yield {"port": port, "proxy_port": proxy_port, "app": app, "log": log_path}
     finally:
         proc.terminate()
         proc.wait(10)
