@@ -65,9 +65,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } tunnels SEC(".maps");
 
+/* Not preallocated: the verdict writes through its pointer to a link
+ * (rcv_nxt, broken) while the daemon may delete it; a preallocated element
+ * would be reused by the next insertion at once, an allocated one is freed
+ * after an RCU grace period. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WSPLICE_MAX_SOCKETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct ws_sock_link);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
@@ -384,7 +389,10 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 		return;
 	link = bpf_map_lookup_elem(&sock_links, &cookie);
 	sk = ops->sk;
-	if (!link || !sk) {
+	/* A broken source stays in verdict_map: the verdict drops the rest of
+	 * it there, and out of it, bytes would wait for a reader (the daemon)
+	 * that must never read them. */
+	if (!link || !sk || link->broken) {
 		bpf_map_delete_elem(&pause_requests, &cookie);
 		return;
 	}

@@ -51,7 +51,8 @@ static void status_text(struct proxy *px, FILE *f, bool json)
 		for (size_t i = 0; i < cfg->n_listeners; i++) {
 			fputs(i ? ",{\"name\":" : "{\"name\":", f);
 			json_string(f, cfg->listeners[i].name);
-			fprintf(f, ",\"address\":\"%s:%s\"}", cfg->listeners[i].ep.host, cfg->listeners[i].ep.port);
+			fprintf(f, strchr(cfg->listeners[i].ep.host, ':') ? ",\"address\":\"[%s]:%s\"}" : ",\"address\":\"%s:%s\"}",
+				cfg->listeners[i].ep.host, cfg->listeners[i].ep.port);
 		}
 		fprintf(f, "],\"sessions_open\":%llu,\"tunnels_open\":%llu,\"tunnels_by_engine\":{\"sockmap\":%lld,"
 			   "\"splice\":%lld,\"copy\":%lld}}\n",
@@ -83,45 +84,59 @@ static int answer(void *ctx, const char *in, size_t len, bool full, char **out, 
 	if (!nl)
 		return full ? (*out = NULL, 1) : 0;
 	snprintf(req, sizeof(req), "%.*s", (int)(nl - in), in);
-	json = strstr(req, " json") != NULL;
+	json = strlen(req) > 5 && !strcmp(req + strlen(req) - 5, " json");
+	if (json)
+		req[strlen(req) - 5] = '\0';
 	f = open_memstream(out, out_len);
 	if (!f) {
 		*out = NULL;
 		return 1;
 	}
-	if (!strncmp(req, "status", 6))
+	if (!strcmp(req, "status"))
 		status_text(px, f, json);
-	else if (!strncmp(req, "conns", 5))
+	else if (!strcmp(req, "conns"))
 		tunnel_list(px->tunnels, f, json);
 	else
 		fprintf(f, "error: unknown request '%s' (status or conns)\n", req);
-	if (fclose(f)) {
+	if (ferror(f) | fclose(f)) {
 		free(*out);
 		*out = NULL;
 	}
 	return 1;
 }
 
+/* The socket this process bound, so it removes its own file only. */
+static struct stat bound;
+
 /* A socket file left by a daemon that was killed is removed; one that
- * answers belongs to a running daemon. */
+ * answers (or whose queue is full: a busy daemon) belongs to a running
+ * daemon; anything that is not a socket is never touched. */
 static int claim(const char *path, const struct sockaddr_un *sa, char *err, size_t errlen)
 {
 	char dir[sizeof(sa->sun_path)];
-	int fd;
+	struct stat st;
+	int fd, r, e;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	if (mkdir(dirname(dir), 0755) && errno != EEXIST) {
 		snprintf(err, errlen, "control socket %s: cannot make its directory: %s", path, strerror(errno));
 		return -1;
 	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd >= 0 && !connect(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+	if (lstat(path, &st))
+		return 0;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "control socket %s: something that is not a socket is there", path);
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	r = fd >= 0 ? connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) : -1;
+	e = errno;
+	if (fd >= 0)
 		close(fd);
+	if (r == 0 || e == EAGAIN) {
 		snprintf(err, errlen, "control socket %s is in use by another wsplice (choose another --control)", path);
 		return -1;
 	}
-	if (fd >= 0)
-		close(fd);
 	unlink(path);
 	return 0;
 }
@@ -130,7 +145,7 @@ struct reply_server *control_open(struct proxy *px, const char *path, char *err,
 {
 	struct sockaddr_un sa;
 	struct reply_server *rs;
-	int fd;
+	int fd, r = -1;
 
 	if (unix_addr(path, &sa)) {
 		snprintf(err, errlen, "control socket %s: path too long", path);
@@ -139,11 +154,23 @@ struct reply_server *control_open(struct proxy *px, const char *path, char *err,
 	if (claim(path, &sa, err, errlen))
 		return NULL;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	/* Bound then narrowed: the socket's inode takes the umask's mode at bind. */
-	if (fd < 0 || bind(fd, (const struct sockaddr *)&sa, sizeof(sa)) || chmod(path, 0600) || listen(fd, 16)) {
+	if (fd >= 0) {
+		/* Made 0600 by bind itself: no moment when others may connect. */
+		mode_t mask = umask(0177);
+
+		r = bind(fd, (const struct sockaddr *)&sa, sizeof(sa));
+		umask(mask);
+	}
+	if (fd < 0 || r) {
 		snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
+		return NULL;
+	}
+	if (lstat(path, &bound) || listen(fd, 16)) {
+		snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
 		return NULL;
 	}
 	rs = reply_server_open(px->loop, fd, answer, px);
@@ -157,7 +184,11 @@ struct reply_server *control_open(struct proxy *px, const char *path, char *err,
 
 void control_unlink(const char *path)
 {
-	unlink(path);
+	struct stat st;
+
+	/* Only the file this process made: another daemon may own the path now. */
+	if (!lstat(path, &st) && st.st_dev == bound.st_dev && st.st_ino == bound.st_ino)
+		unlink(path);
 }
 
 int control_client(const char *path, const char *request)

@@ -391,6 +391,13 @@ int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_
 	return 0;
 }
 
+bool dataplane_link_broken(struct dataplane *dp, uint64_t cookie)
+{
+	struct ws_sock_link link;
+
+	return !bpf_map_lookup_elem(bpf_map__fd(dp->skel->maps.sock_links), &cookie, &link) && link.broken;
+}
+
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)
 {
 	uint64_t v = fd;

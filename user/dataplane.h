@@ -41,6 +41,9 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 /* One index of the per-CPU counters map (enum ws_counter) over every CPU:
  * the sum, and the largest (for the counters that keep a maximum). */
 int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_t *max);
+/* Whether the verdict marked this source broken (a failed trim): its
+ * stream can no longer be delivered intact, and nobody may read it. */
+bool dataplane_link_broken(struct dataplane *dp, uint64_t cookie);
 /* Backpressure: restart the verdict for a paused source socket. */
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie);
 uint64_t socket_cookie(int fd);

@@ -57,6 +57,28 @@ static bool same_listeners(const struct config *a, const struct config *b)
 	return true;
 }
 
+/* The command line's settings, for reloads: they override the file's. */
+static struct cli_options cli;
+
+/* A file's configuration with the command line's settings over it; what
+ * they name is resolved here (the file's own was, at load). NULL with the
+ * reason in errors. */
+static struct config *load_file_with_cli(const char *path, char *errors, size_t errlen)
+{
+	struct config *cfg = config_load_file(path, errors, errlen);
+	char why[300];
+
+	if (!cfg)
+		return NULL;
+	args_apply_globals(&cli, cfg);
+	if (cli.have_metrics && endpoint_resolve(&cfg->metrics, true, why, sizeof(why))) {
+		snprintf(errors, errlen, "--metrics: %s\n", why);
+		config_put(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
 /* SIGHUP: new routes, pools, timeouts and limits. Established tunnels and
  * requests in flight keep the generation they started with. */
 static void reload(struct proxy *px)
@@ -68,7 +90,7 @@ static void reload(struct proxy *px)
 		log_warn("SIGHUP: nothing to reload (started without -c)");
 		return;
 	}
-	cfg = config_load_file(old->path, errors, sizeof(errors));
+	cfg = load_file_with_cli(old->path, errors, sizeof(errors));
 	if (!cfg) {
 		log_lines(errors);
 		log_error("reload refused: the running configuration stays");
@@ -189,12 +211,11 @@ static struct config *load_config(const struct cli_options *opt)
 	struct config *cfg;
 
 	if (opt->config_path) {
-		cfg = config_load_file(opt->config_path, errors, sizeof(errors));
+		cfg = load_file_with_cli(opt->config_path, errors, sizeof(errors));
 		if (!cfg) {
 			fputs(errors, stderr);
 			return NULL;
 		}
-		args_apply_globals(opt, cfg);
 	} else {
 		struct config globals;
 
@@ -239,6 +260,7 @@ int main(int argc, char **argv)
 	case ARGS_RUN:
 		break;
 	}
+	cli = opt;
 	cfg = load_config(&opt);
 	if (opt.test_only) {
 		if (!cfg) {

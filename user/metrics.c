@@ -26,7 +26,8 @@ static const struct series series[M_COUNT] = {
 	[M_REQUESTS_3XX] = { REQUESTS, "class=\"3xx\"" },
 	[M_REQUESTS_4XX] = { REQUESTS, "class=\"4xx\"" },
 	[M_REQUESTS_5XX] = { REQUESTS, "class=\"5xx\"" },
-	[M_UPGRADES_ATTEMPTED] = { "wsplice_upgrades_attempted_total", "counter", "Valid WebSocket upgrade requests.", "" },
+	[M_UPGRADES_ATTEMPTED] = { "wsplice_upgrades_attempted_total", "counter",
+				   "WebSocket upgrade requests, valid or not: each ends as succeeded or refused.", "" },
 	[M_UPGRADES_SUCCEEDED] = { "wsplice_upgrades_succeeded_total", "counter",
 				   "Upgrades whose 101 carried the matching accept: tunnels opened.", "" },
 	[M_REFUSED_INVALID] = { REFUSED, "reason=\"invalid_request\"" },
@@ -37,6 +38,8 @@ static const struct series series[M_COUNT] = {
 	[M_REFUSED_UPSTREAM_UNAVAILABLE] = { REFUSED, "reason=\"upstream_unavailable\"" },
 	[M_REFUSED_UPSTREAM_DECLINED] = { REFUSED, "reason=\"upstream_declined\"" },
 	[M_REFUSED_BAD_ACCEPT] = { REFUSED, "reason=\"bad_accept\"" },
+	[M_REFUSED_CLIENT_GONE] = { REFUSED, "reason=\"client_gone\"" },
+	[M_REFUSED_INTERNAL_ERROR] = { REFUSED, "reason=\"internal_error\"" },
 	[M_ACTIVE_COPY] = { ACTIVE, "engine=\"copy\"" },
 	[M_ACTIVE_SPLICE] = { ACTIVE, "engine=\"splice\"" },
 	[M_ACTIVE_SOCKMAP] = { ACTIVE, "engine=\"sockmap\"" },
@@ -211,7 +214,8 @@ char *metrics_render(size_t *len)
 	for (int i = 0; i < COLLECTORS_MAX; i++)
 		if (collectors[i].fn)
 			collectors[i].fn(collectors[i].ctx, out);
-	if (fclose(out)) {
+	/* A memstream that could not grow may still close cleanly. */
+	if (ferror(out) | fclose(out)) {
 		free(text);
 		return NULL;
 	}

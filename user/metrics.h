@@ -19,7 +19,7 @@ enum metric {
 	M_REQUESTS_3XX,
 	M_REQUESTS_4XX,
 	M_REQUESTS_5XX,
-	M_UPGRADES_ATTEMPTED, /* valid WebSocket upgrade requests */
+	M_UPGRADES_ATTEMPTED, /* WebSocket upgrade requests, valid or not */
 	M_UPGRADES_SUCCEEDED, /* tunnels handed off after a matching 101 */
 	M_REFUSED_INVALID,    /* upgrades refused, by reason: a malformed upgrade request */
 	M_REFUSED_NO_ROUTE,
@@ -29,6 +29,8 @@ enum metric {
 	M_REFUSED_UPSTREAM_UNAVAILABLE, /* no server answered: 502 or 504 */
 	M_REFUSED_UPSTREAM_DECLINED,    /* the server answered something other than 101 */
 	M_REFUSED_BAD_ACCEPT,           /* a 101 without the matching Sec-WebSocket-Accept */
+	M_REFUSED_CLIENT_GONE,          /* the client left before its answer */
+	M_REFUSED_INTERNAL_ERROR,       /* the tunnel could not start (out of memory) */
 	M_ACTIVE_COPY,                  /* gauges: open tunnels by engine */
 	M_ACTIVE_SPLICE,
 	M_ACTIVE_SOCKMAP,

@@ -23,7 +23,7 @@ static void respond(char **out, size_t *out_len, int status, const char *type, c
 	fprintf(f, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: close\r\n\r\n", status,
 		status == 200 ? "OK" : http_reason(status), type, body_len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
 	fwrite(body, 1, body_len, f);
-	if (fclose(f)) {
+	if (ferror(f) | fclose(f)) {
 		free(*out);
 		*out = NULL;
 	}

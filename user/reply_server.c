@@ -14,7 +14,7 @@ struct reply_conn {
 	struct ev_handler h;
 	char in[REPLY_REQUEST_MAX];
 	size_t in_len;
-	bool answered;
+	bool answered, closed;
 	char *out;
 	size_t out_len, out_off;
 };
@@ -32,12 +32,15 @@ static void conn_close(struct reply_conn *c)
 {
 	struct reply_server *rs = c->rs;
 
+	c->closed = true;
 	ev_watch(rs->loop, &c->h, 0);
 	close(c->h.fd);
 	TAILQ_REMOVE(&rs->conns, c, link);
 	rs->n_conns--;
 	free(c->out);
-	/* Freed after the batch: another event of it may name this connection. */
+	c->out = NULL;
+	/* Freed after the batch: another event of it may name this connection
+	 * (one evicted by an accept of the same batch), and on_conn ignores it. */
 	ev_defer(rs->loop, free, c);
 }
 
@@ -45,6 +48,8 @@ static void on_conn(struct ev_handler *h, uint32_t events)
 {
 	struct reply_conn *c = container_of(h, struct reply_conn, h);
 
+	if (c->closed)
+		return;
 	if (events & EPOLLERR) {
 		conn_close(c);
 		return;

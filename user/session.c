@@ -233,6 +233,15 @@ static void log_request(struct session *s, int status, uint64_t tunnel)
 	});
 }
 
+/* Counts a pending upgrade as refused, for this reason. */
+static void upgrade_refused(struct session *s, enum metric reason)
+{
+	if (!s->upgrade_pending)
+		return;
+	s->upgrade_pending = false;
+	metrics_inc(reason);
+}
+
 void session_close(struct session *s)
 {
 	if (s->closed)
@@ -241,6 +250,7 @@ void session_close(struct session *s)
 	/* A request that never got its answer: the client left (nginx's 499). */
 	if (s->req_start_ns && !s->req_logged)
 		log_request(s, 499, 0);
+	upgrade_refused(s, M_REFUSED_CLIENT_GONE);
 	close_upstream(s);
 	/* Blocks go back to the pool now, not with the deferred free: an
 	 * accept batch of handshakes would otherwise empty the pool (mmap)
@@ -262,14 +272,6 @@ void session_close_all(struct proxy *px)
 		session_close((struct session *)px->sessions.next);
 }
 
-/* Counts a pending upgrade as refused, for this reason. */
-static void upgrade_refused(struct session *s, enum metric reason)
-{
-	if (!s->upgrade_pending)
-		return;
-	s->upgrade_pending = false;
-	metrics_inc(reason);
-}
 
 void session_reply_error(struct session *s, int status)
 {
@@ -657,11 +659,8 @@ static void hand_off(struct session *s)
 		.server_st = s->server ? s->server->st : NULL,
 	};
 
-	if (s->upgrade_pending) {
-		s->upgrade_pending = false;
-		metrics_inc(M_UPGRADES_SUCCEEDED);
-		metrics_handshake_seconds((double)(mono_ns() - s->req_start_ns) / 1e9);
-	}
+	uint64_t tunnel;
+
 	/* The session's epoll registrations carry its own pointers: drop them. */
 	ev_watch(s->px->loop, &s->client, 0);
 	ev_watch(s->px->loop, &s->upstream, 0);
@@ -671,7 +670,14 @@ static void hand_off(struct session *s)
 	s->tunnel_slot = NULL;
 	/* Started before the session closes: the 101's line names its tunnel
 	 * and its server. */
-	log_request(s, 101, tunnel_start(s->px->tunnels, &h));
+	tunnel = tunnel_start(s->px->tunnels, &h);
+	log_request(s, 101, tunnel);
+	if (tunnel && s->upgrade_pending) {
+		s->upgrade_pending = false;
+		metrics_inc(M_UPGRADES_SUCCEEDED);
+		metrics_handshake_seconds((double)(mono_ns() - s->req_start_ns) / 1e9);
+	}
+	upgrade_refused(s, M_REFUSED_INTERNAL_ERROR); /* the tunnel could not start (out of memory) */
 	s->server = NULL; /* its count is the tunnel's now */
 	session_close(s);
 }

@@ -195,6 +195,8 @@ static int finish_in_userspace(struct sm_tunnel *t, int d)
 	return 1;
 }
 
+/* Returns 1 on progress, 0 on none, -1 when the destination must be
+ * reset, -2 when the direction broke in the kernel (reset both ends). */
 static int progress_dir(struct sm_tunnel *t, int d, const struct ws_tunnel *tv)
 {
 	struct sm_dir *dd = &t->dir[d];
@@ -205,6 +207,15 @@ static int progress_dir(struct sm_tunnel *t, int d, const struct ws_tunnel *tv)
 	 * system calls of inflight() on this per-event path. */
 	if (dd->dst_shut || (!dd->paused && !dd->src_eof && !dd->user_finish && !buf_len(&dd->buf)))
 		return 0;
+	/* Paused, half-closed or about to be read here: a break the ring could
+	 * not report (it was full) is found now, before userspace reads a byte
+	 * of a stream with a hole in it. */
+	if (dataplane_link_broken(t->sm->dp, t->cookie[src])) {
+		t->broken = true;
+		log_error("tunnel %u: %s broke in the kernel (a failed trim): resetting both ends", t->id,
+			  dir_name(d));
+		return -2;
+	}
 	pending = inflight(t, d, tv);
 	if (dd->paused && pending <= t->sm->budget / 2) {
 		dd->paused = false;
@@ -247,7 +258,13 @@ static void sockmap_progress(struct sm_tunnel *t, struct engine_io *io)
 		return;
 	}
 	for (int d = 0; d < 2; d++) {
-		if (progress_dir(t, d, &tv) < 0) {
+		int r = progress_dir(t, d, &tv);
+
+		if (r == -2) {
+			io->verdict = ENGINE_ABORT;
+			return;
+		}
+		if (r < 0) {
 			set_reset(io, dir_dst(d));
 			return;
 		}

@@ -160,3 +160,17 @@ def test_a_second_instance_on_the_same_bpffs_serves_without_status(upstream, sta
     s.close()
     assert "wsplice status and conns cannot reach this instance" in second.read_log()
     assert "pid %d" % first.proc.pid in ask(first, "status")
+
+
+def test_a_file_that_is_not_a_socket_is_never_removed(tmp_path):
+    path = "/run/wsplice/not-a-socket-%d.sock" % os.getpid()
+    os.makedirs("/run/wsplice", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("precious")
+    try:
+        r = subprocess.run([WSPLICE, "--listen", "127.0.0.1:%d" % free_port(), "--upstream", "127.0.0.1:1",
+                            "--mode", "copy", "--control", path], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1 and "not a socket" in r.stderr, r.stderr
+        assert open(path).read() == "precious"
+    finally:
+        os.unlink(path)

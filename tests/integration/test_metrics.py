@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -243,3 +244,45 @@ def test_a_real_prometheus_scrapes_it(upstream, start_proxy):
         prom.terminate()
         prom.wait(20)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_an_upgrade_whose_client_resets_is_counted_once(upstream, start_proxy):
+    seen = []
+
+    def silent(conn, head, rest):
+        seen.append(True)
+        recv_until_eof(conn, timeout=5)
+
+    up = upstream(silent)
+    mport = free_port()
+    px = start_proxy(up.port, "copy", extra=("--metrics", "127.0.0.1:%d" % mport))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    s.sendall(upgrade_request()[0])
+    assert wait_for(lambda: seen, timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    assert wait_for(lambda: scrape(mport)['wsplice_upgrades_refused_total{reason="client_gone"}'] == 1, timeout=5)
+    m = scrape(mport)
+    refused = sum(v for k, v in m.items() if k.startswith("wsplice_upgrades_refused_total"))
+    assert (m["wsplice_upgrades_attempted_total"], m["wsplice_upgrades_succeeded_total"], refused) == (1, 0, 1)
+
+
+def test_metrics_from_the_command_line_over_a_file(upstream, start_proxy):
+    """-c FILE --metrics ADDR: the command line's address is resolved too."""
+    up = upstream(lambda conn, head, rest: recv_until_eof(conn))
+    mport = free_port()
+    start_proxy(0, "copy", config=one_route_config(up.port), extra=("--metrics", "127.0.0.1:%d" % mport))
+    assert "wsplice_connections_accepted_total" in scrape_text(mport)
+
+
+def test_idle_connections_cannot_starve_a_scrape(start_proxy):
+    """At most 16 scrape connections stay open; the oldest give way."""
+    mport = free_port()
+    px = start_proxy(free_port(), "copy", extra=("--metrics", "127.0.0.1:%d" % mport))
+    idle = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(40)]
+    try:
+        assert "wsplice_connections_accepted_total" in scrape_text(mport)
+        assert px.proc.poll() is None
+    finally:
+        for s in idle:
+            s.close()

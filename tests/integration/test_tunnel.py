@@ -339,13 +339,14 @@ def test_upstream_reset_reaches_client(upstream, start_proxy, mode):
     s.close()
 
 
-def _mark_broken(pin_dir, direction):
+def _mark_broken(pin_dir, direction, state=1):
     """Marks a direction's source broken in the pinned sock_links map, as a
-    failed trim does (bpf/splice.bpf.c, "the trim")."""
+    failed trim does (bpf/splice.bpf.c, "the trim"); state 2 is "the
+    daemon was told", which the verdict takes as done, so no event comes."""
     (link,) = [e.get("formatted", e) for e in bpftool_dump(pin_dir, "sock_links")
                if e.get("formatted", e)["value"]["dir"] == direction]
     v = link["value"]
-    value = struct.pack("<QIIII", v["peer_cookie"], v["tunnel_id"], v["dir"], v["verdict_rcv_nxt"], 1)
+    value = struct.pack("<QIIII", v["peer_cookie"], v["tunnel_id"], v["dir"], v["verdict_rcv_nxt"], state)
     subprocess.run(["bpftool", "map", "update", "pinned", os.path.join(pin_dir, "sock_links"),
                     "key", "hex", *("%02x" % b for b in struct.pack("<Q", link["key"])),
                     "value", "hex", *("%02x" % b for b in value)], check=True)
@@ -394,6 +395,36 @@ def test_a_broken_direction_resets_both_ends_and_delivers_nothing_more(upstream,
     assert "resetting both ends rather than deliver a byte twice" in px.read_log()
     assert bpf_counter(px.pin_dir, WS_CNT_BROKEN_DROPS) == 1
     s.close()
+
+
+def test_a_break_whose_event_was_lost_is_found_at_the_fin(upstream, start_proxy, kmode):
+    """The ring that tells the daemon of a break can be full. A source
+    marked broken without an event, which then half-closes, must not be
+    read or have its FIN passed on: both ends are reset."""
+    outcome = {}
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        roundtrip_upstream(conn, rest)
+        outcome["armed"] = True
+        conn.settimeout(5)
+        try:
+            outcome["upstream"] = ("eof", conn.recv(65536))
+        except ConnectionResetError:
+            outcome["upstream"] = ("reset", b"")
+        except socket.timeout:
+            outcome["upstream"] = ("timeout", b"")
+
+    up = upstream(handler)
+    px = start_proxy(up.port, kmode)
+    s, rest = open_tunnel(px.port)
+    roundtrip_client(s, rest)
+    assert wait_for(lambda: "armed" in outcome)
+    _mark_broken(px.pin_dir, 0, state=2)
+    s.shutdown(socket.SHUT_WR)
+    assert wait_for(lambda: "upstream" in outcome, timeout=10)
+    assert outcome["upstream"] == ("reset", b""), outcome
+    assert "broke in the kernel (a failed trim): resetting both ends" in px.read_log()
 
 
 @pytest.mark.parametrize("status", [426, 200, 404])
