@@ -9,7 +9,7 @@ ifeq ($(SAN),1)
 BUILD   := build/san
 endif
 CFLAGS  := -O2 -g -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE -Iinclude -I$(BUILD) -Iuser
-LDLIBS  := -lbpf -lelf -lz -lcrypto -linih
+LDLIBS  := -lbpf -lelf -lz -lcrypto -linih -lsystemd
 ifeq ($(SAN),1)
 CC      := clang
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 
-.PHONY: all deps run test unit integration clean bench bench-tools bench-vm vmtest fuzz
+.PHONY: all deps run test unit integration clean bench bench-tools bench-vm vmtest fuzz man install
 .SECONDARY:
 all: $(BUILD)/wsplice
 
@@ -94,6 +94,34 @@ vmtest: all
 
 bench-vm: all bench-tools
 	@CMD="BENCH_QUICK=1 REPS=$${REPS:-1} bash scripts/bench.sh" bash scripts/vmtest.sh
+
+# The man page, from docs/wsplice.8.md (go-md2man, from make deps).
+man: $(BUILD)/wsplice.8
+$(BUILD)/wsplice.8: docs/wsplice.8.md
+	@mkdir -p $(@D)
+	go-md2man -in $< -out $@
+
+# `make install [PREFIX=/usr/local] [DESTDIR=...]`: the binary, the systemd
+# unit (its paths filled in), the man page, the documentation and an example
+# configuration, which an existing /etc/wsplice/wsplice.conf is never
+# overwritten by.
+PREFIX     ?= /usr/local
+SBINDIR    := $(PREFIX)/sbin
+SYSCONFDIR := $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR    := $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+install: all man
+	install -D -m 0755 $(BUILD)/wsplice $(DESTDIR)$(SBINDIR)/wsplice
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' packaging/wsplice.service.in \
+		> $(DESTDIR)$(UNITDIR)/wsplice.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/wsplice.service
+	install -D -m 0644 $(BUILD)/wsplice.8 $(DESTDIR)$(PREFIX)/share/man/man8/wsplice.8
+	install -d $(DESTDIR)$(PREFIX)/share/doc/wsplice
+	install -m 0644 README.md docs/CONFIG.md docs/DEPLOY.md docs/wsplice.example.conf \
+		$(DESTDIR)$(PREFIX)/share/doc/wsplice/
+	install -d $(DESTDIR)$(SYSCONFDIR)/wsplice
+	test -e $(DESTDIR)$(SYSCONFDIR)/wsplice/wsplice.conf || \
+		install -m 0644 packaging/wsplice.conf $(DESTDIR)$(SYSCONFDIR)/wsplice/wsplice.conf
 
 clean:
 	rm -rf build

@@ -57,9 +57,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } verdict_map SEC(".maps");
 
+/* Sized by max_tunnels at load, and not preallocated: an idle daemon
+ * does not hold 262 144 tunnels' worth of kernel memory. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WSPLICE_MAX_TUNNELS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct ws_tunnel);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */

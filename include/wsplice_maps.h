@@ -9,7 +9,9 @@
 #include <linux/types.h>
 #endif
 
-/* Map sizes: one tunnel uses two sockets. */
+/* Map sizes as compiled: one tunnel uses two sockets. The daemon sizes
+ * tunnels, sock_links, target_map and verdict_map from max_tunnels at load
+ * time; pause_requests keeps this size (its entries live for microseconds). */
 #define WSPLICE_MAX_TUNNELS 65536
 #define WSPLICE_MAX_SOCKETS (2 * WSPLICE_MAX_TUNNELS)
 

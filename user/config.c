@@ -13,6 +13,7 @@ void config_defaults(struct config *cfg)
 	cfg->mode = MODE_AUTO;
 	snprintf(cfg->bpffs, sizeof(cfg->bpffs), "/sys/fs/bpf/wsplice");
 	cfg->tunnel_buffer = 4u << 20;
+	cfg->max_tunnels = 262144;
 	cfg->timeouts = (struct timeouts){
 		.client_header_ms = 15000,
 		.upstream_connect_ms = 5000,

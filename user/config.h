@@ -88,6 +88,7 @@ struct config {
 	enum tunnel_mode mode;
 	char bpffs[256];
 	uint64_t tunnel_buffer;
+	uint32_t max_tunnels;    /* open tunnels at most; the kernel's maps are this big */
 	struct endpoint metrics; /* the scrape endpoint; host "" = none */
 	char control[108];       /* the control socket; "" = control_default_path(bpffs) */
 	char access_log[512];    /* a file, "stderr", or "" for none */

@@ -271,6 +271,9 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "tunnel_buffer")) {
 		if (parse_size(value, &cfg->tunnel_buffer) || cfg->tunnel_buffer < 65536)
 			error_at(ld, ld->line, "tunnel_buffer '%s': expected a size of at least 64k", value);
+	} else if (!strcmp(key, "max_tunnels")) {
+		if (set_count(ld, key, value, 1, 1u << 24, &v))
+			cfg->max_tunnels = (uint32_t)v;
 	} else if (!strcmp(key, "access_log")) {
 		if ((value[0] != '/' && strcmp(value, "stderr")) || strlen(value) >= sizeof(cfg->access_log))
 			error_at(ld, ld->line, "access_log '%s': expected an absolute path or stderr", value);

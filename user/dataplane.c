@@ -176,8 +176,8 @@ static int spliced_rcvbuf(uint64_t budget)
 	return half > (4u << 20) ? 4 << 20 : half < (512u << 10) ? 512 << 10 : (int)half;
 }
 
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn on_event, void *ctx, char *why,
-				 size_t whylen)
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, event_fn on_event,
+				 void *ctx, char *why, size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
 	char path[512];
@@ -206,6 +206,13 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn 
 	dp->skel->rodata->tunnel_budget = budget;
 	dp->skel->rodata->pause_at_loop_end = kernel_at_least(6, 9);
 	dp->skel->rodata->spliced_rcvbuf = dp->rcvbuf;
+	if (bpf_map__set_max_entries(dp->skel->maps.tunnels, max_tunnels) ||
+	    bpf_map__set_max_entries(dp->skel->maps.sock_links, 2 * max_tunnels) ||
+	    bpf_map__set_max_entries(dp->skel->maps.target_map, 2 * max_tunnels) ||
+	    bpf_map__set_max_entries(dp->skel->maps.verdict_map, 2 * max_tunnels)) {
+		snprintf(why, whylen, "cannot size the maps for max_tunnels %u: %s", max_tunnels, strerror(errno));
+		goto fail;
+	}
 	/* libbpf 1.1 has no SEC("sk_skb/verdict"): set the attach type by hand. */
 	bpf_program__set_expected_attach_type(dp->skel->progs.wsplice_verdict, BPF_SK_SKB_VERDICT);
 	if (!kernel_has_kfuncs()) {

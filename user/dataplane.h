@@ -17,8 +17,9 @@ struct dataplane;
 typedef void (*event_fn)(void *ctx, const struct ws_event *ev);
 
 /* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, event_fn on_event, void *ctx, char *why,
-				 size_t whylen);
+/* max_tunnels sizes the maps (tunnel ids are below it). */
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, event_fn on_event,
+				 void *ctx, char *why, size_t whylen);
 void dataplane_close(struct dataplane *dp);
 /* Fd to watch for pauses; call dataplane_poll when readable. */
 int dataplane_event_fd(struct dataplane *dp);

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+#include <systemd/sd-daemon.h>
 #include "access_log.h"
 #include "args.h"
 #include "config_file.h"
@@ -90,14 +91,19 @@ static void reload(struct proxy *px)
 		log_warn("SIGHUP: nothing to reload (started without -c)");
 		return;
 	}
+	/* systemd's reload protocol: RELOADING=1 now, READY=1 when done,
+	 * whether the new configuration was taken or refused. */
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)ev_now_ms() * 1000);
 	cfg = load_file_with_cli(old->path, errors, sizeof(errors));
 	if (!cfg) {
 		log_lines(errors);
 		log_error("reload refused: the running configuration stays");
+		sd_notify(0, "READY=1\nSTATUS=reload refused: the running configuration stays");
 		return;
 	}
 	if (!same_listeners(old, cfg)) {
 		log_error("reload refused: listeners changed (a restart applies that); the running configuration stays");
+		sd_notify(0, "READY=1\nSTATUS=reload refused: listeners changed");
 		config_put(cfg);
 		return;
 	}
@@ -106,8 +112,10 @@ static void reload(struct proxy *px)
 	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer ||
 	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port) ||
 	    strcmp(cfg->control, old->control) || strcmp(cfg->access_log, old->access_log) ||
-	    cfg->access_log_json != old->access_log_json)
-		log_warn("reload: mode, bpffs, tunnel_buffer, metrics, control and access_log apply at the next restart");
+	    cfg->access_log_json != old->access_log_json || cfg->max_tunnels != old->max_tunnels)
+		log_warn("reload: mode, bpffs, tunnel_buffer, max_tunnels, metrics, control and access_log apply at the "
+			 "next restart");
+	cfg->max_tunnels = old->max_tunnels;
 	snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", old->access_log);
 	cfg->access_log_json = old->access_log_json;
 	cfg->mode = old->mode;
@@ -116,6 +124,7 @@ static void reload(struct proxy *px)
 	cfg->metrics = old->metrics;
 	if (route_bind_states(px, cfg) || pool_bind_states(px, cfg)) {
 		log_error("reload refused: out of memory");
+		sd_notify(0, "READY=1\nSTATUS=reload refused: out of memory");
 		config_put(cfg);
 		return;
 	}
@@ -126,6 +135,8 @@ static void reload(struct proxy *px)
 	px->generation++;
 	config_put(old);
 	log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
+	sd_notifyf(0, "READY=1\nSTATUS=generation %u: %zu routes, %zu pools", px->generation, cfg->n_routes,
+		   cfg->n_pools);
 }
 
 static void on_signal(struct ev_handler *h, uint32_t events)
@@ -152,14 +163,28 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	ev_loop_stop(sw->loop);
 }
 
-static void raise_fd_limit(void)
+/* Every tunnel holds two descriptors (six in the splice engine once it
+ * carried data): raise the limit to what max_tunnels needs (the hard one
+ * too, with CAP_SYS_RESOURCE), else as far as the hard one allows, and say
+ * so when that is not enough. */
+static void raise_fd_limit(const struct config *cfg)
 {
+	rlim_t want = 2 * (rlim_t)cfg->max_tunnels + 1024;
 	struct rlimit rl;
 
-	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return;
+	if (rl.rlim_max < want && setrlimit(RLIMIT_NOFILE, &(struct rlimit){ want, want }) == 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+	if (rl.rlim_max < want)
+		log_warn("RLIMIT_NOFILE allows %llu descriptors: about %llu tunnels, not max_tunnels %u "
+			 "(raise LimitNOFILE, or lower max_tunnels)",
+			 (unsigned long long)rl.rlim_max, (unsigned long long)(rl.rlim_max > 1024 ? rl.rlim_max - 1024 : 0) / 2,
+			 cfg->max_tunnels);
 }
 
 /* `wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]`:
@@ -279,7 +304,7 @@ int main(int argc, char **argv)
 	if (cfg->verbose)
 		log_threshold = LOG_DEBUG;
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit();
+	raise_fd_limit(cfg);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGTERM);
@@ -351,7 +376,11 @@ int main(int argc, char **argv)
 		log_info("listening on %s:%s, upstream %s:%s, mode %s", cfg->listeners[0].ep.host,
 			 cfg->listeners[0].ep.port, cfg->pools[0].servers[0].ep.host, cfg->pools[0].servers[0].ep.port,
 			 tunnel_set_engine(px.tunnels));
+	/* Type=notify: systemd starts what depends on wsplice once it serves. */
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %zu listeners, mode %s\nMAINPID=%lu", cfg->n_listeners,
+		   tunnel_set_engine(px.tunnels), (unsigned long)getpid());
 	ev_loop_run(px.loop);
+	sd_notify(0, "STOPPING=1");
 	rc = 0;
 out:
 	reply_server_close(ms);

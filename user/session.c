@@ -442,6 +442,13 @@ static bool start_request(struct session *s)
 		session_reply_error(s, 404);
 		goto done;
 	}
+	/* The process-wide cap: the kernel's maps hold max_tunnels tunnels. */
+	if (ws == 1 && tunnel_set_count(s->px->tunnels) >= s->cfg->max_tunnels) {
+		log_warn("max_tunnels (%u) reached: 503", s->cfg->max_tunnels);
+		upgrade_refused(s, M_REFUSED_MAX_TUNNELS);
+		session_reply_error(s, 503);
+		goto done;
+	}
 	if (ws == 1 && (status = route_admit_websocket(s->route, h))) {
 		log_info("route %s refuses the upgrade (%s)", s->route->name,
 			 status == 503 ? "max_tunnels reached" : !s->route->websocket ? "websocket off" : "origin");

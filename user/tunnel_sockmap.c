@@ -60,7 +60,8 @@ struct sockmap {
 	struct ev_handler events; /* pause requests and completions */
 	engine_kick_fn kick;
 	uint64_t budget;
-	struct sm_tunnel **by_id; /* WSPLICE_MAX_TUNNELS slots */
+	struct sm_tunnel **by_id; /* max_tunnels slots: the ids the maps can hold */
+	uint32_t max_tunnels;
 	uint32_t next_id;
 };
 
@@ -279,8 +280,8 @@ static void sockmap_progress(struct sm_tunnel *t, struct engine_io *io)
 
 static int alloc_id(struct sockmap *sm, uint32_t *id)
 {
-	for (uint32_t i = 0; i < WSPLICE_MAX_TUNNELS; i++) {
-		uint32_t cand = (sm->next_id + i) % WSPLICE_MAX_TUNNELS;
+	for (uint32_t i = 0; i < sm->max_tunnels; i++) {
+		uint32_t cand = (sm->next_id + i) % sm->max_tunnels;
 
 		if (!sm->by_id[cand]) {
 			*id = cand;
@@ -579,7 +580,7 @@ static void on_paused(struct sm_tunnel *t, const struct ws_event *ev)
 static void on_event(void *ctx, const struct ws_event *ev)
 {
 	struct sockmap *sm = ctx;
-	struct sm_tunnel *t = ev->tunnel_id < WSPLICE_MAX_TUNNELS ? sm->by_id[ev->tunnel_id] : NULL;
+	struct sm_tunnel *t = ev->tunnel_id < sm->max_tunnels ? sm->by_id[ev->tunnel_id] : NULL;
 
 	if (!t || t->cookie[dir_src(ev->dir & 1)] != ev->cookie)
 		return;
@@ -688,15 +689,16 @@ static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine
 {
 	struct sockmap *sm = calloc(1, sizeof(*sm));
 
-	if (!sm || !(sm->by_id = calloc(WSPLICE_MAX_TUNNELS, sizeof(*sm->by_id)))) {
+	if (!sm || !(sm->by_id = calloc(cfg->max_tunnels, sizeof(*sm->by_id)))) {
 		free(sm);
 		snprintf(why, whylen, "out of memory");
 		return NULL;
 	}
+	sm->max_tunnels = cfg->max_tunnels;
 	sm->loop = loop;
 	sm->kick = kick;
 	sm->budget = cfg->tunnel_buffer;
-	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, on_event, sm, why, whylen);
+	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, cfg->max_tunnels, on_event, sm, why, whylen);
 	if (!sm->dp) {
 		sockmap_close(sm);
 		return NULL;

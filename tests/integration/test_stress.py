@@ -345,10 +345,13 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
         raise AssertionError("the reader did not finish; received state %s\ntunnels: %s\n%s" % (
             state, px.conns(), "\n".join(px.read_log().splitlines()[-6:])))
     assert state["ok"], "payload corrupted"
-    # The sender must have been blocked during the stall (allow 1 s to fill).
-    t0, t1 = state["stall_start"] + 1.0, state["stall_end"]
+    # The sender must have been blocked during the stall: flat for its whole
+    # second half. The buffers take a while to fill first: about a second on
+    # the host, 2-3 s under qemu (6.12 CI: 25, 25, then 30 MiB to the end).
+    t0, t1 = (state["stall_start"] + state["stall_end"]) / 2, state["stall_end"]
     during = [sent for t, sent, _ in samples if t0 <= t <= t1]
-    assert during and during[-1] - during[0] <= 1, "sender kept sending during the stall: %s" % during
+    assert during and during[-1] - during[0] <= 1, "sender kept sending during the stall: %s" % [
+        sent for t, sent, _ in samples if state["stall_start"] <= t <= t1]
     held_mib = during[-1] - 16
     mem_drop = (mem_before - min(m for _, _, m in samples)) / (1 << 20)
     report("1 GiB, reader stalled %.0f s [%s]: sender blocked after %d MiB; peak BPF in-flight %.1f MiB; "
