@@ -25,6 +25,7 @@ struct access_log {
 	char *queue; /* a ring of QUEUE_SIZE bytes */
 	size_t head, len;
 	bool reopen, stopping;
+	int reopen_errno; /* a reopen that failed, for the loop to report */
 };
 
 static struct access_log *al;
@@ -78,18 +79,32 @@ static void *writer_main(void *arg)
 		while (!al->len && !al->reopen && !al->stopping)
 			pthread_cond_wait(&al->wake, &al->lock);
 		if (al->reopen) {
-			int fd = open_file(al->path);
+			int fd;
 
+			/* The filesystem is waited on without the lock: the loop
+			 * never blocks on it. A failure keeps the old file and is
+			 * reported by the loop (access_log_request). */
 			al->reopen = false;
+			pthread_mutex_unlock(&al->lock);
+			fd = open_file(al->path);
+			pthread_mutex_lock(&al->lock);
 			if (fd >= 0) {
 				close(al->fd);
 				al->fd = fd;
+			} else {
+				al->reopen_errno = errno;
 			}
 		}
 		if (!al->len && al->stopping)
 			break;
+		if (!al->len)
+			continue;
 		n = al->len < sizeof(chunk) ? al->len : sizeof(chunk);
 		ring_read(al->head, chunk, n);
+		/* Whole lines only: another writer on the same fd (stderr) must
+		 * not land inside one. A line is at most 4 KiB, so one fits. */
+		while (n > 1 && chunk[n - 1] != '\n')
+			n--;
 		al->head = (al->head + n) % QUEUE_SIZE;
 		al->len -= n;
 		pthread_mutex_unlock(&al->lock);
@@ -138,6 +153,11 @@ bool access_log_enabled(void)
 static void enqueue(const char *line, size_t n)
 {
 	pthread_mutex_lock(&al->lock);
+	if (al->reopen_errno) {
+		log_error("access_log %s: cannot reopen it (%s): still writing to the file it had open", al->path,
+			  strerror(al->reopen_errno));
+		al->reopen_errno = 0;
+	}
 	if (QUEUE_SIZE - al->len < n) {
 		pthread_mutex_unlock(&al->lock);
 		metrics_inc(M_ACCESS_LOG_DROPPED);
@@ -188,8 +208,8 @@ static void field_str(struct line *l, const char *key, const char *v)
 	for (const unsigned char *c = (const unsigned char *)v; *c && l->n < sizeof(l->buf) - 8; c++) {
 		if (*c == '"' || *c == '\\')
 			put(l, "\\%c", *c);
-		else if (*c < 0x20 || *c == 0x7f)
-			put(l, l->json ? "\\u%04x" : "\\x%02x", *c);
+		else if (*c < 0x20 || *c == 0x7f || (l->json && *c >= 0x80))
+			put(l, l->json ? "\\u%04x" : "\\x%02x", *c); /* JSON stays UTF-8: a raw byte is escaped */
 		else
 			put(l, "%c", *c);
 	}

@@ -163,13 +163,14 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	ev_loop_stop(sw->loop);
 }
 
-/* Every tunnel holds two descriptors (six in the splice engine once it
+/* Every tunnel holds two descriptors (six in the splice engine, once it
  * carried data): raise the limit to what max_tunnels needs (the hard one
  * too, with CAP_SYS_RESOURCE), else as far as the hard one allows, and say
  * so when that is not enough. */
 static void raise_fd_limit(const struct config *cfg)
 {
-	rlim_t want = 2 * (rlim_t)cfg->max_tunnels + 1024;
+	/* Sessions in progress and pooled upstream connections: the headroom. */
+	rlim_t want = (cfg->mode == MODE_SPLICE ? 6 : 2) * (rlim_t)cfg->max_tunnels + 4096;
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl))
@@ -183,7 +184,8 @@ static void raise_fd_limit(const struct config *cfg)
 	if (rl.rlim_max < want)
 		log_warn("RLIMIT_NOFILE allows %llu descriptors: about %llu tunnels, not max_tunnels %u "
 			 "(raise LimitNOFILE, or lower max_tunnels)",
-			 (unsigned long long)rl.rlim_max, (unsigned long long)(rl.rlim_max > 1024 ? rl.rlim_max - 1024 : 0) / 2,
+			 (unsigned long long)rl.rlim_max,
+			 (unsigned long long)(rl.rlim_max > 4096 ? rl.rlim_max - 4096 : 0) / (cfg->mode == MODE_SPLICE ? 6 : 2),
 			 cfg->max_tunnels);
 }
 

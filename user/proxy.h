@@ -42,6 +42,7 @@ struct proxy {
 	struct tunnel_set *tunnels; /* tunnel.c's: every tunnel and its engines */
 	struct conn_link sessions;  /* list head; session.c's */
 	uint64_t sessions_open;
+	uint64_t upgrades_admitted; /* upgrades waiting for their 101: they count against max_tunnels */
 	uint64_t started_ms;     /* ev_now_ms() at start */
 	unsigned generation;     /* configurations loaded: 1, then one more per reload */
 	struct route_state *route_states;

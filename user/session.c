@@ -52,6 +52,8 @@ struct session {
 	/* An upgrade request not yet counted as succeeded or refused (the
 	 * metrics count each once). */
 	bool upgrade_pending;
+	bool upgrade_admitted; /* counted in px->upgrades_admitted until its tunnel starts or it ends */
+	char last_upstream[256 + 10]; /* the server last tried, for a 502's log line */
 	/* The current request, for the metrics and the access log: when its
 	 * head was complete, where it starts in each byte count, its status. */
 	uint64_t req_start_ns, req_in_base, req_out_base, req_in_end;
@@ -186,6 +188,10 @@ static void release_tunnel_slot(struct session *s)
 {
 	route_tunnel_done(s->tunnel_slot);
 	s->tunnel_slot = NULL;
+	if (s->upgrade_admitted) {
+		s->upgrade_admitted = false;
+		s->px->upgrades_admitted--;
+	}
 }
 
 static uint64_t mono_ns(void)
@@ -204,7 +210,7 @@ static void copy_str(char *out, size_t len, struct http_str v)
 /* The current request's access log line, once: its status is final. */
 static void log_request(struct session *s, int status, uint64_t tunnel)
 {
-	char client[INET6_ADDRSTRLEN + 8], upstream[256 + 8];
+	char client[INET6_ADDRSTRLEN + 8], upstream[sizeof(s->last_upstream)];
 	/* A 101's bytes end where the tunnel's start (set at the 101). An error
 	 * reply supersedes what was queued for the client: never below zero. */
 	uint64_t in_end = tunnel ? s->req_in_end : s->client_read - buf_len(&s->cin);
@@ -215,10 +221,7 @@ static void log_request(struct session *s, int status, uint64_t tunnel)
 	s->req_logged = true;
 	snprintf(client, sizeof(client), s->peer.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", s->client_ip,
 		 ntohs(((struct sockaddr_in *)&s->peer)->sin_port)); /* same offset in sockaddr_in6 */
-	if (s->server)
-		snprintf(upstream, sizeof(upstream), "%s:%s", s->server->ep.host, s->server->ep.port);
-	else
-		snprintf(upstream, sizeof(upstream), "-");
+	snprintf(upstream, sizeof(upstream), "%s", s->last_upstream[0] ? s->last_upstream : "-");
 	access_log_request(&(struct access_request){
 		.client = client,
 		.host = s->req_host,
@@ -247,9 +250,10 @@ void session_close(struct session *s)
 	if (s->closed)
 		return;
 	s->closed = true;
-	/* A request that never got its answer: the client left (nginx's 499). */
+	/* A request still open: the client left before its answer (nginx's
+	 * 499), or the answer stopped midway (its status, as the client got it). */
 	if (s->req_start_ns && !s->req_logged)
-		log_request(s, 499, 0);
+		log_request(s, s->resp_head_done ? s->resp_status : 499, 0);
 	upgrade_refused(s, M_REFUSED_CLIENT_GONE);
 	close_upstream(s);
 	/* Blocks go back to the pool now, not with the deferred free: an
@@ -273,6 +277,18 @@ void session_close_all(struct proxy *px)
 }
 
 
+/* A head that is still arriving (a 408, or a head too large to parse) is
+ * a request of its own for the log; nothing at all is not a request. */
+static void request_begins(struct session *s)
+{
+	s->req_start_ns = mono_ns();
+	s->req_in_base = s->client_read - buf_len(&s->cin);
+	s->req_out_base = s->client_written + buf_len(&s->cout);
+	s->req_logged = false;
+	s->resp_status = 0;
+	s->req_method[0] = s->req_host[0] = s->req_path[0] = s->last_upstream[0] = '\0';
+}
+
 void session_reply_error(struct session *s, int status)
 {
 	char resp[256];
@@ -284,10 +300,16 @@ void session_reply_error(struct session *s, int status)
 		     status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", status, http_reason(status));
 	log_info("client %s: %d %s", s->client_ip, status, http_reason(status));
 	metrics_status(status);
+	if (s->state == S_REQ_HEAD && s->req_logged)
+		request_begins(s);
+	if (s->state == S_REQ_HEAD && !buf_len(&s->cin))
+		s->req_logged = true; /* nothing was sent: no line */
 	/* The sites that know better named their reason already. */
 	upgrade_refused(s, status >= 500 ? M_REFUSED_UPSTREAM_UNAVAILABLE : M_REFUSED_INVALID);
-	/* Whatever else was queued for the client is superseded. */
-	buf_consume(&s->cout, buf_len(&s->cout));
+	/* What this request queued for the client is superseded; while a head
+	 * is read, the queue holds earlier answers, complete: they go first. */
+	if (s->state != S_REQ_HEAD)
+		buf_consume(&s->cout, buf_len(&s->cout));
 	buf_append(&s->cout, resp, n);
 	log_request(s, status, 0); /* while the server it tried is known */
 	close_upstream(s);
@@ -309,6 +331,9 @@ static void connect_upstream(struct session *s)
 		struct server *srv = pool_pick(p, s->tried, now);
 		int fd;
 
+		if (srv)
+			snprintf(s->last_upstream, sizeof(s->last_upstream), strchr(srv->ep.host, ':') ? "[%s]:%s" : "%s:%s",
+				 srv->ep.host, srv->ep.port);
 		if (!srv) {
 			log_warn("pool %s: no server left to try", p->name);
 			session_reply_error(s, 502);
@@ -405,12 +430,7 @@ static bool start_request(struct session *s)
 		return false;
 	}
 	/* A request begins: where it starts in each byte count, for its line. */
-	s->req_start_ns = mono_ns();
-	s->req_in_base = s->client_read - buf_len(&s->cin);
-	s->req_out_base = s->client_written + buf_len(&s->cout);
-	s->req_logged = false;
-	s->resp_status = 0;
-	s->req_method[0] = s->req_host[0] = s->req_path[0] = '\0';
+	request_begins(s);
 	if (r < 0) {
 		session_reply_error(s, (int)-r);
 		goto done;
@@ -442,9 +462,15 @@ static bool start_request(struct session *s)
 		session_reply_error(s, 404);
 		goto done;
 	}
-	/* The process-wide cap: the kernel's maps hold max_tunnels tunnels. */
-	if (ws == 1 && tunnel_set_count(s->px->tunnels) >= s->cfg->max_tunnels) {
-		log_warn("max_tunnels (%u) reached: 503", s->cfg->max_tunnels);
+	/* The process-wide cap: the kernel's maps hold max_tunnels tunnels,
+	 * and the upgrades waiting for their 101 will be tunnels. */
+	if (ws == 1 && tunnel_set_count(s->px->tunnels) + s->px->upgrades_admitted >= s->cfg->max_tunnels) {
+		static uint64_t last_ms;
+
+		if (ev_now_ms() - last_ms >= 1000) {
+			log_warn("max_tunnels (%u) reached: upgrades get 503", s->cfg->max_tunnels);
+			last_ms = ev_now_ms();
+		}
 		upgrade_refused(s, M_REFUSED_MAX_TUNNELS);
 		session_reply_error(s, 503);
 		goto done;
@@ -461,6 +487,8 @@ static bool start_request(struct session *s)
 	if (ws == 1) {
 		s->tunnel_slot = s->route->st;
 		s->tunnel_slot->tunnels++;
+		s->upgrade_admitted = true;
+		s->px->upgrades_admitted++;
 	}
 	s->websocket = ws == 1;
 	s->head_request = http_str_ieq(h->method, "HEAD");
@@ -677,8 +705,13 @@ static void hand_off(struct session *s)
 	s->tunnel_slot = NULL;
 	/* Started before the session closes: the 101's line names its tunnel
 	 * and its server. */
+	if (s->upgrade_admitted) {
+		s->upgrade_admitted = false; /* a tunnel now, counted as one */
+		s->px->upgrades_admitted--;
+	}
 	tunnel = tunnel_start(s->px->tunnels, &h);
-	log_request(s, 101, tunnel);
+	/* The tunnel could not start (out of memory): both sockets are closed. */
+	log_request(s, tunnel ? 101 : 500, tunnel);
 	if (tunnel && s->upgrade_pending) {
 		s->upgrade_pending = false;
 		metrics_inc(M_UPGRADES_SUCCEEDED);

@@ -8,9 +8,11 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 
 from conftest import WSPLICE, free_port
-from wsutil import key_of, recv_exact, recv_head, recv_until_eof, switching_protocols, upgrade_request, wait_for
+from wsutil import (key_of, one_route_config, recv_exact, recv_head, recv_until_eof, switching_protocols,
+                    upgrade_request, wait_for)
 
 C2U, U2C = 70_000, 123_456
 
@@ -134,3 +136,64 @@ def test_bad_access_log_paths_are_clear_errors(tmp_path):
     assert r.returncode == 1 and "access_log %s: No such file or directory" % missing in r.stderr, r.stderr
     r = subprocess.run(base + ["--access-log-format", "xml"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "expected logfmt or json" in r.stderr, r.stderr
+
+
+def test_a_half_sent_head_is_one_408_and_an_empty_connection_none(upstream, start_proxy, tmp_path):
+    up = upstream(scripted)
+    path = str(tmp_path / "access.log")
+    px = start_proxy(0, "copy", config=one_route_config(up.port, global_="client_header_timeout = 1s"),
+                     extra=("--access-log", path))
+    empty = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    half = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    half.sendall(b"GET /never-finished HTTP/1.1\r\nHo")
+    for s in (empty, half):
+        recv_until_eof(s, timeout=5)
+        s.close()
+    assert wait_for(lambda: read_lines(path, logfmt), timeout=5)
+    time.sleep(0.5)
+    (line,) = read_lines(path, logfmt)
+    assert line["status"] == "408" and line["bytes_in"] == "0", line
+
+
+def test_a_502_names_the_server_it_tried(start_proxy, tmp_path):
+    dead = free_port()
+    path = str(tmp_path / "access.log")
+    px = start_proxy(dead, "copy", extra=("--access-log", path, "--access-log-format", "json"))
+    with socket.create_connection(("127.0.0.1", px.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = recv_head(s)
+    assert b" 502 " in head.split(b"\r\n")[0]
+    assert wait_for(lambda: read_lines(path, json.loads), timeout=5)
+    (line,) = read_lines(path, json.loads)
+    assert (line["status"], line["upstream"]) == (502, "127.0.0.1:%d" % dead), line
+
+
+def test_json_lines_stay_valid_with_bytes_that_are_not_utf8(upstream, start_proxy, tmp_path):
+    up = upstream(scripted)
+    path = str(tmp_path / "access.log")
+    px = start_proxy(up.port, "copy", extra=("--access-log", path, "--access-log-format", "json"))
+    with socket.create_connection(("127.0.0.1", px.port), timeout=5) as s:
+        s.sendall(b"GET /caf%C3%A9 HTTP/1.1\r\nHost: caf\xe9.example\r\nConnection: close\r\n\r\n")
+        recv_until_eof(s)
+    assert wait_for(lambda: os.path.exists(path) and open(path, "rb").read().endswith(b"\n"), timeout=5)
+    raw = open(path, "rb").read()
+    line = json.loads(raw.decode("utf-8"))  # strict UTF-8: a raw 0xe9 would fail here
+    assert line["host"] == "caf\u00e9.example" and line["status"] == 200, line
+
+
+def test_an_error_on_a_pipelined_request_keeps_the_answer_before_it(upstream, start_proxy, tmp_path):
+    big = os.urandom(200_000)
+
+    def handler(conn, head, rest):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        recv_until_eof(conn, timeout=2)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, "copy")
+    with socket.create_connection(("127.0.0.1", px.port), timeout=5) as s:
+        # The second request is malformed: its 400 must follow all of the first answer.
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /bad HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        got = recv_until_eof(s)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest[:len(big)] == big, (head, len(rest))
+    assert rest[len(big):].startswith(b"HTTP/1.1 400"), rest[len(big):len(big) + 40]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import NO_BPF, WSPLICE, Proxy, free_port, need_sockmap
-from wsutil import bpf_tunnels, echo_after_101, open_tunnel, recv_exact, wait_for
+from wsutil import bpf_tunnels, echo_after_101, echoes_through, open_tunnel, recv_exact, wait_for
 
 needs_bpf = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
 
@@ -201,16 +201,7 @@ def test_auto_falls_back_to_copy_with_one_line_saying_why(upstream, tmp_path, wh
     p = subprocess.Popen(prefix + [WSPLICE, "--listen", "127.0.0.1:%d" % port, "--upstream", "127.0.0.1:%d" % up.port,
                                    "--bpffs", pin], stderr=subprocess.PIPE, text=True)
     try:
-        def serving():
-            try:
-                s, _ = open_tunnel(port, timeout=1)
-            except OSError:
-                return False
-            s.sendall(b"copy")
-            ok = recv_exact(s, 4) == b"copy"
-            s.close()
-            return ok
-        assert wait_for(serving, timeout=10)
+        assert echoes_through(port, b"copy")
     finally:
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=10)

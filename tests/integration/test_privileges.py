@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from conftest import NO_BPF, WSPLICE, free_port, need_sockmap
-from wsutil import bpf_counter, echo_after_101, open_tunnel, recv_exact, wait_for
+from wsutil import bpf_counter, echo_after_101, echoes_through, wait_for
 
 NEEDED = ["bpf", "perfmon", "net_admin"]
 pytestmark = [pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1"),
@@ -32,25 +32,12 @@ def stop(p):
     return err
 
 
-def serves(port):
-    def once():
-        try:
-            s, _ = open_tunnel(port, timeout=1)
-        except OSError:
-            return False
-        s.sendall(b"caps")
-        ok = recv_exact(s, 4) == b"caps"
-        s.close()
-        return ok
-    return wait_for(once, timeout=10)
-
-
 def test_the_three_capabilities_are_enough_for_the_kernel_path(upstream):
     need_sockmap()
     up = upstream(echo_after_101)
     p, port, pin = start(NEEDED, up.port, "sockmap")
     try:
-        assert serves(port), stop(p)
+        assert echoes_through(port, b"caps"), stop(p)
         assert wait_for(lambda: bpf_counter(pin, 2) >= 2), "the kernel did not move the bytes"
     finally:
         err = stop(p)
@@ -69,7 +56,7 @@ def test_without_one_of_them_the_kernel_path_does_not_load(upstream, missing):
     assert len([l for l in err.splitlines() if "error" in l]) == 1, err
     p, port, pin = start(caps, up.port, "auto")
     try:
-        assert serves(port)
+        assert echoes_through(port, b"caps")
     finally:
         err = stop(p)
     assert "mode auto: the copy relay (sockmap cannot run here" in err, err

@@ -164,6 +164,22 @@ def open_tunnel(port, path="/", with_request=b"", extra=b"", timeout=5.0):
     return s, rest
 
 
+def echoes_through(port, data=b"ping", timeout=10.0):
+    """True once a tunnel through the proxy on port carries data to an
+    echoing upstream and back (the proxy may still be starting)."""
+    def once():
+        try:
+            s, _ = open_tunnel(port, timeout=1)
+        except OSError:
+            return False
+        try:
+            s.sendall(data)
+            return recv_exact(s, len(data)) == data
+        finally:
+            s.close()
+    return wait_for(once, timeout=timeout)
+
+
 def bpftool_dump(pin_dir, name):
     out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", os.path.join(pin_dir, name)],
                          check=True, capture_output=True, text=True).stdout
