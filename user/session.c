@@ -709,9 +709,12 @@ static void hand_off(struct session *s)
 		s->upgrade_admitted = false; /* a tunnel now, counted as one */
 		s->px->upgrades_admitted--;
 	}
+	/* The 101's line first, so it always precedes its tunnel's (a tunnel
+	 * may end within tunnel_start); it names the id the tunnel will get. */
+	log_request(s, 101, tunnel_set_next_id(s->px->tunnels));
 	tunnel = tunnel_start(s->px->tunnels, &h);
-	/* The tunnel could not start (out of memory): both sockets are closed. */
-	log_request(s, tunnel ? 101 : 500, tunnel);
+	if (!tunnel)
+		log_warn("client %s: the tunnel could not start (out of memory): both sockets closed", s->client_ip);
 	if (tunnel && s->upgrade_pending) {
 		s->upgrade_pending = false;
 		metrics_inc(M_UPGRADES_SUCCEEDED);

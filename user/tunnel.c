@@ -455,6 +455,11 @@ const char *tunnel_set_engine(const struct tunnel_set *ts)
 	return ts->eng->name;
 }
 
+uint64_t tunnel_set_next_id(const struct tunnel_set *ts)
+{
+	return ts->serial + 1;
+}
+
 uint64_t tunnel_set_count(const struct tunnel_set *ts)
 {
 	return ts->count;

@@ -63,6 +63,8 @@ uint64_t tunnel_set_count(const struct tunnel_set *ts);
  * closed and the slots given back). Returns the tunnel's id (what the
  * access log and `wsplice conns` call it), 0 on failure. */
 uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h);
+/* The id the next tunnel_start() will give, so its 101 can be logged first. */
+uint64_t tunnel_set_next_id(const struct tunnel_set *ts);
 /* Closes tunnels idle past tunnel_idle_timeout, or half-closed and idle past
  * tunnel_fin_timeout. An engine's activity stamp is read at most once per
  * timeout period (the sockmap's is a BPF map lookup). */

@@ -97,10 +97,13 @@ def test_logfmt_survives_a_rename_and_sigusr1(upstream, start_proxy, tmp_path):
     assert wait_for(lambda: os.path.exists(path), timeout=5), "SIGUSR1 did not make a new file"
     one_tunnel(px.port)
     assert wait_for(lambda: len(read_lines(path, logfmt)) == 2, timeout=10)
+    both = open(path + ".1").read() + "--- after the rename:\n" + open(path).read()
     (old,) = read_lines(path + ".1", logfmt)
-    new_request, new_tunnel = read_lines(path, logfmt)
-    assert (old["kind"], old["path"], old["status"]) == ("request", "/plain?q=1", "200")
-    assert (new_request["status"], new_tunnel["kind"]) == ("101", "tunnel")
+    lines = read_lines(path, logfmt)
+    assert [l.get("kind") for l in lines] == ["request", "tunnel"], both
+    new_request, new_tunnel = lines
+    assert (old.get("kind"), old.get("path"), old.get("status")) == ("request", "/plain?q=1", "200"), both
+    assert new_request.get("status") == "101" and new_tunnel["tunnel"] == new_request["tunnel"], both
     assert (new_tunnel["bytes_client_to_upstream"], new_tunnel["bytes_upstream_to_client"]) == (str(C2U), str(U2C))
     assert os.stat(path).st_mode & 0o777 == 0o640
 
