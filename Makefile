@@ -9,7 +9,7 @@ ifeq ($(SAN),1)
 BUILD   := build/san
 endif
 CFLAGS  := -O2 -g -Wall -Wextra -Werror -std=gnu11 -D_GNU_SOURCE -Iinclude -I$(BUILD) -Iuser
-LDLIBS  := -lbpf -lelf -lz -lcrypto -linih -lsystemd
+LDLIBS  := -lbpf -lelf -lz -lcrypto -linih -lsystemd -lcap
 ifeq ($(SAN),1)
 CC      := clang
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -71,10 +71,15 @@ unit: $(UNIT_BINS)
 integration: all bench-tools
 	@bash tests/integration/run.sh $(BUILD)/wsplice
 
+# The kernel-mode tests again, with workers that run as nobody (user = NAME).
+integration-user: all bench-tools
+	@WSPLICE_TEST_USER=nobody bash tests/integration/run.sh $(BUILD)/wsplice -k "sockmap or auto"
+
 test: deps
 	@bash tests/check_layers.sh
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory integration-user
 
 BENCH_BINS := $(BUILD)/bench/ws_load $(BUILD)/bench/ws_echo
 

@@ -33,6 +33,8 @@ const volatile bool pause_at_loop_end = false;
  * vCPU). The daemon sets the receive buffer to half the budget. */
 const volatile __u32 spliced_rcvbuf = 2 << 20;
 const volatile __u32 spliced_sndbuf = 4 << 20;
+/* Tunnel ids are worker * ids_per_worker + the worker's own index. */
+const volatile __u32 ids_per_worker = 0xffffffff;
 #define WS_SOL_SOCKET 1
 #define WS_SO_SNDBUF 7
 #define WS_SO_RCVBUF 8
@@ -101,11 +103,21 @@ struct {
 	__type(value, __u8);
 } flag_ports SEC(".maps");
 
-struct {
+/* Each worker process reads its own ring (the daemon creates one per
+ * worker and puts it in this array at load): a tunnel's events go to the
+ * worker that owns its id, ids_per_worker ids each. */
+struct event_ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, WS_EVENT_RING_BYTES);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1); /* the number of workers, set at load */
+	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
-} pause_events SEC(".maps");
+	__array(values, struct event_ring);
+} worker_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -114,6 +126,15 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* bpftool finds it under the pin directory */
 } counters SEC(".maps");
+
+/* The ring of the worker that owns the tunnel, for an event about it. */
+static __always_inline struct ws_event *event_reserve(__u32 tunnel_id)
+{
+	__u32 worker = tunnel_id / ids_per_worker;
+	void *ring = bpf_map_lookup_elem(&worker_events, &worker);
+
+	return ring ? bpf_ringbuf_reserve(ring, sizeof(struct ws_event), 0) : NULL;
+}
 
 static __always_inline void add(__u32 idx, __u64 n)
 {
@@ -270,7 +291,7 @@ static __always_inline enum trim_result trim_delivered_head(struct __sk_buff *sk
  * ring; a full ring leaves the link untold and the next skb tries again. */
 static __always_inline void tell_broken(struct ws_sock_link *link, __u64 cookie, long err)
 {
-	struct ws_event *ev = bpf_ringbuf_reserve(&pause_events, sizeof(*ev), 0);
+	struct ws_event *ev = event_reserve(link->tunnel_id);
 
 	link->broken = WS_BROKEN_UNTOLD;
 	if (!ev)
@@ -409,7 +430,7 @@ static __always_inline void pause_if_safe(struct bpf_sock_ops *ops)
 	}
 	/* The daemon must hear of every pause, or nothing resumes it: room
 	 * for the event first, or leave the request for the next callback. */
-	ev = bpf_ringbuf_reserve(&pause_events, sizeof(*ev), 0);
+	ev = event_reserve(link->tunnel_id);
 	if (!ev) {
 		count(WS_CNT_PAUSE_DEFERRED);
 		return;

@@ -14,6 +14,8 @@
  * time; pause_requests keeps this size (its entries live for microseconds). */
 #define WSPLICE_MAX_TUNNELS 65536
 #define WSPLICE_MAX_SOCKETS (2 * WSPLICE_MAX_TUNNELS)
+/* Bytes of each worker's event ring (worker_events' inner maps). */
+#define WS_EVENT_RING_BYTES (256 * 1024)
 
 /* Direction index inside struct ws_tunnel. */
 enum ws_dir {

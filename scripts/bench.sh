@@ -19,6 +19,11 @@
 #               sockmap verdict and its redirect worker) to these CPUs, e.g. 1,
 #               for every target; restored at exit. Default: unchanged.
 #   BENCH_QUICK=1  fewer messages (for the VM, where only ratios mean anything)
+#   WTARGETS="sockmap-w1 sockmap-w2 nginx-w2"  the workers table: unpinned,
+#               handshakes/s from HS_CLIENTS=4 clients at once and the p50/p99
+#               at 64 connections, wsplice with 1 and 2 workers beside nginx
+#               with 2 (WTARGETS= skips it). The main table runs one worker
+#               each, pinned.
 #   OUT=build/bench/results   where samples, logs and the table go
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,12 +94,18 @@ start_target() {
 	TP=$port
 	case $t in
 	direct) PROXY_PID= TP=$ECHO_PORT; return ;;
-	sockmap | splice | copy)
+	sockmap | splice | copy | sockmap-w* | copy-w*)
+		# One worker, as nginx and HAProxy get, unless the name says (-wN).
+		local workers=1
+		[[ $t == *-w* ]] && workers=${t##*-w}
 		spawn "$OUT/$t.log" build/wsplice --listen 127.0.0.1:$port --upstream 127.0.0.1:$ECHO_PORT \
-			--mode $t --bpffs /sys/fs/bpf/wsplice-bench
+			--mode "${t%-w*}" --workers "$workers" --bpffs /sys/fs/bpf/wsplice-bench
 		PROXY_PID=$! ;;
-	nginx)
-		sed "s/@PORT@/$port/; s/@UPSTREAM@/$ECHO_PORT/; s|@DIR@|$PWD/$OUT|" scripts/bench/nginx.conf > "$OUT/nginx.conf"
+	nginx | nginx-w*)
+		local workers=1 reuse=
+		[[ $t == *-w* ]] && workers=${t##*-w} reuse=" reuseport"
+		sed "s/@PORT@/$port$reuse/; s/@UPSTREAM@/$ECHO_PORT/; s|@DIR@|$PWD/$OUT|; s/^worker_processes 1;/worker_processes $workers;/" \
+			scripts/bench/nginx.conf > "$OUT/nginx.conf"
 		spawn "$OUT/nginx.log" nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT"
 		local master=$!
 		wait_port "$port"
@@ -111,7 +122,7 @@ stop_target() {
 	local t=$1
 	case $t in
 	direct) ;;
-	nginx) pkill -f "nginx -c $PWD/$OUT/nginx.conf" || true ;;
+	nginx*) pkill -f "nginx -c $PWD/$OUT/nginx.conf" || true ;;
 	*) [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true ;;
 	esac
 	[ -n "$PROXY_PID" ] && while kill -0 "$PROXY_PID" 2>/dev/null; do sleep 0.05; done
@@ -205,6 +216,36 @@ for rep in $(seq "$REPS"); do
 	done
 done
 
+# The workers table: every CPU in use (nothing pinned), several clients
+# handshaking at once, and the 64-connection round trips.
+WTARGETS=${WTARGETS-"sockmap-w1 sockmap-w2 nginx-w2"}
+HS_CLIENTS=${HS_CLIENTS:-4}
+PIN_MAIN=$PIN
+PIN=none
+for rep in $(seq "$REPS"); do
+	for t in $WTARGETS; do
+		echo "bench: $t, unpinned (run $rep of $REPS)" >&2
+		port=$((port + 1))
+		start_target "$t" $port
+		pids=()
+		for i in $(seq "$HS_CLIENTS"); do
+			$LOAD 127.0.0.1 "$TP" hs $HS_SECS >"$OUT/$t.hs$i" &
+			pids+=($!)
+		done
+		wait "${pids[@]}"
+		add $t.whs "$(cat "$OUT/$t".hs* | field hs_per_s | awk '{s+=$1} END{printf "%.0f", s}')"
+		line=$($LOAD 127.0.0.1 "$TP" rtt 64 $RTT64_MSGS)
+		add $t.w64 "$(field p50_us <<<"$line")"; add $t.w64_99 "$(field p99_us <<<"$line")"
+		stop_target "$t"
+	done
+done
+PIN=$PIN_MAIN
+for t in $WTARGETS; do
+	for k in whs w64 w64_99; do
+		R[$t.$k]=$(echo "${A[$t.$k]:-}" | stat3)
+	done
+done
+
 for t in $TARGETS; do
 	port=${PORT[$t]}
 	for k in p50 p99 p999 max r64 r64_99 mbps hs cpu_s cpu_p hs_u hs_k hs_s; do
@@ -268,6 +309,14 @@ ratio() { # value of target / value of nginx
 	for t in $TARGETS; do
 		printf "%-8s | %-26s | %-26s | %-26s\n" "$t" "$(fmt $t.hs_u)" "$(fmt $t.hs_k)" "$(fmt $t.hs_s)"
 	done
+	if [ -n "$WTARGETS" ]; then
+		echo
+		echo "workers: unpinned on $(nproc) CPUs, clients included; handshakes/s summed over $HS_CLIENTS clients at once"
+		printf "%-11s | %-24s | %-24s | %-24s\n" target "handshakes/s" "64 conns p50 µs" "64 conns p99 µs"
+		for t in $WTARGETS; do
+			printf "%-11s | %-24s | %-24s | %-24s\n" "$t" "$(fmt $t.whs)" "$(fmt $t.w64)" "$(fmt $t.w64_99)"
+		done
+	fi
 	if [[ " $TARGETS " == *" sockmap "* && " $TARGETS " == *" copy "* && " $TARGETS " == *" nginx "* && " $TARGETS " == *" direct "* ]]; then
 		echo
 		echo "kernel-path targets (sockmap vs copy and nginx, this run):"

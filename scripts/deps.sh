@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(make gcc clang llvm libbpf-dev libelf-dev zlib1g-dev libssl-dev libinih-dev libsystemd-dev
+pkgs=(make gcc clang llvm libbpf-dev libelf-dev zlib1g-dev libssl-dev libinih-dev libsystemd-dev libcap-dev
       libcmocka-dev libclang-rt-14-dev bpftool pkg-config iproute2 python3 python3-websockets
       python3-pytest chromium prometheus go-md2man yamllint systemd man-db)
 # node and npm may come from elsewhere than Debian (the CI image ships them);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdbool.h>
+#include <pwd.h>
 #include "args.h"
 #include "config_value.h"
 
@@ -33,6 +34,10 @@ void args_usage(FILE *out)
 	      "      --access-log-format F   logfmt (default) or json\n"
 	      "      --control PATH          the control socket (default /run/wsplice/NAME.sock,\n"
 	      "                              NAME the last part of --bpffs)\n"
+	      "      --workers N|auto        worker processes sharing the listeners (SO_REUSEPORT)\n"
+	      "                              and the data plane (default auto: one per CPU)\n"
+	      "      --user NAME             the workers run as this user once the BPF data plane\n"
+	      "                              is loaded and the listeners are bound\n"
 	      "\n"
 	      "       wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]\n"
 	      "                              ask a running daemon: its state, or its open tunnels\n"
@@ -54,6 +59,8 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "control", required_argument, NULL, 'C' },
 		{ "access-log", required_argument, NULL, 'A' },
 		{ "access-log-format", required_argument, NULL, 'F' },
+		{ "workers", required_argument, NULL, 'W' },
+		{ "user", required_argument, NULL, 'U' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "test-config", no_argument, NULL, 't' },
@@ -142,6 +149,29 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		case 'c':
 			opt->config_path = optarg;
 			break;
+		case 'W': {
+			uint64_t n;
+
+			if (!strcmp(optarg, "auto")) {
+				opt->workers = 0;
+			} else if (parse_size(optarg, &n) || n < 1 || n > WORKERS_MAX) {
+				snprintf(err, errlen, "--workers '%s': expected auto or a number from 1 to %d", optarg,
+					 WORKERS_MAX);
+				goto bad;
+			} else {
+				opt->workers = (uint32_t)n;
+			}
+			opt->have_workers = true;
+			break;
+		}
+		case 'U':
+			if (!getpwnam(optarg) || strlen(optarg) >= sizeof(opt->user)) {
+				snprintf(err, errlen, "--user '%s': no such user", optarg);
+				goto bad;
+			}
+			snprintf(opt->user, sizeof(opt->user), "%s", optarg);
+			opt->have_user = true;
+			break;
 		case 't':
 			opt->test_only = true;
 			break;
@@ -190,6 +220,10 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		cfg->access_log_json = opt->access_log_json;
 	if (opt->have_control)
 		snprintf(cfg->control, sizeof(cfg->control), "%s", opt->control);
+	if (opt->have_workers)
+		cfg->workers = opt->workers;
+	if (opt->have_user)
+		snprintf(cfg->user, sizeof(cfg->user), "%s", opt->user);
 	if (opt->verbose)
 		cfg->verbose = 1;
 }

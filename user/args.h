@@ -22,9 +22,11 @@ struct cli_options {
 	char control[108];
 	char access_log[512];
 	bool access_log_json;
+	uint32_t workers;
+	char user[64];
 	int verbose;
 	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control, have_access_log,
-		have_access_log_format;
+		have_access_log_format, have_workers, have_user;
 };
 
 /* Fills opt; on ARGS_ERROR, err holds one line saying what is wrong. */

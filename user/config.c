@@ -1,4 +1,5 @@
 /* Building, checking and releasing configuration generations. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,17 @@ void config_defaults(struct config *cfg)
 		.max_header_size = HTTP_DEFAULT_HEAD,
 		.max_headers = HTTP_DEFAULT_HEADERS,
 	};
+}
+
+uint32_t config_workers(const struct config *cfg)
+{
+	cpu_set_t set;
+	int n;
+
+	if (cfg->workers)
+		return cfg->workers;
+	n = sched_getaffinity(0, sizeof(set), &set) ? 1 : CPU_COUNT(&set);
+	return n < 1 ? 1 : n > WORKERS_MAX ? WORKERS_MAX : (uint32_t)n;
 }
 
 bool config_grow(void **array, size_t *n, size_t size)
@@ -114,6 +126,9 @@ int config_finish(struct config *cfg, char *err, size_t errlen)
 	}
 	if (cfg->metrics.host[0] && endpoint_resolve(&cfg->metrics, true, why, sizeof(why)))
 		FAIL(0, "metrics: %s", why);
+	/* The kernel's tunnel ids are 32 bits: worker * max_tunnels + index. */
+	if ((uint64_t)config_workers(cfg) * cfg->max_tunnels > UINT32_MAX)
+		FAIL(0, "workers (%u) times max_tunnels (%u) must stay below 2^32", config_workers(cfg), cfg->max_tunnels);
 	for (size_t i = 0; i < cfg->n_pools; i++) {
 		struct pool *p = &cfg->pools[i];
 

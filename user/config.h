@@ -89,6 +89,8 @@ struct config {
 	char bpffs[256];
 	uint64_t tunnel_buffer;
 	uint32_t max_tunnels;    /* open tunnels at most; the kernel's maps are this big */
+	uint32_t workers;        /* worker processes; 0 = one per CPU (config_workers) */
+	char user[64];           /* the workers drop to this user; "" = stay */
 	struct endpoint metrics; /* the scrape endpoint; host "" = none */
 	char control[108];       /* the control socket; "" = control_default_path(bpffs) */
 	char access_log[512];    /* a file, "stderr", or "" for none */
@@ -105,6 +107,9 @@ struct config {
 };
 
 const char *mode_name(enum tunnel_mode m);
+/* cfg->workers, with 0 (auto) resolved to the CPUs this process may run on. */
+uint32_t config_workers(const struct config *cfg);
+#define WORKERS_MAX 64
 
 /* Defaults for everything a file or the command line leaves out. */
 void config_defaults(struct config *cfg);

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <ini.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -274,6 +275,16 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "max_tunnels")) {
 		if (set_count(ld, key, value, 1, 1u << 24, &v))
 			cfg->max_tunnels = (uint32_t)v;
+	} else if (!strcmp(key, "workers")) {
+		if (!strcmp(value, "auto"))
+			cfg->workers = 0;
+		else if (set_count(ld, key, value, 1, WORKERS_MAX, &v))
+			cfg->workers = (uint32_t)v;
+	} else if (!strcmp(key, "user")) {
+		if (!getpwnam(value) || strlen(value) >= sizeof(cfg->user))
+			error_at(ld, ld->line, "user '%s': no such user", value);
+		else
+			snprintf(cfg->user, sizeof(cfg->user), "%s", value);
 	} else if (!strcmp(key, "access_log")) {
 		if ((value[0] != '/' && strcmp(value, "stderr")) || strlen(value) >= sizeof(cfg->access_log))
 			error_at(ld, ld->line, "access_log '%s': expected an absolute path or stderr", value);
@@ -447,6 +458,20 @@ static int on_key(void *user, const char *section, const char *key, const char *
 
 struct config *config_load_file(const char *path, char *errors, size_t errlen)
 {
+	FILE *f = fopen(path, "r");
+	struct config *cfg;
+
+	if (!f) {
+		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	cfg = config_load_stream(path, f, errors, errlen);
+	fclose(f);
+	return cfg;
+}
+
+struct config *config_load_stream(const char *path, FILE *f, char *errors, size_t errlen)
+{
 	struct config *cfg = malloc(sizeof(*cfg));
 	struct load ld = { .cfg = cfg, .errors = errors, .errlen = errlen };
 	int r;
@@ -458,12 +483,7 @@ struct config *config_load_file(const char *path, char *errors, size_t errlen)
 	}
 	config_defaults(cfg);
 	snprintf(cfg->path, sizeof(cfg->path), "%s", path);
-	ld.f = fopen(path, "r");
-	if (!ld.f) {
-		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
-		config_put(cfg);
-		return NULL;
-	}
+	ld.f = f;
 	ini_use_stack = false;
 	ini_max_line = MAX_LINE;
 	ini_initial_alloc = MAX_LINE;
@@ -473,7 +493,6 @@ struct config *config_load_file(const char *path, char *errors, size_t errlen)
 	ld.section[0] = '\0';
 	ld.kind = SEC_NONE;
 	r = ini_parse_stream(read_line, &ld, on_key, &ld);
-	fclose(ld.f);
 	if (r > 0)
 		error_at(&ld, r, "syntax error (expected [section], 'key = value' or a ; comment)");
 	if (!ld.n_errors) {

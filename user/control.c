@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "tunnel.h"
+#include "workers.h"
 
 void control_default_path(const char *bpffs, char *out, size_t len)
 {
@@ -37,14 +38,20 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
 	return 0;
 }
 
+static int64_t tunnels_open(void)
+{
+	return metrics_value(M_ACTIVE_SOCKMAP) + metrics_value(M_ACTIVE_SPLICE) + metrics_value(M_ACTIVE_COPY);
+}
+
+/* Every figure here is the daemon's: the workers count into shared memory. */
 static void status_text(struct proxy *px, FILE *f, bool json)
 {
 	const struct config *cfg = px->cfg;
 	double up = (ev_now_ms() - px->started_ms) / 1000.0;
 
 	if (json) {
-		fprintf(f, "{\"version\":\"%s\",\"pid\":%d,\"uptime_seconds\":%.3f,\"engine\":\"%s\",", WSPLICE_VERSION,
-			(int)getpid(), up, tunnel_set_engine(px->tunnels));
+		fprintf(f, "{\"version\":\"%s\",\"pid\":%d,\"uptime_seconds\":%.3f,\"engine\":\"%s\",\"workers\":%u,",
+			WSPLICE_VERSION, (int)getpid(), up, px->engine, px->n_workers);
 		fputs("\"configuration\":", f);
 		json_string(f, cfg->path[0] ? cfg->path : "");
 		fprintf(f, ",\"generation\":%u,\"listeners\":[", px->generation);
@@ -54,21 +61,21 @@ static void status_text(struct proxy *px, FILE *f, bool json)
 			fprintf(f, strchr(cfg->listeners[i].ep.host, ':') ? ",\"address\":\"[%s]:%s\"}" : ",\"address\":\"%s:%s\"}",
 				cfg->listeners[i].ep.host, cfg->listeners[i].ep.port);
 		}
-		fprintf(f, "],\"sessions_open\":%llu,\"tunnels_open\":%llu,\"tunnels_by_engine\":{\"sockmap\":%lld,"
+		fprintf(f, "],\"sessions_open\":%lld,\"tunnels_open\":%lld,\"tunnels_by_engine\":{\"sockmap\":%lld,"
 			   "\"splice\":%lld,\"copy\":%lld}}\n",
-			(unsigned long long)px->sessions_open, (unsigned long long)tunnel_set_count(px->tunnels),
+			(long long)metrics_value(M_SESSIONS_OPEN), (long long)tunnels_open(),
 			(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
 			(long long)metrics_value(M_ACTIVE_COPY));
 		return;
 	}
-	fprintf(f, "wsplice %s, pid %d, up %.1f s\nengine: %s\n", WSPLICE_VERSION, (int)getpid(), up,
-		tunnel_set_engine(px->tunnels));
+	fprintf(f, "wsplice %s, pid %d, up %.1f s\nengine: %s\nworkers: %u\n", WSPLICE_VERSION, (int)getpid(), up,
+		px->engine, px->n_workers);
 	fprintf(f, "configuration: %s, generation %u\n", cfg->path[0] ? cfg->path : "(command line)", px->generation);
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		fprintf(f, "listener %s: %s:%s\n", cfg->listeners[i].name, cfg->listeners[i].ep.host,
 			cfg->listeners[i].ep.port);
-	fprintf(f, "sessions open: %llu\ntunnels open: %llu (sockmap %lld, splice %lld, copy %lld)\n",
-		(unsigned long long)px->sessions_open, (unsigned long long)tunnel_set_count(px->tunnels),
+	fprintf(f, "sessions open: %lld\ntunnels open: %lld (sockmap %lld, splice %lld, copy %lld)\n",
+		(long long)metrics_value(M_SESSIONS_OPEN), (long long)tunnels_open(),
 		(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
 		(long long)metrics_value(M_ACTIVE_COPY));
 }
@@ -95,7 +102,7 @@ static int answer(void *ctx, const char *in, size_t len, bool full, char **out, 
 	if (!strcmp(req, "status"))
 		status_text(px, f, json);
 	else if (!strcmp(req, "conns"))
-		tunnel_list(px->tunnels, f, json);
+		px->workers ? workers_conns(px->workers, f, json) : tunnel_list(px->tunnels, f, json);
 	else
 		fprintf(f, "error: unknown request '%s' (status or conns)\n", req);
 	if (ferror(f) | fclose(f)) {

@@ -23,7 +23,8 @@
 
 struct dataplane {
 	struct splice_bpf *skel;
-	struct ring_buffer *rb;   /* pauses carried out */
+	int *ring_fd;             /* each worker's event ring, in worker_events */
+	uint32_t workers;
 	struct bpf_link *sockops; /* on the daemon's cgroup */
 	struct cgroup_dir cg;
 	int target_fd, verdict_fd, tunnels_fd, links_fd, ports_fd, prog_fd;
@@ -31,6 +32,11 @@ struct dataplane {
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
 	char pin_dir[256];
+};
+
+/* One worker's reader of its event ring. */
+struct dataplane_events {
+	struct ring_buffer *rb;
 	event_fn on_event;
 	void *ctx;
 };
@@ -93,6 +99,8 @@ static int ensure_bpffs(const char *dir, char *why, size_t whylen)
 
 /* One instance per pin directory: a second one with the same --bpffs would
  * unpin the first one's maps. */
+#define LOCK_WAIT_MS 2000
+
 static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
 {
 	if (mkdir(dp->pin_dir, 0700) < 0 && errno != EEXIST) {
@@ -100,6 +108,11 @@ static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
 		return -1;
 	}
 	dp->lock_fd = open(dp->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* The workers of a daemon that was killed hold the lock until they
+	 * have closed their tunnels (their parent-death signal): a restart
+	 * right after waits for them, a live daemon still refuses it. */
+	for (int i = 0; dp->lock_fd >= 0 && i < LOCK_WAIT_MS / 20 && flock(dp->lock_fd, LOCK_EX | LOCK_NB) < 0; i++)
+		usleep(20000);
 	if (dp->lock_fd < 0 || flock(dp->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		snprintf(why, whylen, "%s is in use by another wsplice (choose another --bpffs)", dp->pin_dir);
 		return -1;
@@ -125,10 +138,33 @@ static void unpin_all(struct dataplane *dp)
 
 static int on_ring_event(void *ctx, void *data, size_t size)
 {
-	struct dataplane *dp = ctx;
+	struct dataplane_events *de = ctx;
 
 	if (size >= sizeof(struct ws_event))
-		dp->on_event(dp->ctx, data);
+		de->on_event(de->ctx, data);
+	return 0;
+}
+
+/* A ring per worker, each as big as the map's template in splice.bpf.c. */
+static int make_rings(struct dataplane *dp, char *why, size_t whylen)
+{
+	int outer = bpf_map__fd(dp->skel->maps.worker_events);
+
+	dp->ring_fd = calloc(dp->workers, sizeof(*dp->ring_fd));
+	if (!dp->ring_fd) {
+		snprintf(why, whylen, "out of memory");
+		return -1;
+	}
+	for (uint32_t w = 0; w < dp->workers; w++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "wsplice_ev%u", w % 100000);
+		dp->ring_fd[w] = bpf_map_create(BPF_MAP_TYPE_RINGBUF, name, 0, 0, WS_EVENT_RING_BYTES, NULL);
+		if (dp->ring_fd[w] < 0 || bpf_map_update_elem(outer, &w, &dp->ring_fd[w], BPF_ANY)) {
+			snprintf(why, whylen, "cannot make the event ring of worker %u: %s", w, strerror(errno));
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -176,8 +212,8 @@ static int spliced_rcvbuf(uint64_t budget)
 	return half > (4u << 20) ? 4 << 20 : half < (512u << 10) ? 512 << 10 : (int)half;
 }
 
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, event_fn on_event,
-				 void *ctx, char *why, size_t whylen)
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, uint32_t workers,
+				 char *why, size_t whylen)
 {
 	struct dataplane *dp = calloc(1, sizeof(*dp));
 	char path[512];
@@ -190,8 +226,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	dp->lock_fd = -1;
 	dp->cg.fd = -1;
 	dp->rcvbuf = spliced_rcvbuf(budget);
-	dp->on_event = on_event;
-	dp->ctx = ctx;
+	dp->workers = workers;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
 	libbpf_set_print(libbpf_log);
 	if (ensure_bpffs(pin_dir, why, whylen) || lock_pin_dir(dp, why, whylen))
@@ -206,7 +241,9 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	dp->skel->rodata->tunnel_budget = budget;
 	dp->skel->rodata->pause_at_loop_end = kernel_at_least(6, 9);
 	dp->skel->rodata->spliced_rcvbuf = dp->rcvbuf;
-	if (bpf_map__set_max_entries(dp->skel->maps.tunnels, max_tunnels) ||
+	dp->skel->rodata->ids_per_worker = max_tunnels;
+	if (bpf_map__set_max_entries(dp->skel->maps.worker_events, workers) ||
+	    bpf_map__set_max_entries(dp->skel->maps.tunnels, max_tunnels) ||
 	    bpf_map__set_max_entries(dp->skel->maps.sock_links, 2 * max_tunnels) ||
 	    bpf_map__set_max_entries(dp->skel->maps.target_map, 2 * max_tunnels) ||
 	    bpf_map__set_max_entries(dp->skel->maps.verdict_map, 2 * max_tunnels)) {
@@ -250,11 +287,8 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 			 strerror(errno));
 		goto fail;
 	}
-	dp->rb = ring_buffer__new(bpf_map__fd(dp->skel->maps.pause_events), on_ring_event, dp, NULL);
-	if (!dp->rb) {
-		snprintf(why, whylen, "cannot open the pause ring buffer: %s", strerror(errno));
+	if (make_rings(dp, why, whylen))
 		goto fail;
-	}
 	return dp;
 fail:
 	dataplane_close(dp);
@@ -265,7 +299,10 @@ void dataplane_close(struct dataplane *dp)
 {
 	if (!dp)
 		return;
-	ring_buffer__free(dp->rb);
+	for (uint32_t w = 0; dp->ring_fd && w < dp->workers; w++)
+		if (dp->ring_fd[w] > 0)
+			close(dp->ring_fd[w]);
+	free(dp->ring_fd);
 	bpf_link__destroy(dp->sockops);
 	cgroup_close(&dp->cg);
 	if (dp->attached)
@@ -281,14 +318,43 @@ void dataplane_close(struct dataplane *dp)
 	free(dp);
 }
 
-int dataplane_event_fd(struct dataplane *dp)
+struct dataplane_events *dataplane_events_open(struct dataplane *dp, uint32_t worker, event_fn on_event, void *ctx,
+					       char *why, size_t whylen)
 {
-	return ring_buffer__epoll_fd(dp->rb);
+	struct dataplane_events *de = calloc(1, sizeof(*de));
+
+	if (!de || worker >= dp->workers) {
+		snprintf(why, whylen, de ? "no event ring for worker %u" : "out of memory", worker);
+		free(de);
+		return NULL;
+	}
+	de->on_event = on_event;
+	de->ctx = ctx;
+	de->rb = ring_buffer__new(dp->ring_fd[worker], on_ring_event, de, NULL);
+	if (!de->rb) {
+		snprintf(why, whylen, "cannot read the event ring of worker %u: %s", worker, strerror(errno));
+		free(de);
+		return NULL;
+	}
+	return de;
 }
 
-void dataplane_poll(struct dataplane *dp)
+void dataplane_events_close(struct dataplane_events *de)
 {
-	ring_buffer__consume(dp->rb);
+	if (!de)
+		return;
+	ring_buffer__free(de->rb);
+	free(de);
+}
+
+int dataplane_events_fd(struct dataplane_events *de)
+{
+	return ring_buffer__epoll_fd(de->rb);
+}
+
+void dataplane_events_poll(struct dataplane_events *de)
+{
+	ring_buffer__consume(de->rb);
 }
 
 int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream)
@@ -370,6 +436,36 @@ void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cook
 
 	bpf_map_delete_batch(dp->links_fd, cookie, &n, NULL);
 	bpf_map_delete_elem(dp->tunnels_fd, &id);
+}
+
+int dataplane_forget_range(struct dataplane *dp, uint32_t first, uint32_t count)
+{
+	uint32_t key, *prev = NULL, *ids = NULL;
+	size_t n = 0, cap = 0;
+
+	/* The ids first, then the deletes: get_next_key restarts from the
+	 * first key when the one it was given has gone. */
+	while (!bpf_map_get_next_key(dp->tunnels_fd, prev, &key)) {
+		if (key - first < count) {
+			if (n == cap) {
+				uint32_t *grown = realloc(ids, (cap = cap ? 2 * cap : 64) * sizeof(*ids));
+
+				if (!grown)
+					break;
+				ids = grown;
+			}
+			ids[n++] = key;
+		}
+		prev = &key;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct ws_tunnel tv;
+
+		if (!bpf_map_lookup_elem(dp->tunnels_fd, &ids[i], &tv))
+			dataplane_tunnel_del(dp, ids[i], (uint64_t[2]){ tv.client_cookie, tv.upstream_cookie });
+	}
+	free(ids);
+	return (int)n;
 }
 
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out)

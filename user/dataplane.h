@@ -16,14 +16,22 @@ struct dataplane;
  * daemon's: dataplane_resume), or a direction broke (reset the tunnel). */
 typedef void (*event_fn)(void *ctx, const struct ws_event *ev);
 
-/* Returns NULL with a one-line reason in why (e.g. missing CAP_BPF). */
-/* max_tunnels sizes the maps (tunnel ids are below it). */
-struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, event_fn on_event,
-				 void *ctx, char *why, size_t whylen);
+/* Loads, attaches and pins it, once per daemon, before the workers start
+ * (they share it: fork keeps the maps' descriptors). Returns NULL with a
+ * one-line reason in why (e.g. missing CAP_BPF). max_tunnels sizes the
+ * maps; worker w's tunnel ids are w * max_tunnels + [0, max_tunnels). Only
+ * the process that opened it closes it: that detaches and unpins. */
+struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, uint32_t workers,
+				 char *why, size_t whylen);
 void dataplane_close(struct dataplane *dp);
-/* Fd to watch for pauses; call dataplane_poll when readable. */
-int dataplane_event_fd(struct dataplane *dp);
-void dataplane_poll(struct dataplane *dp);
+/* Worker w's reader of the events about its tunnels: watch the fd, call
+ * dataplane_events_poll when it is readable. */
+struct dataplane_events;
+struct dataplane_events *dataplane_events_open(struct dataplane *dp, uint32_t worker, event_fn on_event, void *ctx,
+					       char *why, size_t whylen);
+void dataplane_events_close(struct dataplane_events *de);
+int dataplane_events_fd(struct dataplane_events *de);
+void dataplane_events_poll(struct dataplane_events *de);
 /* Sockets that established on this port (a listener's local port, an
  * upstream's remote one) can be paused; others are never spliced. */
 int dataplane_flag_port(struct dataplane *dp, uint16_t port, bool upstream);
@@ -38,6 +46,10 @@ int dataplane_tunnel_add(struct dataplane *dp, uint32_t id, const int fd[2], con
 /* Forgets a tunnel whose sockets the caller closes right after (a closed
  * socket leaves the SOCKHASHes by itself). */
 void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cookie[2]);
+/* Forgets every tunnel with an id in [first, first + count): what a worker
+ * that died left in the maps (its sockets closed with it, and left the
+ * SOCKHASHes by themselves). Returns how many. */
+int dataplane_forget_range(struct dataplane *dp, uint32_t first, uint32_t count);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
 /* One index of the per-CPU counters map (enum ws_counter) over every CPU:
  * the sum, and the largest (for the counters that keep a maximum). */

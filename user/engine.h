@@ -48,10 +48,17 @@ typedef void (*engine_kick_fn)(void *owner);
 
 struct engine_ops {
 	const char *name;
-	/* Process-wide set-up (the sockmap's BPF data plane), or NULL when the
-	 * engine needs none. Returns the context every start() gets, or NULL
-	 * with a one-line reason. */
-	void *(*open)(const struct config *cfg, struct ev_loop *loop, engine_kick_fn kick, char *why, size_t whylen);
+	/* Daemon-wide set-up, once, before the workers start (the sockmap's
+	 * BPF data plane), or NULL when the engine needs none. Returns what
+	 * every worker's open() gets, or NULL with a one-line reason. Only the
+	 * process that prepared releases. */
+	void *(*prepare)(const struct config *cfg, char *why, size_t whylen);
+	void (*release)(void *shared);
+	/* One worker's set-up (of worker_count), or NULL when the engine
+	 * needs none. Returns the context every start() gets, or NULL with a
+	 * one-line reason. */
+	void *(*open)(const struct config *cfg, void *shared, uint32_t worker, struct ev_loop *loop, engine_kick_fn kick,
+		      char *why, size_t whylen);
 	void (*close)(void *ctx);
 	/* A new configuration (SIGHUP) for new tunnels; NULL when nothing changes. */
 	void (*reload)(void *ctx, const struct config *cfg);
@@ -65,7 +72,7 @@ struct engine_ops {
 	 * fallback): hand back the queues and counts. */
 	void (*stop)(void *st, struct tunnel_handoff *h);
 	void (*stats)(void *st, struct tunnel_stats *out);
-	/* One line for the SIGUSR1 dump: what the engine knows of the tunnel. */
+	/* One line for wsplice conns: what the engine knows of the tunnel. */
 	void (*describe)(void *st, char *out, size_t len);
 };
 

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,23 +83,64 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 	}
 }
 
-struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, char *err, size_t errlen)
+static int bind_one(const struct sockaddr_storage *addr, socklen_t addrlen, bool reuseport)
+{
+	int one = 1, fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) ||
+	    bind(fd, (const struct sockaddr *)addr, addrlen) || listen(fd, 4096)) {
+		if (fd >= 0) {
+			int err = errno;
+
+			close(fd);
+			errno = err;
+		}
+		return -1;
+	}
+	return fd;
+}
+
+int listener_bind(const struct listener_cfg *lc, unsigned n, int *fds, char *err, size_t errlen)
+{
+	const struct endpoint *ep = &lc->ep;
+	struct sockaddr_storage addr = ep->addr;
+	socklen_t addrlen = ep->addrlen;
+	unsigned i = 0;
+	int probe;
+
+	/* SO_REUSEPORT would let us join a group another process holds
+	 * (another wsplice, an old one on the port): a plain bind first says
+	 * whether the port is free, as it does with one worker. */
+	if (n > 1) {
+		probe = bind_one(&addr, addrlen, false);
+		if (probe < 0)
+			goto fail;
+		close(probe);
+	}
+	for (; i < n; i++) {
+		fds[i] = bind_one(&addr, addrlen, n > 1);
+		if (fds[i] < 0)
+			goto fail;
+		/* Port 0: the others join the port the first one got. */
+		if (!i)
+			getsockname(fds[0], (struct sockaddr *)&addr, &addrlen);
+	}
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot listen on %s:%s: %s", ep->host, ep->port, strerror(errno));
+	while (i-- > 0)
+		close(fds[i]);
+	return -1;
+}
+
+struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, int fd, char *err, size_t errlen)
 {
 	const struct endpoint *ep = &lc->ep;
 	struct listener *l = calloc(1, sizeof(*l));
-	int one = 1, fd;
 
 	if (!l)
 		return NULL;
-	fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    bind(fd, (const struct sockaddr *)&ep->addr, ep->addrlen) || listen(fd, 4096)) {
-		snprintf(err, errlen, "cannot listen on %s:%s: %s", ep->host, ep->port, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		free(l);
-		return NULL;
-	}
 	l->resume.fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (l->resume.fd < 0) {
 		snprintf(err, errlen, "listener %s:%s: timerfd: %s", ep->host, ep->port, strerror(errno));

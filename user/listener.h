@@ -6,7 +6,12 @@
 
 struct listener;
 
-struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, char *err, size_t errlen);
+/* n listening sockets on lc's address, before any worker starts (and
+ * before privileges are dropped): more than one share the port through
+ * SO_REUSEPORT, one per worker. -1 with the reason in err. */
+int listener_bind(const struct listener_cfg *lc, unsigned n, int *fds, char *err, size_t errlen);
+/* Accepts on fd (listener_bind's) in px's loop; the listener owns fd. */
+struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, int fd, char *err, size_t errlen);
 void listener_close(struct listener *l);
 
 #endif

@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -16,6 +20,7 @@
 #include "control.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "metrics_server.h"
 #include "pool.h"
 #include "proxy.h"
@@ -24,6 +29,9 @@
 #include "timeouts.h"
 #include "tunnel.h"
 #include "upstream.h"
+#include "privileges.h"
+#include "shared.h"
+#include "workers.h"
 
 
 struct signal_watch {
@@ -64,9 +72,59 @@ static struct cli_options cli;
 /* A file's configuration with the command line's settings over it; what
  * they name is resolved here (the file's own was, at load). NULL with the
  * reason in errors. */
+/* The file as the master read it at its last reload: its workers parse
+ * this copy, as they may run as a user who cannot read the file itself. */
+static int snapshot_fd = -1;
+
+/* The master: the file into the snapshot, which it parses too. */
+static int snapshot_take(const char *path, char *errors, size_t errlen)
+{
+	char buf[65536];
+	ssize_t n;
+	off_t at = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || ftruncate(snapshot_fd, 0)) {
+		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) > 0 && pwrite(snapshot_fd, buf, (size_t)n, at) == n)
+		at += n;
+	if (n != 0)
+		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
+	close(fd);
+	return n == 0 ? 0 : -1;
+}
+
+static struct config *snapshot_load(const char *path, char *errors, size_t errlen)
+{
+	struct stat st;
+	struct config *cfg = NULL;
+	char *text;
+	FILE *f;
+
+	if (fstat(snapshot_fd, &st) || !(text = malloc((size_t)st.st_size + 1))) {
+		snprintf(errors, errlen, "%s: cannot read the master's copy: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	if (pread(snapshot_fd, text, (size_t)st.st_size, 0) == st.st_size &&
+	    (f = fmemopen(text, (size_t)st.st_size + 1, "r"))) {
+		text[st.st_size] = '\0';
+		cfg = config_load_stream(path, f, errors, errlen);
+		fclose(f);
+	} else {
+		snprintf(errors, errlen, "%s: cannot read the master's copy: %s\n", path, strerror(errno));
+	}
+	free(text);
+	return cfg;
+}
+
 static struct config *load_file_with_cli(const char *path, char *errors, size_t errlen)
 {
-	struct config *cfg = config_load_file(path, errors, errlen);
+	struct config *cfg = snapshot_fd >= 0 ? snapshot_load(path, errors, errlen)
+					      : config_load_file(path, errors, errlen);
 	char why[300];
 
 	if (!cfg)
@@ -94,7 +152,9 @@ static void reload(struct proxy *px)
 	/* systemd's reload protocol: RELOADING=1 now, READY=1 when done,
 	 * whether the new configuration was taken or refused. */
 	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)ev_now_ms() * 1000);
-	cfg = load_file_with_cli(old->path, errors, sizeof(errors));
+	cfg = px->workers && snapshot_take(old->path, errors, sizeof(errors))
+		      ? NULL
+		      : load_file_with_cli(old->path, errors, sizeof(errors));
 	if (!cfg) {
 		log_lines(errors);
 		log_error("reload refused: the running configuration stays");
@@ -112,10 +172,13 @@ static void reload(struct proxy *px)
 	if (cfg->mode != old->mode || strcmp(cfg->bpffs, old->bpffs) || cfg->tunnel_buffer != old->tunnel_buffer ||
 	    strcmp(cfg->metrics.host, old->metrics.host) || strcmp(cfg->metrics.port, old->metrics.port) ||
 	    strcmp(cfg->control, old->control) || strcmp(cfg->access_log, old->access_log) ||
-	    cfg->access_log_json != old->access_log_json || cfg->max_tunnels != old->max_tunnels)
-		log_warn("reload: mode, bpffs, tunnel_buffer, max_tunnels, metrics, control and access_log apply at the "
-			 "next restart");
+	    cfg->access_log_json != old->access_log_json || cfg->max_tunnels != old->max_tunnels ||
+	    config_workers(cfg) != old->workers || strcmp(cfg->user, old->user))
+		log_warn("reload: mode, bpffs, tunnel_buffer, max_tunnels, workers, user, metrics, control and access_log "
+			 "apply at the next restart");
 	cfg->max_tunnels = old->max_tunnels;
+	cfg->workers = old->workers;
+	snprintf(cfg->user, sizeof(cfg->user), "%s", old->user);
 	snprintf(cfg->access_log, sizeof(cfg->access_log), "%s", old->access_log);
 	cfg->access_log_json = old->access_log_json;
 	cfg->mode = old->mode;
@@ -129,12 +192,16 @@ static void reload(struct proxy *px)
 		return;
 	}
 	log_threshold = cfg->verbose ? LOG_DEBUG : LOG_INFO;
-	tunnel_set_reload(px->tunnels, cfg);
+	if (px->tunnels)
+		tunnel_set_reload(px->tunnels, cfg);
 	snprintf(cfg->control, sizeof(cfg->control), "%s", old->control);
 	px->cfg = cfg;
 	px->generation++;
 	config_put(old);
-	log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
+	if (px->workers) /* each reloads the same file itself */
+		workers_signal(px->workers, SIGHUP);
+	else
+		log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
 	sd_notifyf(0, "READY=1\nSTATUS=generation %u: %zu routes, %zu pools", px->generation, cfg->n_routes,
 		   cfg->n_pools);
 }
@@ -147,9 +214,16 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	(void)events;
 	if (read(h->fd, &si, sizeof(si)) != sizeof(si))
 		return;
+	if (si.ssi_signo == SIGCHLD) {
+		if (sw->px->workers)
+			workers_reap(sw->px->workers);
+		return;
+	}
 	if (si.ssi_signo == SIGUSR1) {
 		/* logrotate's: the open tunnels are `wsplice conns` now. */
-		if (access_log_enabled()) {
+		if (sw->px->workers) {
+			workers_signal(sw->px->workers, SIGUSR1);
+		} else if (access_log_enabled()) {
 			log_info("SIGUSR1: reopening the access log");
 			access_log_reopen();
 		}
@@ -159,8 +233,19 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 		reload(sw->px);
 		return;
 	}
-	log_info("signal %s: shutting down", strsignal(si.ssi_signo));
+	/* One line per daemon: the master's, or the single process's. */
+	if (!sw->px->tunnels || sw->px->n_workers == 1)
+		log_info("signal %s: shutting down", strsignal(si.ssi_signo));
 	ev_loop_stop(sw->loop);
+}
+
+static int watch_signals(struct signal_watch *sw, struct proxy *px, const sigset_t *mask)
+{
+	sw->loop = px->loop;
+	sw->px = px;
+	sw->h.fd = signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	sw->h.on_event = on_signal;
+	return sw->h.fd < 0 ? -1 : ev_watch(px->loop, &sw->h, EPOLLIN);
 }
 
 /* Every tunnel holds two descriptors (six in the splice engine, once it
@@ -258,18 +343,257 @@ static struct config *load_config(const struct cli_options *opt)
 	return cfg;
 }
 
-int main(int argc, char **argv)
+/* What the master (or the single process) holds for the workers it starts. */
+struct daemon {
+	struct proxy master;        /* cfg, generation, engine; its loop, in a master */
+	struct tunnel_shared *sh;   /* the engines' daemon-wide parts */
+	int *listen_fds;            /* [listener * workers + worker] */
+	uint32_t workers;
+	bool forked;                /* a master and worker processes, else one process */
+	bool control_named;
+	sigset_t signals;
+	struct signal_watch sw;
+	struct reply_server *ms, *ctl;
+};
+
+/* Opens what a single process or a master answers on: the control socket
+ * and the metrics endpoint. */
+static int open_servers(struct daemon *d, struct proxy *px)
 {
-	struct cli_options opt;
+	struct config *cfg = px->cfg;
+	char err[512];
+
+	/* A socket the configuration names must work; the default one is
+	 * derived from bpffs, and a second instance on the same bpffs (auto
+	 * then runs the copy relay) still serves, without status and conns. */
+	d->ctl = control_open(px, cfg->control, err, sizeof(err));
+	if (!d->ctl && d->control_named) {
+		log_error("%s", err);
+		return -1;
+	}
+	if (!d->ctl)
+		log_warn("%s: wsplice status and conns cannot reach this instance (give it --control)", err);
+	if (cfg->metrics.host[0]) {
+		d->ms = metrics_server_open(px->loop, &cfg->metrics, err, sizeof(err));
+		if (!d->ms) {
+			log_error("%s", err);
+			return -1;
+		}
+		log_info("metrics on http://%s:%s/metrics", cfg->metrics.host, cfg->metrics.port);
+	}
+	return 0;
+}
+
+static void close_servers(struct daemon *d, struct proxy *px)
+{
+	reply_server_close(d->ms);
+	if (d->ctl) {
+		reply_server_close(d->ctl);
+		control_unlink(px->cfg->control);
+	}
+	d->ms = d->ctl = NULL;
+}
+
+static void announce(struct daemon *d, const struct config *cfg)
+{
+	if (cfg->path[0])
+		log_info("configuration %s: %zu routes, %zu pools, mode %s, %u worker%s%s%s", cfg->path, cfg->n_routes,
+			 cfg->n_pools, d->master.engine, d->workers, d->workers == 1 ? "" : "s",
+			 cfg->user[0] ? " as user " : "", cfg->user);
+	else
+		log_info("listening on %s:%s, upstream %s:%s, mode %s, %u worker%s%s%s", cfg->listeners[0].ep.host,
+			 cfg->listeners[0].ep.port, cfg->pools[0].servers[0].ep.host, cfg->pools[0].servers[0].ep.port,
+			 d->master.engine, d->workers, d->workers == 1 ? "" : "s", cfg->user[0] ? " as user " : "",
+			 cfg->user);
+	/* Type=notify: systemd starts what depends on wsplice once it serves. */
+	sd_notifyf(0, "READY=1\nSTATUS=serving on %zu listeners, mode %s, %u workers\nMAINPID=%lu", cfg->n_listeners,
+		   d->master.engine, d->workers, (unsigned long)getpid());
+}
+
+/* The master's request to a worker: its tunnels. */
+static void answer_conns(void *ctx, const char *request, FILE *out)
+{
+	struct proxy *px = ctx;
+
+	if (!strcmp(request, "conns json"))
+		tunnel_list(px->tunnels, out, true);
+	else if (!strcmp(request, "conns"))
+		tunnel_list(px->tunnels, out, false);
+}
+
+/* In a new worker: what only the master uses goes, without touching the
+ * epoll instance the master still watches through. */
+static void forget_master(void *ctx)
+{
+	struct daemon *d = ctx;
+
+	reply_server_forget(d->ms);
+	reply_server_forget(d->ctl);
+	d->ms = d->ctl = NULL;
+	if (d->sw.h.fd > 0)
+		close(d->sw.h.fd);
+	d->sw.h.fd = -1;
+	ev_loop_free(d->master.loop);
+	d->master.loop = NULL;
+}
+
+/* One worker, or the single process: accept, proxy, tunnel. channel is
+ * the worker's end of the master's socketpair, -1 in a single process. */
+static int serve(void *ctx, uint32_t w, int channel)
+{
+	struct daemon *d = ctx;
 	struct proxy px = { 0 };
 	struct signal_watch sw = { 0 };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
-	struct reply_server *ms = NULL, *ctl = NULL;
-	bool control_named;
+	struct worker_channel *ch = NULL;
+	struct config *cfg = config_get(d->master.cfg);
+	char err[512];
+	int rc = 1;
+
+	px.cfg = cfg;
+	px.sessions.next = px.sessions.prev = &px.sessions;
+	px.started_ms = d->master.started_ms;
+	px.generation = d->master.generation;
+	px.engine = d->master.engine;
+	px.n_workers = d->workers;
+	if (cfg->access_log[0] &&
+	    access_log_open(cfg->access_log, cfg->access_log_json ? ACCESS_JSON : ACCESS_LOGFMT, err, sizeof(err))) {
+		log_error("%s", err);
+		goto out;
+	}
+	px.loop = ev_loop_new();
+	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
+		goto out;
+	px.tunnels = tunnel_set_open(d->sh, cfg, w, d->workers, px.loop, err, sizeof(err));
+	if (!px.tunnels) {
+		log_error("%s", err);
+		goto out;
+	}
+	if (watch_signals(&sw, &px, &d->signals))
+		goto out;
+	tw = timeouts_start(&px);
+	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
+	if (!tw || !listeners)
+		goto out;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		int *fd = &d->listen_fds[i * d->workers + w];
+
+		listeners[i] = listener_open(&px, &cfg->listeners[i], *fd, err, sizeof(err));
+		*fd = -1; /* the listener's now */
+		if (!listeners[i]) {
+			log_error("%s", err);
+			goto out;
+		}
+		if (cfg->path[0] && !d->forked)
+			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
+				 cfg->listeners[i].ep.port);
+	}
+	/* Everything that needs root is open: the maps, the listeners, the
+	 * log file. */
+	if (cfg->user[0] && privileges_drop(cfg->user, err, sizeof(err))) {
+		log_error("worker %u: %s", w, err);
+		goto out;
+	}
+	/* A new uid cleared the parent-death signal: the master's again. */
+	if (d->forked && (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() == 1))
+		goto out;
+	if (channel >= 0) {
+		ch = worker_channel_open(px.loop, channel, answer_conns, &px);
+		if (!ch || write(channel, "R", 1) != 1) /* the master waits for it */
+			goto out;
+		channel = -1;
+		log_debug("worker %u (pid %d) serving", w, (int)getpid());
+	} else {
+		if (open_servers(d, &px))
+			goto out;
+		announce(d, cfg);
+	}
+	ev_loop_run(px.loop);
+	if (!d->forked)
+		sd_notify(0, "STOPPING=1");
+	rc = 0;
+out:
+	if (channel >= 0)
+		close(channel);
+	worker_channel_close(ch);
+	if (!d->forked)
+		close_servers(d, &px);
+	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
+		listener_close(listeners[i]);
+	free(listeners);
+	timeouts_stop(tw);
+	session_close_all(&px);
+	if (px.loop)
+		ev_run_deferred(px.loop);
+	tunnel_set_close(px.tunnels);
+	if (sw.h.fd > 0)
+		close(sw.h.fd);
+	/* After the tunnels: each wrote its line at close. */
+	access_log_close();
+	ev_loop_free(px.loop);
+	pool_free_states(&px);
+	route_free_states(&px);
+	config_put(px.cfg);
+	return rc;
+}
+
+/* The master of forked workers: signals, metrics, control, respawns. */
+static int supervise(struct daemon *d)
+{
+	struct proxy *px = &d->master;
+	char err[512];
+	int rc = 1;
+
+	sigaddset(&d->signals, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &d->signals, NULL);
+	px->loop = ev_loop_new();
+	if (!px->loop || route_bind_states(px, px->cfg) || pool_bind_states(px, px->cfg) ||
+	    watch_signals(&d->sw, px, &d->signals) || open_servers(d, px))
+		goto out;
+	sigdelset(&d->signals, SIGCHLD); /* the workers' signalfd */
+	/* Each worker writes its own lines; a path that cannot work is said
+	 * once, here. */
+	if (px->cfg->access_log[0]) {
+		if (access_log_open(px->cfg->access_log, ACCESS_LOGFMT, err, sizeof(err))) {
+			log_error("%s", err);
+			goto out;
+		}
+		access_log_close();
+	}
+	px->workers = workers_start(d->workers, serve, forget_master, d, err, sizeof(err));
+	if (!px->workers) {
+		log_error("%s", err);
+		goto out;
+	}
+	for (size_t i = 0; i < px->cfg->n_listeners; i++)
+		if (px->cfg->path[0])
+			log_info("listener %s on %s:%s", px->cfg->listeners[i].name, px->cfg->listeners[i].ep.host,
+				 px->cfg->listeners[i].ep.port);
+	announce(d, px->cfg);
+	ev_loop_run(px->loop);
+	sd_notify(0, "STOPPING=1");
+	log_info("stopping %u workers", d->workers);
+	rc = 0;
+out:
+	/* Their tunnels close with them; then the data plane may go. */
+	workers_stop(px->workers, 10000);
+	px->workers = NULL;
+	close_servers(d, px);
+	if (d->sw.h.fd > 0)
+		close(d->sw.h.fd);
+	ev_loop_free(px->loop);
+	pool_free_states(px);
+	route_free_states(px);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d;
+	struct cli_options opt;
 	struct config *cfg;
 	char err[512];
-	sigset_t mask;
 	int rc = 1;
 
 	if (argc >= 2 && (!strcmp(argv[1], "status") || !strcmp(argv[1], "conns")))
@@ -302,110 +626,60 @@ int main(int argc, char **argv)
 	}
 	if (!cfg)
 		return opt.config_path ? 1 : 2;
-	px.cfg = cfg;
+	cfg->workers = config_workers(cfg);
+	d.workers = cfg->workers;
+	d.forked = d.workers > 1 || cfg->user[0];
+	d.master.cfg = cfg;
+	d.master.started_ms = ev_now_ms();
+	d.master.generation = 1;
+	d.master.n_workers = d.workers;
+	d.master.sessions.next = d.master.sessions.prev = &d.master.sessions;
 	if (cfg->verbose)
 		log_threshold = LOG_DEBUG;
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cfg);
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGUSR1);
-	sigaddset(&mask, SIGHUP);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-
-	px.sessions.next = px.sessions.prev = &px.sessions;
-	px.started_ms = ev_now_ms();
-	px.generation = 1;
-	control_named = cfg->control[0] != '\0';
-	if (!control_named)
+	sigemptyset(&d.signals);
+	sigaddset(&d.signals, SIGINT);
+	sigaddset(&d.signals, SIGTERM);
+	sigaddset(&d.signals, SIGUSR1);
+	sigaddset(&d.signals, SIGHUP);
+	sigprocmask(SIG_BLOCK, &d.signals, NULL);
+	d.control_named = cfg->control[0] != '\0';
+	if (!d.control_named)
 		control_default_path(cfg->bpffs, cfg->control, sizeof(cfg->control));
-	if (cfg->access_log[0] &&
-	    access_log_open(cfg->access_log, cfg->access_log_json ? ACCESS_JSON : ACCESS_LOGFMT, err, sizeof(err))) {
-		log_error("%s", err);
-		config_put(cfg);
-		return 1;
-	}
-	px.loop = ev_loop_new();
-	if (!px.loop || route_bind_states(&px, cfg) || pool_bind_states(&px, cfg))
+	/* Before any fork: the workers count into the same figures. */
+	if (shared_init() || metrics_share()) {
+		log_error("cannot map memory the workers share: %s", strerror(errno));
 		goto out;
-	px.tunnels = tunnel_set_open(cfg, px.loop, err, sizeof(err));
-	if (!px.tunnels) {
+	}
+	d.sh = tunnel_prepare(cfg, err, sizeof(err));
+	if (!d.sh) {
 		log_error("%s", err);
 		goto out;
 	}
-	sw.loop = px.loop;
-	sw.px = &px;
-	sw.h.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-	sw.h.on_event = on_signal;
-	ev_watch(px.loop, &sw.h, EPOLLIN);
-	tw = timeouts_start(&px);
-	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
-	if (!tw || !listeners)
+	d.master.engine = tunnel_shared_engine(d.sh);
+	d.listen_fds = calloc(cfg->n_listeners * d.workers, sizeof(*d.listen_fds));
+	if (!d.listen_fds)
 		goto out;
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		listeners[i] = listener_open(&px, &cfg->listeners[i], err, sizeof(err));
-		if (!listeners[i]) {
+	for (size_t i = 0; i < cfg->n_listeners * d.workers; i++)
+		d.listen_fds[i] = -1;
+	for (size_t i = 0; i < cfg->n_listeners; i++)
+		if (listener_bind(&cfg->listeners[i], d.workers, &d.listen_fds[i * d.workers], err, sizeof(err))) {
 			log_error("%s", err);
 			goto out;
 		}
-		if (cfg->path[0])
-			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
-				 cfg->listeners[i].ep.port);
-	}
-	/* A socket the configuration names must work; the default one is
-	 * derived from bpffs, and a second instance on the same bpffs (auto
-	 * then runs the copy relay) still serves, without status and conns. */
-	ctl = control_open(&px, cfg->control, err, sizeof(err));
-	if (!ctl && control_named) {
-		log_error("%s", err);
+	if (d.forked && cfg->path[0] && (snapshot_fd = memfd_create("wsplice.conf", MFD_CLOEXEC)) < 0) {
+		log_error("memfd_create: %s", strerror(errno));
 		goto out;
 	}
-	if (!ctl)
-		log_warn("%s: wsplice status and conns cannot reach this instance (give it --control)", err);
-	if (cfg->metrics.host[0]) {
-		ms = metrics_server_open(px.loop, &cfg->metrics, err, sizeof(err));
-		if (!ms) {
-			log_error("%s", err);
-			goto out;
-		}
-		log_info("metrics on http://%s:%s/metrics", cfg->metrics.host, cfg->metrics.port);
-	}
-	if (cfg->path[0])
-		log_info("configuration %s: %zu routes, %zu pools, mode %s", cfg->path, cfg->n_routes, cfg->n_pools,
-			 tunnel_set_engine(px.tunnels));
-	else
-		log_info("listening on %s:%s, upstream %s:%s, mode %s", cfg->listeners[0].ep.host,
-			 cfg->listeners[0].ep.port, cfg->pools[0].servers[0].ep.host, cfg->pools[0].servers[0].ep.port,
-			 tunnel_set_engine(px.tunnels));
-	/* Type=notify: systemd starts what depends on wsplice once it serves. */
-	sd_notifyf(0, "READY=1\nSTATUS=serving on %zu listeners, mode %s\nMAINPID=%lu", cfg->n_listeners,
-		   tunnel_set_engine(px.tunnels), (unsigned long)getpid());
-	ev_loop_run(px.loop);
-	sd_notify(0, "STOPPING=1");
-	rc = 0;
+	rc = d.forked ? supervise(&d) : serve(&d, 0, -1);
 out:
-	reply_server_close(ms);
-	if (ctl) {
-		reply_server_close(ctl);
-		control_unlink(px.cfg->control);
-	}
-	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
-		listener_close(listeners[i]);
-	free(listeners);
-	timeouts_stop(tw);
-	session_close_all(&px);
-	if (px.loop)
-		ev_run_deferred(px.loop);
-	/* Tunnels die with the process; so do the engines' maps and pins. */
-	tunnel_set_close(px.tunnels);
-	if (sw.h.fd > 0)
-		close(sw.h.fd);
-	/* After the tunnels: each wrote its line at close. */
-	access_log_close();
-	ev_loop_free(px.loop);
-	pool_free_states(&px);
-	route_free_states(&px);
-	config_put(px.cfg);
+	for (size_t i = 0; d.listen_fds && i < cfg->n_listeners * d.workers; i++)
+		if (d.listen_fds[i] >= 0)
+			close(d.listen_fds[i]);
+	free(d.listen_fds);
+	/* The workers are gone: the maps, their pins and the programs go. */
+	tunnel_release(d.sh);
+	config_put(d.master.cfg);
 	return rc;
 }

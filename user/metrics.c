@@ -1,10 +1,12 @@
-/* Counters in process memory, rendered in the Prometheus text format
+/* Counters in memory the workers share, rendered in the Prometheus text format
  * (version 0.0.4). Series of one family are contiguous in enum metric, so
  * rendering prints a family's # HELP and # TYPE once, where it starts. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include "config.h"
 #include "metrics.h"
+#include "shared.h"
 
 struct series {
 	const char *family, *type, *help, *labels;
@@ -59,23 +61,38 @@ static const struct series series[M_COUNT] = {
 	[M_FALLBACK_ERROR] = { FALLBACKS, "reason=\"error\"" },
 	[M_ACCESS_LOG_DROPPED] = { "wsplice_access_log_dropped_total", "counter",
 				   "Access log lines dropped because the writer fell 4 MiB behind.", "" },
+	[M_SESSIONS_OPEN] = { "wsplice_sessions_open", "gauge",
+			      "Client connections open that are not tunnels (requests, keep-alive, handshakes).", "" },
 };
-
-static int64_t values[M_COUNT];
 
 /* The handshake histogram's upper bounds, in seconds (the last is +Inf). */
 static const double hs_bounds[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
 #define HS_BUCKETS (sizeof(hs_bounds) / sizeof(hs_bounds[0]))
-static uint64_t hs_counts[HS_BUCKETS + 1];
-static double hs_sum;
 
-/* Per-server connect failures: few servers, found by a linear search. */
-struct server_failures {
-	char name[256 + 8];
-	uint64_t count;
+/* Every worker adds to the same figures (shared.c); the master renders
+ * them. Before metrics_share() (unit tests), the process's own. */
+struct figures {
+	int64_t values[M_COUNT];
+	/* Gauges by worker, so a worker that dies can be subtracted. */
+	int64_t gauges[WORKERS_MAX][M_COUNT];
+	int64_t hs_counts[HS_BUCKETS + 1];
+	int64_t hs_sum_ns;
 };
-static struct server_failures *failures;
-static size_t n_failures;
+static struct figures own, *fig = &own;
+
+/* Per-server connect failures are shared counters named by this prefix. */
+#define FAILURE_PREFIX "upstream_connect_failure "
+
+int metrics_share(void)
+{
+	struct figures *f = shared_alloc(sizeof(*f));
+
+	if (!f)
+		return -1;
+	*f = *fig;
+	fig = f;
+	return 0;
+}
 
 struct collector {
 	metrics_collector_fn fn;
@@ -84,14 +101,31 @@ struct collector {
 #define COLLECTORS_MAX 8
 static struct collector collectors[COLLECTORS_MAX];
 
+static bool is_gauge(enum metric m)
+{
+	return !strcmp(series[m].type, "gauge");
+}
+
 void metrics_add(enum metric m, int64_t n)
 {
-	values[m] += n;
+	shared_add(is_gauge(m) ? &fig->gauges[shared_worker()][m] : &fig->values[m], n);
 }
 
 int64_t metrics_value(enum metric m)
 {
-	return values[m];
+	int64_t sum = 0;
+
+	if (!is_gauge(m))
+		return shared_get(&fig->values[m]);
+	for (int w = 0; w < WORKERS_MAX; w++)
+		sum += shared_get(&fig->gauges[w][m]);
+	return sum;
+}
+
+void metrics_worker_gone(uint32_t w)
+{
+	for (int m = 0; w < WORKERS_MAX && m < M_COUNT; m++)
+		__atomic_store_n(&fig->gauges[w][m], 0, __ATOMIC_RELAXED);
 }
 
 void metrics_status(int status)
@@ -116,27 +150,19 @@ void metrics_handshake_seconds(double seconds)
 
 	while (b < HS_BUCKETS && seconds > hs_bounds[b])
 		b++;
-	hs_counts[b]++;
-	hs_sum += seconds;
+	shared_add(&fig->hs_counts[b], 1);
+	shared_add(&fig->hs_sum_ns, (int64_t)(seconds * 1e9));
 }
 
 void metrics_upstream_failure(const char *host, const char *port)
 {
-	char name[sizeof(failures->name)];
-	struct server_failures *grown;
+	char name[sizeof(FAILURE_PREFIX) + 256 + 8];
+	int64_t *c;
 
-	snprintf(name, sizeof(name), "%s:%s", host, port);
-	for (size_t i = 0; i < n_failures; i++)
-		if (!strcmp(failures[i].name, name)) {
-			failures[i].count++;
-			return;
-		}
-	grown = realloc(failures, (n_failures + 1) * sizeof(*failures));
-	if (!grown)
-		return;
-	failures = grown;
-	snprintf(failures[n_failures].name, sizeof(failures->name), "%s", name);
-	failures[n_failures++].count = 1;
+	snprintf(name, sizeof(name), FAILURE_PREFIX "%s:%s", host, port);
+	c = shared_counter(name);
+	if (c)
+		shared_add(c, 1);
 }
 
 int metrics_collector_add(metrics_collector_fn fn, void *ctx)
@@ -169,6 +195,15 @@ static void put_label_value(FILE *out, const char *s)
 	}
 }
 
+static void render_failure(void *ctx, const char *server, int64_t count)
+{
+	FILE *out = ctx;
+
+	fputs("wsplice_upstream_connect_failures_total{server=\"", out);
+	put_label_value(out, server);
+	fprintf(out, "\"} %lld\n", (long long)count);
+}
+
 static void render_histogram(FILE *out)
 {
 	uint64_t cumulative = 0;
@@ -177,14 +212,15 @@ static void render_histogram(FILE *out)
 	      "# TYPE wsplice_handshake_seconds histogram\n",
 	      out);
 	for (size_t b = 0; b <= HS_BUCKETS; b++) {
-		cumulative += hs_counts[b];
+		cumulative += (uint64_t)shared_get(&fig->hs_counts[b]);
 		if (b < HS_BUCKETS)
 			fprintf(out, "wsplice_handshake_seconds_bucket{le=\"%g\"} %llu\n", hs_bounds[b],
 				(unsigned long long)cumulative);
 		else
 			fprintf(out, "wsplice_handshake_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cumulative);
 	}
-	fprintf(out, "wsplice_handshake_seconds_sum %.9f\nwsplice_handshake_seconds_count %llu\n", hs_sum,
+	fprintf(out, "wsplice_handshake_seconds_sum %.9f\nwsplice_handshake_seconds_count %llu\n",
+		shared_get(&fig->hs_sum_ns) / 1e9,
 		(unsigned long long)cumulative);
 }
 
@@ -200,17 +236,13 @@ char *metrics_render(size_t *len)
 
 		if (!m || strcmp(series[m - 1].family, s->family))
 			fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", s->family, s->help, s->family, s->type);
-		fprintf(out, s->labels[0] ? "%s{%s} %lld\n" : "%s%s %lld\n", s->family, s->labels, (long long)values[m]);
+		fprintf(out, s->labels[0] ? "%s{%s} %lld\n" : "%s%s %lld\n", s->family, s->labels, (long long)metrics_value(m));
 	}
 	render_histogram(out);
 	fputs("# HELP wsplice_upstream_connect_failures_total Connects to an upstream server that failed or timed out.\n"
 	      "# TYPE wsplice_upstream_connect_failures_total counter\n",
 	      out);
-	for (size_t i = 0; i < n_failures; i++) {
-		fputs("wsplice_upstream_connect_failures_total{server=\"", out);
-		put_label_value(out, failures[i].name);
-		fprintf(out, "\"} %llu\n", (unsigned long long)failures[i].count);
-	}
+	shared_counters_each(FAILURE_PREFIX, render_failure, out);
 	for (int i = 0; i < COLLECTORS_MAX; i++)
 		if (collectors[i].fn)
 			collectors[i].fn(collectors[i].ctx, out);

@@ -1,6 +1,6 @@
 /* The daemon's figures for Prometheus: process-lifetime counters and gauges
  * that any layer adds to (a leaf like log.c: it calls nobody), never reset
- * by a reload, and rendered in the text exposition format on a scrape
+ * by a reload, shared by the worker processes, and rendered in the text exposition format on a scrape
  * (metrics_server.c). What the kernel keeps (the sockmap verdict's bytes,
  * packets and events) is read at scrape time by a collector its engine
  * registers, from per-CPU counters: a scrape costs the same at 10 tunnels
@@ -48,11 +48,17 @@ enum metric {
 	M_FALLBACK_NO_TUNNEL_ID,
 	M_FALLBACK_ERROR,
 	M_ACCESS_LOG_DROPPED,           /* access log lines dropped: its queue was full */
+	M_SESSIONS_OPEN,                /* gauge: client connections not (yet) tunnels */
 	M_COUNT
 };
 
+/* Moves the figures to memory the workers share (shared.c), before the
+ * first fork. */
+int metrics_share(void);
 void metrics_add(enum metric m, int64_t n);
 int64_t metrics_value(enum metric m);
+/* The master, when worker w died: its gauges (open tunnels, sessions) go. */
+void metrics_worker_gone(uint32_t w);
 static inline void metrics_inc(enum metric m) { metrics_add(m, 1); }
 /* A response's status, as the client got it. */
 void metrics_status(int status);

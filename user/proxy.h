@@ -8,6 +8,7 @@
 #include "event_loop.h"
 
 struct tunnel_set;
+struct workers;
 
 /* Intrusive list membership, so shutdown can close every connection. */
 struct conn_link {
@@ -39,7 +40,10 @@ struct server_state;
 struct proxy {
 	struct config *cfg;    /* the current generation; SIGHUP swaps it */
 	struct ev_loop *loop;
-	struct tunnel_set *tunnels; /* tunnel.c's: every tunnel and its engines */
+	struct tunnel_set *tunnels; /* tunnel.c's: this worker's tunnels and engines; NULL in a master */
+	struct workers *workers;    /* a master's (workers.c); NULL in a worker or a single process */
+	const char *engine;         /* what new tunnels start on */
+	uint32_t n_workers;
 	struct conn_link sessions;  /* list head; session.c's */
 	uint64_t sessions_open;
 	uint64_t upgrades_admitted; /* upgrades waiting for their 101: they count against max_tunnels */

@@ -141,3 +141,19 @@ void reply_server_close(struct reply_server *rs)
 	close(rs->h.fd);
 	free(rs);
 }
+
+void reply_server_forget(struct reply_server *rs)
+{
+	struct reply_conn *c;
+
+	if (!rs)
+		return;
+	while ((c = TAILQ_FIRST(&rs->conns))) {
+		TAILQ_REMOVE(&rs->conns, c, link);
+		close(c->h.fd);
+		free(c->out);
+		free(c);
+	}
+	close(rs->h.fd);
+	free(rs);
+}

@@ -24,5 +24,8 @@ struct reply_server;
 struct reply_server *reply_server_open(struct ev_loop *loop, int listen_fd, reply_fn fn, void *ctx);
 /* Closes every connection and the listening socket. */
 void reply_server_close(struct reply_server *rs);
+/* In a forked child: frees it and closes its descriptors without touching
+ * the epoll instance it shares with the parent. */
+void reply_server_forget(struct reply_server *rs);
 
 #endif

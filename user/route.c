@@ -1,8 +1,25 @@
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include "proxy.h"
 #include "route.h"
+#include "shared.h"
+
+/* Open tunnels and upgrades waiting for their 101, in every worker. */
+static int64_t *daemon_tunnels(void)
+{
+	static int64_t *count;
+	static uint32_t of_worker;
+
+	/* This worker's column: a worker forked from a master that looked it
+	 * up already must not count into the master's. */
+	if (!count || of_worker != shared_worker()) {
+		count = shared_counter("tunnels");
+		of_worker = shared_worker();
+	}
+	return count;
+}
 
 int route_bind_states(struct proxy *px, struct config *cfg)
 {
@@ -16,7 +33,15 @@ int route_bind_states(struct proxy *px, struct config *cfg)
 			st = calloc(1, sizeof(*st));
 			if (!st)
 				return -1;
+			char name[CFG_NAME_MAX + 8];
+
 			memcpy(st->name, r->name, sizeof(st->name));
+			snprintf(name, sizeof(name), "route %s", r->name);
+			st->tunnels = shared_counter(name);
+			if (!st->tunnels || !daemon_tunnels()) {
+				free(st);
+				return -1;
+			}
 			st->next = px->route_states;
 			px->route_states = st;
 		}
@@ -124,13 +149,31 @@ int route_admit_websocket(const struct route *r, const struct http_head *req)
 		if (!ok)
 			return 403;
 	}
-	if (r->max_tunnels && r->st->tunnels >= r->max_tunnels)
-		return 503;
+	return 0;
+}
+
+int route_take_slot(const struct route *r, uint32_t max_tunnels, bool *daemon_full)
+{
+	int64_t route;
+
+	/* Taken, then counted over the workers: two at the cap cannot both
+	 * get it (both may be refused, which is the safe side). */
+	shared_add(r->st->tunnels, 1);
+	shared_add(daemon_tunnels(), 1);
+	route = shared_counter_sum(r->st->tunnels);
+	*daemon_full = shared_counter_sum(daemon_tunnels()) > max_tunnels;
+	if (*daemon_full || (r->max_tunnels && route > r->max_tunnels)) {
+		shared_add(r->st->tunnels, -1);
+		shared_add(daemon_tunnels(), -1);
+		return -1;
+	}
 	return 0;
 }
 
 void route_tunnel_done(struct route_state *st)
 {
-	if (st)
-		st->tunnels--;
+	if (!st)
+		return;
+	shared_add(daemon_tunnels(), -1);
+	shared_add(st->tunnels, -1);
 }

@@ -136,6 +136,7 @@ void session_start(struct proxy *px, int fd, const char *listener, const struct 
 	else if (peer->ss_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, s->client_ip, sizeof(s->client_ip));
 	px->sessions_open++;
+	metrics_inc(M_SESSIONS_OPEN);
 	conn_link_add(&px->sessions, &s->link);
 	await_request(s);
 	drive(s);
@@ -266,6 +267,7 @@ void session_close(struct session *s)
 	if (s->client.fd >= 0)
 		close(s->client.fd);
 	s->px->sessions_open--;
+	metrics_add(M_SESSIONS_OPEN, -1);
 	conn_link_del(&s->link);
 	ev_defer(s->px->loop, session_free, s);
 }
@@ -462,31 +464,33 @@ static bool start_request(struct session *s)
 		session_reply_error(s, 404);
 		goto done;
 	}
-	/* The process-wide cap: the kernel's maps hold max_tunnels tunnels,
-	 * and the upgrades waiting for their 101 will be tunnels. */
-	if (ws == 1 && tunnel_set_count(s->px->tunnels) + s->px->upgrades_admitted >= s->cfg->max_tunnels) {
-		static uint64_t last_ms;
-
-		if (ev_now_ms() - last_ms >= 1000) {
-			log_warn("max_tunnels (%u) reached: upgrades get 503", s->cfg->max_tunnels);
-			last_ms = ev_now_ms();
-		}
-		upgrade_refused(s, M_REFUSED_MAX_TUNNELS);
-		session_reply_error(s, 503);
-		goto done;
-	}
 	if (ws == 1 && (status = route_admit_websocket(s->route, h))) {
 		log_info("route %s refuses the upgrade (%s)", s->route->name,
-			 status == 503 ? "max_tunnels reached" : !s->route->websocket ? "websocket off" : "origin");
-		upgrade_refused(s, status == 503		? M_REFUSED_MAX_TUNNELS
-				   : !s->route->websocket ? M_REFUSED_WEBSOCKET_OFF
-							  : M_REFUSED_ORIGIN);
+			 !s->route->websocket ? "websocket off" : "origin");
+		upgrade_refused(s, !s->route->websocket ? M_REFUSED_WEBSOCKET_OFF : M_REFUSED_ORIGIN);
 		session_reply_error(s, status);
 		goto done;
 	}
+	/* The caps: the daemon's (the kernel's maps hold max_tunnels tunnels,
+	 * and the upgrades waiting for their 101 will be tunnels) and the
+	 * route's, counted across the workers. */
 	if (ws == 1) {
+		bool daemon_full;
+
+		if (route_take_slot(s->route, s->cfg->max_tunnels, &daemon_full)) {
+			static uint64_t last_ms;
+
+			if (!daemon_full)
+				log_info("route %s refuses the upgrade (max_tunnels reached)", s->route->name);
+			else if (ev_now_ms() - last_ms >= 1000) {
+				log_warn("max_tunnels (%u) reached: upgrades get 503", s->cfg->max_tunnels);
+				last_ms = ev_now_ms();
+			}
+			upgrade_refused(s, M_REFUSED_MAX_TUNNELS);
+			session_reply_error(s, 503);
+			goto done;
+		}
 		s->tunnel_slot = s->route->st;
-		s->tunnel_slot->tunnels++;
 		s->upgrade_admitted = true;
 		s->px->upgrades_admitted++;
 	}

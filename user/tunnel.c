@@ -40,7 +40,7 @@ struct tunnel {
 
 struct tunnel_set {
 	TAILQ_HEAD(, tunnel) all;
-	uint64_t count, serial;
+	uint64_t count, serial, serial_step;
 	struct ev_loop *loop;
 	const struct engine_ops *eng; /* new tunnels start here */
 	void *ctx[MODE_COUNT];        /* each open engine's context */
@@ -264,7 +264,7 @@ uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 	if (t) {
 		t->ts = ts;
 		t->eng = ts->eng;
-		t->serial = ++ts->serial;
+		t->serial = (ts->serial += ts->serial_step);
 		t->started_ms = ev_now_ms();
 		if (access_log_enabled() && (t->peers = calloc(2, sizeof(*t->peers))))
 			for (int e = 0; e < 2; e++)
@@ -374,25 +374,39 @@ void tunnel_list(struct tunnel_set *ts, FILE *f, bool json)
 		fputs("]}\n", f);
 }
 
-/* Opens engine m's context unless it is open already. */
-static int open_engine(struct tunnel_set *ts, enum tunnel_mode m, const struct config *cfg, char *why, size_t len)
+/* The engines every worker opens: the one new tunnels start on, and the
+ * copy relay it falls back to. */
+struct tunnel_shared {
+	enum tunnel_mode mode;
+	void *shared[MODE_COUNT]; /* each prepared engine's */
+	bool prepared[MODE_COUNT];
+};
+
+static bool engine_used(const struct tunnel_shared *sh, enum tunnel_mode m)
+{
+	return engine_table[m] && (m == sh->mode || engine_table[m] == engine_fallback);
+}
+
+static int prepare_engine(struct tunnel_shared *sh, enum tunnel_mode m, const struct config *cfg, char *why,
+			  size_t len)
 {
 	const struct engine_ops *e = engine_table[m];
 
-	if (ts->ctx[m] || !e->open)
+	if (sh->prepared[m] || !e->prepare)
 		return 0;
-	ts->ctx[m] = e->open(cfg, ts->loop, kick, why, len);
-	return ts->ctx[m] ? 0 : -1;
+	sh->shared[m] = e->prepare(cfg, why, len);
+	sh->prepared[m] = sh->shared[m] != NULL;
+	return sh->prepared[m] ? 0 : -1;
 }
 
 /* --mode auto is the kernel path wherever it loads (Linux 6.2+ with the
  * verdict's kfuncs, BPF privileges, a cgroup v2 hierarchy), the copy
  * relay elsewhere; one line says which and why. */
-static enum tunnel_mode resolve_auto(struct tunnel_set *ts, const struct config *cfg)
+static enum tunnel_mode resolve_auto(struct tunnel_shared *sh, const struct config *cfg)
 {
 	char why[256];
 
-	if (!open_engine(ts, MODE_SOCKMAP, cfg, why, sizeof(why))) {
+	if (!prepare_engine(sh, MODE_SOCKMAP, cfg, why, sizeof(why))) {
 		log_info("mode auto: sockmap (the kernel splices each tunnel after the 101; a tunnel whose "
 			 "insertion fails takes the copy relay)");
 		return MODE_SOCKMAP;
@@ -401,10 +415,47 @@ static enum tunnel_mode resolve_auto(struct tunnel_set *ts, const struct config 
 	return MODE_COPY;
 }
 
-struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen)
+struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t whylen)
+{
+	struct tunnel_shared *sh = calloc(1, sizeof(*sh));
+	char reason[256];
+
+	if (!sh) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	sh->mode = cfg->mode == MODE_AUTO ? resolve_auto(sh, cfg) : cfg->mode;
+	for (int m = 0; m < MODE_COUNT; m++) {
+		if (!engine_used(sh, m))
+			continue;
+		if (prepare_engine(sh, m, cfg, reason, sizeof(reason))) {
+			snprintf(why, whylen, "--mode %s: %s", engine_table[m]->name, reason);
+			tunnel_release(sh);
+			return NULL;
+		}
+	}
+	return sh;
+}
+
+void tunnel_release(struct tunnel_shared *sh)
+{
+	if (!sh)
+		return;
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->release)
+			engine_table[m]->release(sh->shared[m]);
+	free(sh);
+}
+
+const char *tunnel_shared_engine(const struct tunnel_shared *sh)
+{
+	return engine_table[sh->mode]->name;
+}
+
+struct tunnel_set *tunnel_set_open(const struct tunnel_shared *sh, const struct config *cfg, uint32_t worker,
+				   uint32_t workers, struct ev_loop *loop, char *why, size_t whylen)
 {
 	struct tunnel_set *ts = calloc(1, sizeof(*ts));
-	enum tunnel_mode mode;
 	char reason[256];
 
 	if (!ts) {
@@ -413,14 +464,17 @@ struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loo
 	}
 	TAILQ_INIT(&ts->all);
 	ts->loop = loop;
-	mode = cfg->mode == MODE_AUTO ? resolve_auto(ts, cfg) : cfg->mode;
-	ts->eng = engine_table[mode];
+	ts->eng = engine_table[sh->mode];
+	/* Ids unique across the workers: this one's are worker + 1 + k * workers. */
+	ts->serial = worker;
+	ts->serial_step = workers;
 	for (int m = 0; m < MODE_COUNT; m++) {
 		const struct engine_ops *e = engine_table[m];
 
-		if (!e || (e != ts->eng && e != engine_fallback))
+		if (!engine_used(sh, m) || !e->open)
 			continue;
-		if (open_engine(ts, m, cfg, reason, sizeof(reason))) {
+		ts->ctx[m] = e->open(cfg, sh->shared[m], worker, loop, kick, reason, sizeof(reason));
+		if (!ts->ctx[m]) {
 			snprintf(why, whylen, "--mode %s: %s", e->name, reason);
 			tunnel_set_close(ts);
 			return NULL;
@@ -457,7 +511,7 @@ const char *tunnel_set_engine(const struct tunnel_set *ts)
 
 uint64_t tunnel_set_next_id(const struct tunnel_set *ts)
 {
-	return ts->serial + 1;
+	return ts->serial + ts->serial_step;
 }
 
 uint64_t tunnel_set_count(const struct tunnel_set *ts)

@@ -44,13 +44,22 @@ struct tunnel_handoff {
 	struct server_state *server_st;
 };
 
-/* Every tunnel of the process and the engines they run on. */
+/* The engines' daemon-wide parts (the BPF data plane), shared by the workers. */
+struct tunnel_shared;
+/* Every tunnel of one worker and the engines they run on. */
 struct tunnel_set;
 
-/* Opens the engine cfg->mode names (auto: chosen here, with one log line
- * saying which and why) and the copy relay it falls back to. NULL with a
+/* Once, before the workers start: prepares the engine cfg->mode names
+ * (auto: chosen here, with one log line saying which and why) and the copy
+ * relay it falls back to. NULL with a one-line reason in why. */
+struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t whylen);
+/* In the process that prepared, after every worker's tunnel set closed. */
+void tunnel_release(struct tunnel_shared *sh);
+const char *tunnel_shared_engine(const struct tunnel_shared *sh);
+/* Worker `worker` of `workers` opens its side of the engines. NULL with a
  * one-line reason in why. */
-struct tunnel_set *tunnel_set_open(const struct config *cfg, struct ev_loop *loop, char *why, size_t whylen);
+struct tunnel_set *tunnel_set_open(const struct tunnel_shared *sh, const struct config *cfg, uint32_t worker,
+				   uint32_t workers, struct ev_loop *loop, char *why, size_t whylen);
 /* A reloaded configuration: the engines learn of new upstream servers. */
 void tunnel_set_reload(struct tunnel_set *ts, const struct config *cfg);
 /* Closes every tunnel, then the engines. */

@@ -53,15 +53,17 @@ struct sm_tunnel {
 	uint64_t last_active_ms; /* userspace's own; the kernel stamps the rest */
 };
 
-/* The engine's process-wide state. */
+/* The engine's state in one worker; the data plane is the daemon's. */
 struct sockmap {
 	struct dataplane *dp;
+	struct dataplane_events *de;
 	struct ev_loop *loop;
 	struct ev_handler events; /* pause requests and completions */
 	engine_kick_fn kick;
 	uint64_t budget;
-	struct sm_tunnel **by_id; /* max_tunnels slots: the ids the maps can hold */
+	struct sm_tunnel **by_id; /* max_tunnels slots, indexed by id - id_base */
 	uint32_t max_tunnels;
+	uint32_t id_base;         /* worker * max_tunnels: the ids are the worker's own */
 	uint32_t next_id;
 };
 
@@ -278,13 +280,18 @@ static void sockmap_progress(struct sm_tunnel *t, struct engine_io *io)
 	io->half_closed = half_closed(t);
 }
 
+static struct sm_tunnel **slot(struct sockmap *sm, uint32_t id)
+{
+	return id - sm->id_base < sm->max_tunnels ? &sm->by_id[id - sm->id_base] : NULL;
+}
+
 static int alloc_id(struct sockmap *sm, uint32_t *id)
 {
 	for (uint32_t i = 0; i < sm->max_tunnels; i++) {
 		uint32_t cand = (sm->next_id + i) % sm->max_tunnels;
 
 		if (!sm->by_id[cand]) {
-			*id = cand;
+			*id = sm->id_base + cand;
 			sm->next_id = cand + 1;
 			return 0;
 		}
@@ -313,7 +320,7 @@ static void insert(struct sm_tunnel *t, struct engine_io *io)
 	}
 	if (dataplane_tunnel_add(sm->dp, t->id, t->fd, t->cookie, flowing) < 0)
 		goto fallback;
-	sm->by_id[t->id] = t;
+	*slot(sm, t->id) = t;
 	t->in_kernel = true;
 	metrics_inc(M_SOCKMAP_INSERTIONS);
 	for (int e = 0; e < 2; e++) {
@@ -490,7 +497,7 @@ static void sockmap_stop(void *st, struct tunnel_handoff *h)
 
 	if (t->in_kernel) {
 		dataplane_tunnel_del(t->sm->dp, t->id, t->cookie);
-		t->sm->by_id[t->id] = NULL;
+		*slot(t->sm, t->id) = NULL;
 	}
 	for (int d = 0; d < 2; d++) {
 		if (h) {
@@ -580,7 +587,8 @@ static void on_paused(struct sm_tunnel *t, const struct ws_event *ev)
 static void on_event(void *ctx, const struct ws_event *ev)
 {
 	struct sockmap *sm = ctx;
-	struct sm_tunnel *t = ev->tunnel_id < sm->max_tunnels ? sm->by_id[ev->tunnel_id] : NULL;
+	struct sm_tunnel **at = slot(sm, ev->tunnel_id);
+	struct sm_tunnel *t = at ? *at : NULL;
 
 	if (!t || t->cookie[dir_src(ev->dir & 1)] != ev->cookie)
 		return;
@@ -602,21 +610,21 @@ static void on_event(void *ctx, const struct ws_event *ev)
 
 /* Only sockets of these ports get the kernel's header callback, so only
  * they can be paused: the listeners' (local) and the servers' (remote). */
-static int flag_ports(struct sockmap *sm, const struct config *cfg)
+static int flag_ports(struct dataplane *dp, const struct config *cfg)
 {
 	int err = 0;
 
 	for (size_t i = 0; i < cfg->n_listeners; i++)
-		err |= dataplane_flag_port(sm->dp, (uint16_t)atoi(cfg->listeners[i].ep.port), false);
+		err |= dataplane_flag_port(dp, (uint16_t)atoi(cfg->listeners[i].ep.port), false);
 	for (size_t p = 0; p < cfg->n_pools; p++)
 		for (size_t i = 0; i < cfg->pools[p].n_servers; i++)
-			err |= dataplane_flag_port(sm->dp, (uint16_t)atoi(cfg->pools[p].servers[i].ep.port), true);
+			err |= dataplane_flag_port(dp, (uint16_t)atoi(cfg->pools[p].servers[i].ep.port), true);
 	return err ? -1 : 0;
 }
 
 static void sockmap_reload(void *ctx, const struct config *cfg)
 {
-	if (flag_ports(ctx, cfg))
+	if (flag_ports(((struct sockmap *)ctx)->dp, cfg))
 		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
 }
 
@@ -624,6 +632,7 @@ static void sockmap_reload(void *ctx, const struct config *cfg)
  * counts every tunnel the verdict ever carried, closed ones included. */
 static void sockmap_metrics(void *ctx, FILE *out)
 {
+	struct dataplane *dp = ctx;
 	static const struct {
 		enum ws_counter idx;
 		const char *name;
@@ -635,93 +644,118 @@ static void sockmap_metrics(void *ctx, FILE *out)
 		{ WS_CNT_NO_PEER, "no_peer" },               { WS_CNT_UNFLAGGED, "unflagged" },
 	};
 	static const char *const dirs[2] = { "client_to_upstream", "upstream_to_client" };
-	struct sockmap *sm = ctx;
 	uint64_t v, max;
 
 	fputs("# HELP wsplice_tunnel_kernel_bytes_total Tunnel bytes the sockmap verdict redirected, per direction.\n"
 	      "# TYPE wsplice_tunnel_kernel_bytes_total counter\n",
 	      out);
 	for (int d = 0; d < 2; d++)
-		if (!dataplane_counter(sm->dp, WS_CNT_BYTES_C2U + d, &v, &max))
+		if (!dataplane_counter(dp, WS_CNT_BYTES_C2U + d, &v, &max))
 			fprintf(out, "wsplice_tunnel_kernel_bytes_total{direction=\"%s\"} %llu\n", dirs[d],
 				(unsigned long long)v);
 	fputs("# HELP wsplice_tunnel_kernel_packets_total Skbs the sockmap verdict redirected, per direction.\n"
 	      "# TYPE wsplice_tunnel_kernel_packets_total counter\n",
 	      out);
 	for (int d = 0; d < 2; d++)
-		if (!dataplane_counter(sm->dp, WS_CNT_PACKETS_C2U + d, &v, &max))
+		if (!dataplane_counter(dp, WS_CNT_PACKETS_C2U + d, &v, &max))
 			fprintf(out, "wsplice_tunnel_kernel_packets_total{direction=\"%s\"} %llu\n", dirs[d],
 				(unsigned long long)v);
 	fputs("# HELP wsplice_bpf_events_total Events the data plane counts (docs/KERNEL.md).\n"
 	      "# TYPE wsplice_bpf_events_total counter\n",
 	      out);
 	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
-		if (!dataplane_counter(sm->dp, events[i].idx, &v, &max))
+		if (!dataplane_counter(dp, events[i].idx, &v, &max))
 			fprintf(out, "wsplice_bpf_events_total{event=\"%s\"} %llu\n", events[i].name, (unsigned long long)v);
 	fputs("# HELP wsplice_bpf_overlap_max_bytes The largest overlap the verdict cut off one skb.\n"
 	      "# TYPE wsplice_bpf_overlap_max_bytes gauge\n",
 	      out);
-	if (!dataplane_counter(sm->dp, WS_CNT_OVERLAP_MAX, &v, &max))
+	if (!dataplane_counter(dp, WS_CNT_OVERLAP_MAX, &v, &max))
 		fprintf(out, "wsplice_bpf_overlap_max_bytes %llu\n", (unsigned long long)max);
 }
 
 static void on_dataplane_event(struct ev_handler *h, uint32_t events)
 {
 	(void)events;
-	dataplane_poll(container_of(h, struct sockmap, events)->dp);
+	dataplane_events_poll(container_of(h, struct sockmap, events)->de);
+}
+
+/* The daemon's: load, attach and pin the data plane for every worker. */
+static void *sockmap_prepare(const struct config *cfg, char *why, size_t whylen)
+{
+	struct dataplane *dp =
+		dataplane_open(cfg->bpffs, cfg->tunnel_buffer, cfg->max_tunnels, cfg->workers, why, whylen);
+
+	if (!dp)
+		return NULL;
+	if (flag_ports(dp, cfg)) {
+		snprintf(why, whylen, "cannot fill flag_ports: %s", strerror(errno));
+		dataplane_close(dp);
+		return NULL;
+	}
+	/* Scrapes are answered by this process. */
+	metrics_collector_add(sockmap_metrics, dp);
+	log_info("sockmap: BPF maps pinned in %s", cfg->bpffs);
+	return dp;
+}
+
+static void sockmap_release(void *shared)
+{
+	metrics_collector_del(sockmap_metrics, shared);
+	/* Closing the maps' owner detaches the verdict and removes the pins. */
+	dataplane_close(shared);
 }
 
 static void sockmap_close(void *ctx)
 {
 	struct sockmap *sm = ctx;
 
-	metrics_collector_del(sockmap_metrics, sm);
 	if (sm->events.fd > 0)
 		ev_watch(sm->loop, &sm->events, 0);
-	/* Closing the maps' owner detaches the verdict and removes the pins. */
-	dataplane_close(sm->dp);
+	dataplane_events_close(sm->de);
 	free(sm->by_id);
 	free(sm);
 }
 
-static void *sockmap_open(const struct config *cfg, struct ev_loop *loop, engine_kick_fn kick, char *why,
-			  size_t whylen)
+static void *sockmap_open(const struct config *cfg, void *shared, uint32_t worker, struct ev_loop *loop,
+			  engine_kick_fn kick, char *why, size_t whylen)
 {
 	struct sockmap *sm = calloc(1, sizeof(*sm));
+	int n;
 
 	if (!sm || !(sm->by_id = calloc(cfg->max_tunnels, sizeof(*sm->by_id)))) {
 		free(sm);
 		snprintf(why, whylen, "out of memory");
 		return NULL;
 	}
+	sm->dp = shared;
 	sm->max_tunnels = cfg->max_tunnels;
+	sm->id_base = worker * cfg->max_tunnels;
 	sm->loop = loop;
 	sm->kick = kick;
 	sm->budget = cfg->tunnel_buffer;
-	sm->dp = dataplane_open(cfg->bpffs, cfg->tunnel_buffer, cfg->max_tunnels, on_event, sm, why, whylen);
-	if (!sm->dp) {
+	/* A worker started again after a crash: its predecessor's entries. */
+	n = dataplane_forget_range(sm->dp, sm->id_base, sm->max_tunnels);
+	if (n)
+		log_info("sockmap: worker %u forgot %d tunnels its predecessor left in the maps", worker, n);
+	sm->de = dataplane_events_open(sm->dp, worker, on_event, sm, why, whylen);
+	if (!sm->de) {
 		sockmap_close(sm);
 		return NULL;
 	}
-	if (flag_ports(sm, cfg)) {
-		snprintf(why, whylen, "cannot fill flag_ports: %s", strerror(errno));
-		sockmap_close(sm);
-		return NULL;
-	}
-	sm->events.fd = dataplane_event_fd(sm->dp);
+	sm->events.fd = dataplane_events_fd(sm->de);
 	sm->events.on_event = on_dataplane_event;
 	if (ev_watch(loop, &sm->events, EPOLLIN)) {
 		snprintf(why, whylen, "cannot watch the data plane's events: %s", strerror(errno));
 		sockmap_close(sm);
 		return NULL;
 	}
-	metrics_collector_add(sockmap_metrics, sm);
-	log_info("sockmap: BPF maps pinned in %s", cfg->bpffs);
 	return sm;
 }
 
 const struct engine_ops engine_sockmap = {
 	.name = "sockmap",
+	.prepare = sockmap_prepare,
+	.release = sockmap_release,
 	.open = sockmap_open,
 	.close = sockmap_close,
 	.reload = sockmap_reload,

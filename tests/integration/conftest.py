@@ -16,6 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WSPLICE = os.environ.get("WSPLICE_BIN", os.path.join(ROOT, "build", "wsplice"))
 NO_BPF = os.environ.get("WSPLICE_TEST_NO_BPF") == "1"
 MODES = ["sockmap", "auto", "splice", "copy"]
+# For what is each worker's own, as in nginx: an upstream connection pool,
+# a balancer's turn, a server's failure count, a process's descriptors.
+ONE_WORKER = ("--workers", "1")
 PEERS = os.path.join(ROOT, "tests", "peers")
 _seq = itertools.count()
 
@@ -77,7 +80,9 @@ class Proxy:
         else:
             listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
             where = ["--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port]
-        self.argv = [WSPLICE, *where, "--mode", mode, "--bpffs", self.pin_dir, *extra] + \
+        # WSPLICE_TEST_USER=nobody: the suite again with workers that gave up root.
+        as_user = ["--user", os.environ["WSPLICE_TEST_USER"]] if os.environ.get("WSPLICE_TEST_USER") else []
+        self.argv = [WSPLICE, *where, "--mode", mode, "--bpffs", self.pin_dir, *as_user, *extra] + \
             (["-v"] if os.environ.get("WSPLICE_TEST_VERBOSE") else [])
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10
@@ -125,15 +130,32 @@ class Proxy:
                            timeout=10)
         return r.stdout if r.returncode == 0 else "wsplice conns failed: " + r.stderr
 
+    def pids(self):
+        """The daemon's processes: the master (or the single process) and its workers."""
+        try:
+            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+                return [self.proc.pid] + [int(p) for p in f.read().split()]
+        except OSError:
+            return [self.proc.pid]
+
     def fd_count(self):
-        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+        n = 0
+        for pid in self.pids():
+            try:
+                n += len(os.listdir("/proc/%d/fd" % pid))
+            except OSError:
+                pass
+        return n
 
     def rss_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        total = 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    total += sum(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            except OSError:
+                pass
+        return total
 
     def redirected(self):
         return bpf_counter(self.pin_dir, WS_CNT_REDIRECTED)

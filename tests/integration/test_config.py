@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import WSPLICE, free_port
+from conftest import ONE_WORKER, WSPLICE, free_port
 from wsutil import (HttpReader, echo_after_101, one_route_config, open_tunnel, parse_head, recv_exact, recv_head,
                     upgrade_request, status_of, wait_for)
 
@@ -221,7 +221,7 @@ def pool_config(servers, balance="roundrobin", fail_timeout="10s"):
 
 def test_round_robin_spreads_requests(upstream, start_proxy):
     ups = [upstream(named(n)) for n in "abc"]
-    px = start_proxy(0, "copy", config=pool_config([u.port for u in ups]))
+    px = start_proxy(0, "copy", extra=ONE_WORKER, config=pool_config([u.port for u in ups]))
     seen = [get(px.port)[1] for _ in range(6)]
     assert sorted(seen) == ["a", "a", "b", "b", "c", "c"]
     assert seen[:3] != [seen[0]] * 3
@@ -230,7 +230,7 @@ def test_round_robin_spreads_requests(upstream, start_proxy):
 @pytest.mark.parametrize("mode", ["sockmap", "auto", "copy"])
 def test_least_connections_counts_open_tunnels(upstream, start_proxy, mode):
     a, b = upstream(named("a")), upstream(named("b"))
-    px = start_proxy(0, mode, config=pool_config([a.port, b.port], balance="leastconn"))
+    px = start_proxy(0, mode, extra=ONE_WORKER, config=pool_config([a.port, b.port], balance="leastconn"))
     # Two tunnels: one lands on each server; then a third goes to either.
     t1, _ = open_tunnel(px.port)
     t2, _ = open_tunnel(px.port)
@@ -249,7 +249,7 @@ def test_least_connections_counts_open_tunnels(upstream, start_proxy, mode):
 def test_a_dead_server_is_retried_elsewhere_then_skipped(upstream, start_proxy):
     live = upstream(named("live"))
     dead = free_port()
-    px = start_proxy(0, "copy", config=pool_config([dead, live.port]))
+    px = start_proxy(0, "copy", extra=ONE_WORKER, config=pool_config([dead, live.port]))
     for _ in range(6):
         assert get(px.port) == (200, "live")
     log = px.read_log()

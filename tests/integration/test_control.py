@@ -57,8 +57,11 @@ def test_conns_lists_every_tunnel_with_its_bytes(upstream, start_proxy, mode):
     assert [t["engine"] for t in listing] == [engine, engine]
     assert sorted((t["bytes_client_to_upstream"], t["bytes_upstream_to_client"]) for t in listing) == \
         [(n, n) for n in sizes]
-    for t, s in zip(listing, socks):
-        assert t["client"] == "127.0.0.1:%d" % s.getsockname()[1]
+    # Each worker lists its own tunnels: match them by client address.
+    by_client = {t["client"]: t for t in listing}
+    for n, s in zip(sizes, socks):
+        t = by_client["127.0.0.1:%d" % s.getsockname()[1]]
+        assert (t["bytes_client_to_upstream"], t["bytes_upstream_to_client"]) == (n, n)
         assert t["upstream"] == "127.0.0.1:%d" % up.port
         assert t["age_seconds"] >= 0 and t["idle_ms"] >= 0
     if px.kernel:

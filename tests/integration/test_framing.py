@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import ONE_WORKER
 from wsutil import (HttpReader, bpf_tunnels, echo_after_101, one_route_config, open_tunnel, parse_head, recv_exact, recv_head,
                     wait_for)
 
@@ -82,7 +83,7 @@ def get(port, path):
 
 def test_upstream_connections_are_pooled_and_reused(start_proxy):
     up = CountingUpstream()
-    px = start_proxy(0, "copy", config=config(up.port))
+    px = start_proxy(0, "copy", extra=ONE_WORKER, config=config(up.port))
     for i in range(5):
         status, _, body = get(px.port, "/r%d" % i)  # five clients, one after another
         assert (status, body) == (200, b"/r%d" % i)
@@ -201,7 +202,7 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
         echo_after_101(conn, head, rest)
 
     up = upstream(handler)
-    px = start_proxy(0, mode, config=config(up.port))
+    px = start_proxy(0, mode, extra=ONE_WORKER, config=config(up.port))
     assert get(px.port, "/")[2] == b"page"
     s, _ = open_tunnel(px.port)
     s.sendall(b"x" * 100000)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import WS_CNT_PAUSE_DEFERRED, WS_CNT_PAUSES, WS_CNT_UNFLAGGED, report
+from conftest import ONE_WORKER, WS_CNT_PAUSE_DEFERRED, WS_CNT_PAUSES, WS_CNT_UNFLAGGED, report
 from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, echo_after_101, key_of, mem_available, open_tunnel, recv_exact,
                     recv_until_eof, switching_protocols, wait_for)
 
@@ -385,7 +385,7 @@ def test_out_of_file_descriptors_pauses_accepting(upstream, start_proxy):
     wake-up per try, at full CPU), and it serves again once descriptors are
     free. The connections waiting meanwhile stay queued, not refused."""
     up = upstream(echo_after_101)
-    px = start_proxy(up.port, "copy")
+    px = start_proxy(up.port, "copy", extra=ONE_WORKER)
     limit = px.fd_count() + 20
     subprocess.run(["prlimit", "--pid", str(px.proc.pid), "--nofile=%d:%d" % (limit, limit)], check=True)
     held = [socket.create_connection(("127.0.0.1", px.port), timeout=5) for _ in range(40)]

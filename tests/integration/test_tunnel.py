@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import WS_CNT_BROKEN_DROPS
+from conftest import ONE_WORKER, WS_CNT_BROKEN_DROPS
 from wsutil import (bpf_counter, bpf_tunnels, bpftool_dump, echo_after_101, key_of, one_route_config, open_tunnel, recv_exact, recv_until_eof,
                     switching_protocols,
                     upgrade_request, recv_head, status_of, HttpReader, wait_for)
@@ -495,7 +495,7 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
         conn.shutdown(socket.SHUT_WR)
 
     up = upstream(handler)
-    px = start_proxy(up.port, mode, config=one_route_config(up.port, pool="keepalive = 4"))
+    px = start_proxy(up.port, mode, extra=ONE_WORKER, config=one_route_config(up.port, pool="keepalive = 4"))
     with socket.create_connection(("127.0.0.1", px.port), timeout=5) as c:
         c.sendall(b"GET /first HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert recv_until_eof(c).endswith(b"plain")

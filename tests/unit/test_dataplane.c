@@ -81,12 +81,6 @@ static uint64_t counter(const char *pin_dir, uint32_t idx)
 	return sum;
 }
 
-static void no_events(void *ctx, const struct ws_event *ev)
-{
-	(void)ctx;
-	(void)ev;
-}
-
 static void partly_read_head_skb_is_sent_once(void **state)
 {
 	unsigned char out[1000], in[2048];
@@ -104,7 +98,7 @@ static void partly_read_head_skb_is_sent_once(void **state)
 	if (geteuid() != 0)
 		fail_msg("needs root for BPF (or set WSPLICE_TEST_NO_BPF=1)");
 	snprintf(pin_dir, sizeof(pin_dir), "/sys/fs/bpf/wsplice-unit-%d", (int)getpid());
-	dp = dataplane_open(pin_dir, 4 << 20, 1024, no_events, NULL, why, sizeof(why));
+	dp = dataplane_open(pin_dir, 4 << 20, 1024, 1, why, sizeof(why));
 	if (!dp)
 		fail_msg("dataplane_open: %s", why);
 	for (size_t i = 0; i < sizeof(out); i++)

@@ -1,0 +1,43 @@
+/* `workers = N`: the master process forks N workers after the data plane
+ * is loaded and the listeners are bound (one SO_REUSEPORT socket each),
+ * forwards SIGHUP, SIGUSR1 and SIGTERM to them, starts a worker again when
+ * one dies, and collects `wsplice conns` from all of them. The worker's
+ * side of that is a channel: a socketpair its loop answers requests on. */
+#ifndef WSPLICE_WORKERS_H
+#define WSPLICE_WORKERS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include "event_loop.h"
+
+/* Runs in the child for worker `index`; channel is its end of the
+ * socketpair. Returns the child's exit status. */
+typedef int (*worker_main_fn)(void *ctx, uint32_t index, int channel);
+/* Runs in every child first: closes what only the master uses, without
+ * touching what the master still watches (its epoll instance is shared). */
+typedef void (*worker_forget_fn)(void *ctx);
+
+struct workers;
+
+/* Forks n workers. NULL with the reason in err (nothing left running). */
+struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn forget, void *ctx, char *err,
+			      size_t errlen);
+void workers_signal(struct workers *ws, int sig);
+/* SIGCHLD: reaps, logs how each one ended, and forks it again unless the
+ * daemon is stopping (more than 10 deaths a minute stop the respawning). */
+void workers_reap(struct workers *ws);
+/* SIGTERM to every worker, then waits for them (SIGKILL after timeout_ms). */
+void workers_stop(struct workers *ws, int timeout_ms);
+uint32_t workers_count(const struct workers *ws);
+/* `wsplice conns [json]` from every worker, merged into one answer. */
+void workers_conns(struct workers *ws, FILE *out, bool json);
+
+/* The worker's side: answer(ctx, request, out) for each request line. */
+typedef void (*channel_answer_fn)(void *ctx, const char *request, FILE *out);
+struct worker_channel;
+struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel_answer_fn answer, void *ctx);
+void worker_channel_close(struct worker_channel *ch);
+
+#endif
