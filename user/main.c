@@ -198,8 +198,8 @@ static void reload(struct proxy *px)
 	px->cfg = cfg;
 	px->generation++;
 	config_put(old);
-	if (px->workers) /* each reloads the same file itself */
-		workers_signal(px->workers, SIGHUP);
+	if (px->workers) /* each applies the copy this reload read */
+		workers_tell(px->workers, "reload");
 	else
 		log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
 	sd_notifyf(0, "READY=1\nSTATUS=generation %u: %zu routes, %zu pools", px->generation, cfg->n_routes,
@@ -222,7 +222,9 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	if (si.ssi_signo == SIGUSR1) {
 		/* logrotate's: the open tunnels are `wsplice conns` now. */
 		if (sw->px->workers) {
-			workers_signal(sw->px->workers, SIGUSR1);
+			if (sw->px->cfg->access_log[0])
+				log_info("SIGUSR1: reopening the access log (every worker)");
+			workers_tell(sw->px->workers, "reopen");
 		} else if (access_log_enabled()) {
 			log_info("SIGUSR1: reopening the access log");
 			access_log_reopen();
@@ -410,15 +412,25 @@ static void announce(struct daemon *d, const struct config *cfg)
 		   d->master.engine, d->workers, (unsigned long)getpid());
 }
 
-/* The master's request to a worker: its tunnels. */
-static void answer_conns(void *ctx, const char *request, FILE *out)
+/* The master's requests to a worker: its tunnels (answered), and what the
+ * master's signals ask of it. */
+static bool on_master_request(void *ctx, const char *request, FILE *out)
 {
 	struct proxy *px = ctx;
 
-	if (!strcmp(request, "conns json"))
-		tunnel_list(px->tunnels, out, true);
-	else if (!strcmp(request, "conns"))
-		tunnel_list(px->tunnels, out, false);
+	if (!strcmp(request, "conns json") || !strcmp(request, "conns")) {
+		tunnel_list(px->tunnels, out, !strcmp(request, "conns json"));
+		return true;
+	}
+	if (!strcmp(request, "reload")) {
+		reload(px);
+	} else if (!strcmp(request, "reopen")) {
+		if (access_log_enabled())
+			access_log_reopen();
+	} else if (!strcmp(request, "stop")) {
+		ev_loop_stop(px->loop);
+	}
+	return false;
 }
 
 /* In a new worker: what only the master uses goes, without touching the
@@ -499,7 +511,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 	if (d->forked && (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() == 1))
 		goto out;
 	if (channel >= 0) {
-		ch = worker_channel_open(px.loop, channel, answer_conns, &px);
+		ch = worker_channel_open(px.loop, channel, on_master_request, &px);
 		if (!ch || write(channel, "R", 1) != 1) /* the master waits for it */
 			goto out;
 		channel = -1;

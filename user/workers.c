@@ -60,6 +60,21 @@ static int read_full(int fd, void *p, size_t len, int timeout_ms)
 	return 0;
 }
 
+static int write_full(int fd, const void *p, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p = (const char *)p + n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
 static int spawn(struct workers *ws, uint32_t i, char *err, size_t errlen)
 {
 	pid_t master = getpid(), pid;
@@ -142,6 +157,16 @@ void workers_signal(struct workers *ws, int sig)
 			kill(ws->w[i].pid, sig);
 }
 
+void workers_tell(struct workers *ws, const char *request)
+{
+	char line[64];
+
+	snprintf(line, sizeof(line), "%s\n", request);
+	for (uint32_t i = 0; i < ws->n; i++)
+		if (ws->w[i].channel >= 0 && write_full(ws->w[i].channel, line, strlen(line)))
+			log_warn("worker %u: cannot pass on '%s': %s", i, request, strerror(errno));
+}
+
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -180,6 +205,13 @@ void workers_reap(struct workers *ws)
 		metrics_worker_gone((uint32_t)i);
 		if (ws->stopping)
 			continue;
+		/* A clean exit is a worker that was told to stop (systemd's
+		 * SIGTERM reaches every process of the unit; Ctrl-C the whole
+		 * process group): the master's own signal follows. */
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+			log_info("worker %d (pid %d) stopped", i, (int)pid);
+			continue;
+		}
 		if (WIFSIGNALED(status))
 			log_error("worker %d (pid %d) was killed by signal %s: its tunnels are gone", i, (int)pid,
 				  strsignal(WTERMSIG(status)));
@@ -210,7 +242,11 @@ void workers_stop(struct workers *ws, int timeout_ms)
 	if (!ws)
 		return;
 	ws->stopping = true;
-	workers_signal(ws, SIGTERM);
+	/* The end of its channel stops a worker: no signal, which a master
+	 * without CAP_KILL could not send to workers running as a user. */
+	for (uint32_t i = 0; i < ws->n; i++)
+		if (ws->w[i].channel >= 0)
+			shutdown(ws->w[i].channel, SHUT_WR);
 	while (left) {
 		pid_t pid = waitpid(-1, NULL, WNOHANG);
 
@@ -223,10 +259,12 @@ void workers_stop(struct workers *ws, int timeout_ms)
 			left |= ws->w[i].pid != 0;
 		if (!left || pid < 0)
 			break;
-		if (mono_ms() > deadline) {
+		if (mono_ms() > deadline && deadline != UINT64_MAX) {
 			log_error("workers did not stop within %d ms: killing them", timeout_ms);
 			workers_signal(ws, SIGKILL);
-			deadline = UINT64_MAX;
+			deadline = mono_ms() + 1000;
+		} else if (mono_ms() > deadline) {
+			break; /* not ours to kill (a user's, and no CAP_KILL): their parent-death signal ends them */
 		}
 		poll(NULL, 0, 10);
 	}
@@ -234,21 +272,6 @@ void workers_stop(struct workers *ws, int timeout_ms)
 		if (ws->w[i].channel >= 0)
 			close(ws->w[i].channel);
 	free(ws);
-}
-
-static int write_full(int fd, const void *p, size_t len)
-{
-	while (len) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p = (const char *)p + n;
-		len -= (size_t)n;
-	}
-	return 0;
 }
 
 /* One worker's answer to request; malloc'd, NULL when it gave none. */
@@ -308,57 +331,72 @@ void workers_conns(struct workers *ws, FILE *out, bool json)
 struct worker_channel {
 	struct ev_loop *loop;
 	struct ev_handler h;
-	channel_answer_fn answer;
+	channel_fn on_request;
 	void *ctx;
+	char in[256];
+	size_t len;
 };
 
-/* A request is one line; the answer is its length (8 bytes) and its
- * text, written before the loop goes on (the master reads it at once). */
-static void on_request(struct ev_handler *h, uint32_t events)
+/* One request: its answer, when it has one, is its length (8 bytes) and
+ * its text, written before the loop goes on (the master reads it at once). */
+static void serve_request(struct worker_channel *ch, const char *req)
 {
-	struct worker_channel *ch = container_of(h, struct worker_channel, h);
-	char req[256], *text = NULL, *nl;
+	char *text = NULL;
 	size_t len = 0;
-	ssize_t n;
-	FILE *f;
+	bool answer;
+	FILE *f = open_memstream(&text, &len);
+	uint64_t n64;
 
-	(void)events;
-	n = recv(h->fd, req, sizeof(req) - 1, MSG_DONTWAIT);
-	if (n <= 0) {
-		if (n == 0 || (errno != EAGAIN && errno != EINTR))
-			ev_watch(ch->loop, h, 0); /* the master is gone: PDEATHSIG follows */
+	if (!f)
 		return;
-	}
-	req[n] = '\0';
-	nl = strchr(req, '\n');
-	if (nl)
-		*nl = '\0';
-	f = open_memstream(&text, &len);
-	if (f) {
-		ch->answer(ch->ctx, req, f);
-		if (ferror(f) | fclose(f))
-			len = 0;
-	}
-	{
-		uint64_t n64 = text ? len : 0;
-
-		if (write_full(h->fd, &n64, sizeof(n64)) == 0 && n64)
-			write_full(h->fd, text, len);
-	}
+	answer = ch->on_request(ch->ctx, req, f);
+	if (ferror(f) | fclose(f))
+		len = 0;
+	n64 = text ? len : 0;
+	if (answer && write_full(ch->h.fd, &n64, sizeof(n64)) == 0 && n64)
+		write_full(ch->h.fd, text, len);
 	free(text);
 }
 
-struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel_answer_fn answer, void *ctx)
+static void on_channel(struct ev_handler *h, uint32_t events)
+{
+	struct worker_channel *ch = container_of(h, struct worker_channel, h);
+	ssize_t n;
+	char *nl;
+
+	(void)events;
+	n = recv(h->fd, ch->in + ch->len, sizeof(ch->in) - 1 - ch->len, MSG_DONTWAIT);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		/* The master closed its end: stop (or it is gone). */
+		ev_watch(ch->loop, h, 0);
+		ch->on_request(ch->ctx, "stop", NULL);
+		return;
+	}
+	if (n < 0)
+		return;
+	ch->len += (size_t)n;
+	ch->in[ch->len] = '\0';
+	while ((nl = strchr(ch->in, '\n'))) {
+		*nl = '\0';
+		serve_request(ch, ch->in);
+		ch->len -= (size_t)(nl + 1 - ch->in);
+		memmove(ch->in, nl + 1, ch->len + 1);
+	}
+	if (ch->len == sizeof(ch->in) - 1)
+		ch->len = 0; /* no line: not the master's */
+}
+
+struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel_fn on_request, void *ctx)
 {
 	struct worker_channel *ch = calloc(1, sizeof(*ch));
 
 	if (!ch)
 		return NULL;
 	ch->loop = loop;
-	ch->answer = answer;
+	ch->on_request = on_request;
 	ch->ctx = ctx;
 	ch->h.fd = fd;
-	ch->h.on_event = on_request;
+	ch->h.on_event = on_channel;
 	if (ev_watch(loop, &ch->h, EPOLLIN)) {
 		free(ch);
 		return NULL;

@@ -1,6 +1,6 @@
 /* `workers = N`: the master process forks N workers after the data plane
  * is loaded and the listeners are bound (one SO_REUSEPORT socket each),
- * forwards SIGHUP, SIGUSR1 and SIGTERM to them, starts a worker again when
+ * passes SIGHUP, SIGUSR1 and SIGTERM on to them (over their channels), starts a worker again when
  * one dies, and collects `wsplice conns` from all of them. The worker's
  * side of that is a channel: a socketpair its loop answers requests on. */
 #ifndef WSPLICE_WORKERS_H
@@ -25,19 +25,24 @@ struct workers;
 struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn forget, void *ctx, char *err,
 			      size_t errlen);
 void workers_signal(struct workers *ws, int sig);
+/* A request line every worker's channel gets ("reload", "reopen"). */
+void workers_tell(struct workers *ws, const char *request);
 /* SIGCHLD: reaps, logs how each one ended, and forks it again unless the
  * daemon is stopping (more than 10 deaths a minute stop the respawning). */
 void workers_reap(struct workers *ws);
-/* SIGTERM to every worker, then waits for them (SIGKILL after timeout_ms). */
+/* Closes every worker's channel (which stops it), then waits for them
+ * (SIGKILL after timeout_ms). */
 void workers_stop(struct workers *ws, int timeout_ms);
 uint32_t workers_count(const struct workers *ws);
 /* `wsplice conns [json]` from every worker, merged into one answer. */
 void workers_conns(struct workers *ws, FILE *out, bool json);
 
-/* The worker's side: answer(ctx, request, out) for each request line. */
-typedef void (*channel_answer_fn)(void *ctx, const char *request, FILE *out);
+/* The worker's side: on_request(ctx, line, out) for each request line;
+ * true sends what it wrote to out as the answer. "stop" (out NULL) when the
+ * master closed its end. */
+typedef bool (*channel_fn)(void *ctx, const char *request, FILE *out);
 struct worker_channel;
-struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel_answer_fn answer, void *ctx);
+struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel_fn on_request, void *ctx);
 void worker_channel_close(struct worker_channel *ch);
 
 #endif

@@ -70,12 +70,29 @@ int tcp_listen(const char *host, int port)
 	return fd;
 }
 
+/* WS_LOAD_SRC=ADDR: connect from that address (a loopback address of its
+ * own gives a client its own ephemeral ports, for more than 28 000
+ * connections to one port). The port is picked at connect time. */
+static int bind_source(int fd)
+{
+	const char *src = getenv("WS_LOAD_SRC");
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int one = 1;
+
+	if (!src || !*src)
+		return 0;
+	if (inet_pton(AF_INET, src, &sa.sin_addr) != 1)
+		die("WS_LOAD_SRC=%s: not an IPv4 address", src);
+	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+	return bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+}
+
 int tcp_connect(const char *host, int port)
 {
 	struct addrinfo *ai = resolve(host, port, 0);
 	int fd = socket(ai->ai_family, SOCK_STREAM, 0);
 
-	if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen)) {
+	if (fd < 0 || bind_source(fd) || connect(fd, ai->ai_addr, ai->ai_addrlen)) {
 		if (fd >= 0)
 			close(fd);
 		freeaddrinfo(ai);

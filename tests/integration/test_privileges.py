@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1"),
               pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv missing")]
 
 
-def start(caps, up_port, mode):
+def start(caps, up_port, mode, extra=()):
     port = free_port()
     pin = "/sys/fs/bpf/wsplice-caps-%d-%s" % (os.getpid(), "-".join(caps) or "none")
     argv = ["setpriv", "--bounding-set=-all" + "".join(",+" + c for c in caps), "--inh-caps=-all",
             WSPLICE, "--listen", "127.0.0.1:%d" % port, "--upstream", "127.0.0.1:%d" % up_port, "--mode", mode,
-            "--bpffs", pin, "--control", "/run/wsplice/caps-%d.sock" % os.getpid()]
+            "--bpffs", pin, "--control", "/run/wsplice/caps-%d.sock" % os.getpid(), *extra]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), port, pin
 
 
@@ -61,3 +61,19 @@ def test_without_one_of_them_the_kernel_path_does_not_load(upstream, missing):
         err = stop(p)
     assert "mode auto: the copy relay (sockmap cannot run here" in err, err
     assert not os.path.exists(pin)
+
+
+def test_the_units_capabilities_run_sockmap_workers_as_a_user(upstream):
+    """packaging/wsplice.service's set: the three, the port's, and setuid and
+    setgid for `user =`; the workers then splice as nobody."""
+    need_sockmap()
+    up = upstream(echo_after_101)
+    p, port, pin = start(NEEDED + ["net_bind_service", "setuid", "setgid"], up.port, "sockmap",
+                         ("--workers", "2", "--user", "nobody"))
+    try:
+        assert echoes_through(port, b"as nobody"), stop(p)
+        assert wait_for(lambda: bpf_counter(pin, 2) >= 2), "the kernel did not move the bytes"
+    finally:
+        err = stop(p)
+    assert p.returncode == 0, err
+    assert not os.path.exists(pin), "pins left behind"
