@@ -24,7 +24,7 @@
 struct dataplane {
 	struct splice_bpf *skel;
 	int *ring_fd;             /* each worker's event ring, in worker_events */
-	uint32_t workers;
+	uint32_t workers, ids_per_worker;
 	struct bpf_link *sockops; /* on the daemon's cgroup */
 	struct cgroup_dir cg;
 	int target_fd, verdict_fd, tunnels_fd, links_fd, ports_fd, prog_fd;
@@ -241,7 +241,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	dp->skel->rodata->tunnel_budget = budget;
 	dp->skel->rodata->pause_at_loop_end = kernel_at_least(6, 9);
 	dp->skel->rodata->spliced_rcvbuf = dp->rcvbuf;
-	dp->skel->rodata->ids_per_worker = max_tunnels;
+	dp->skel->rodata->ids_per_worker = dp->ids_per_worker = max_tunnels;
 	if (bpf_map__set_max_entries(dp->skel->maps.worker_events, workers) ||
 	    bpf_map__set_max_entries(dp->skel->maps.tunnels, max_tunnels) ||
 	    bpf_map__set_max_entries(dp->skel->maps.sock_links, 2 * max_tunnels) ||
@@ -436,6 +436,11 @@ void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cook
 
 	bpf_map_delete_batch(dp->links_fd, cookie, &n, NULL);
 	bpf_map_delete_elem(dp->tunnels_fd, &id);
+}
+
+int dataplane_forget_worker(struct dataplane *dp, uint32_t worker)
+{
+	return dataplane_forget_range(dp, worker * dp->ids_per_worker, dp->ids_per_worker);
 }
 
 int dataplane_forget_range(struct dataplane *dp, uint32_t first, uint32_t count)

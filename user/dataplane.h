@@ -50,6 +50,8 @@ void dataplane_tunnel_del(struct dataplane *dp, uint32_t id, const uint64_t cook
  * that died left in the maps (its sockets closed with it, and left the
  * SOCKHASHes by themselves). Returns how many. */
 int dataplane_forget_range(struct dataplane *dp, uint32_t first, uint32_t count);
+/* The same for every id of a worker. */
+int dataplane_forget_worker(struct dataplane *dp, uint32_t worker);
 int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *out);
 /* One index of the per-CPU counters map (enum ws_counter) over every CPU:
  * the sum, and the largest (for the counters that keep a maximum). */

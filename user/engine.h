@@ -54,6 +54,9 @@ struct engine_ops {
 	 * process that prepared releases. */
 	void *(*prepare)(const struct config *cfg, char *why, size_t whylen);
 	void (*release)(void *shared);
+	/* In the process that prepared: a worker died, and what it left in
+	 * the shared part goes. NULL when nothing is left. */
+	void (*worker_gone)(void *shared, uint32_t worker);
 	/* One worker's set-up (of worker_count), or NULL when the engine
 	 * needs none. Returns the context every start() gets, or NULL with a
 	 * one-line reason. */

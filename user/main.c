@@ -8,7 +8,6 @@
 #include <sys/epoll.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -72,30 +71,39 @@ static struct cli_options cli;
 /* A file's configuration with the command line's settings over it; what
  * they name is resolved here (the file's own was, at load). NULL with the
  * reason in errors. */
-/* The file as the master read it at its last reload: its workers parse
- * this copy, as they may run as a user who cannot read the file itself. */
+/* With workers, a reload's file is read once, by the master, into a sealed
+ * memfd that every worker gets over its channel: the workers may run as a
+ * user who cannot read the file, and each reload has its own copy. The
+ * master's current one (-1: none; a single process reads the file). */
 static int snapshot_fd = -1;
 
-/* The master: the file into the snapshot, which it parses too. */
+/* The master: the file into a new sealed snapshot, which it parses too. */
 static int snapshot_take(const char *path, char *errors, size_t errlen)
 {
 	char buf[65536];
-	ssize_t n;
-	off_t at = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = -1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC),
+	    snap = memfd_create("wsplice.conf", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
-	if (fd < 0 || ftruncate(snapshot_fd, 0)) {
+	while (fd >= 0 && snap >= 0 && (n = read(fd, buf, sizeof(buf))) > 0)
+		if (write(snap, buf, (size_t)n) != n) {
+			n = -1;
+			break;
+		}
+	if (n != 0 || fcntl(snap, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
 		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
+		if (snap >= 0)
+			close(snap);
+		snap = -1;
 	}
-	while ((n = read(fd, buf, sizeof(buf))) > 0 && pwrite(snapshot_fd, buf, (size_t)n, at) == n)
-		at += n;
-	if (n != 0)
-		snprintf(errors, errlen, "%s: %s\n", path, strerror(errno));
-	close(fd);
-	return n == 0 ? 0 : -1;
+	if (fd >= 0)
+		close(fd);
+	if (snap < 0)
+		return -1;
+	if (snapshot_fd >= 0)
+		close(snapshot_fd);
+	snapshot_fd = snap;
+	return 0;
 }
 
 static struct config *snapshot_load(const char *path, char *errors, size_t errlen)
@@ -155,6 +163,11 @@ static void reload(struct proxy *px)
 	cfg = px->workers && snapshot_take(old->path, errors, sizeof(errors))
 		      ? NULL
 		      : load_file_with_cli(old->path, errors, sizeof(errors));
+	/* A worker's copy is for this reload only. */
+	if (px->tunnels && snapshot_fd >= 0) {
+		close(snapshot_fd);
+		snapshot_fd = -1;
+	}
 	if (!cfg) {
 		log_lines(errors);
 		log_error("reload refused: the running configuration stays");
@@ -199,7 +212,7 @@ static void reload(struct proxy *px)
 	px->generation++;
 	config_put(old);
 	if (px->workers) /* each applies the copy this reload read */
-		workers_tell(px->workers, "reload");
+		workers_tell(px->workers, "reload", snapshot_fd);
 	else
 		log_info("reloaded %s: %zu routes, %zu pools", cfg->path, cfg->n_routes, cfg->n_pools);
 	sd_notifyf(0, "READY=1\nSTATUS=generation %u: %zu routes, %zu pools", px->generation, cfg->n_routes,
@@ -224,7 +237,7 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 		if (sw->px->workers) {
 			if (sw->px->cfg->access_log[0])
 				log_info("SIGUSR1: reopening the access log (every worker)");
-			workers_tell(sw->px->workers, "reopen");
+			workers_tell(sw->px->workers, "reopen", -1);
 		} else if (access_log_enabled()) {
 			log_info("SIGUSR1: reopening the access log");
 			access_log_reopen();
@@ -350,6 +363,7 @@ struct daemon {
 	struct proxy master;        /* cfg, generation, engine; its loop, in a master */
 	struct tunnel_shared *sh;   /* the engines' daemon-wide parts */
 	int *listen_fds;            /* [listener * workers + worker] */
+	size_t n_listen_fds;
 	uint32_t workers;
 	bool forked;                /* a master and worker processes, else one process */
 	bool control_named;
@@ -414,7 +428,7 @@ static void announce(struct daemon *d, const struct config *cfg)
 
 /* The master's requests to a worker: its tunnels (answered), and what the
  * master's signals ask of it. */
-static bool on_master_request(void *ctx, const char *request, FILE *out)
+static bool on_master_request(void *ctx, const char *request, int fd, FILE *out)
 {
 	struct proxy *px = ctx;
 
@@ -422,14 +436,19 @@ static bool on_master_request(void *ctx, const char *request, FILE *out)
 		tunnel_list(px->tunnels, out, !strcmp(request, "conns json"));
 		return true;
 	}
-	if (!strcmp(request, "reload")) {
+	if (!strcmp(request, "reload") && fd >= 0) {
+		snapshot_fd = fd; /* reload() parses and closes it */
 		reload(px);
-	} else if (!strcmp(request, "reopen")) {
+		return false;
+	}
+	if (!strcmp(request, "reopen")) {
 		if (access_log_enabled())
 			access_log_reopen();
 	} else if (!strcmp(request, "stop")) {
 		ev_loop_stop(px->loop);
 	}
+	if (fd >= 0)
+		close(fd);
 	return false;
 }
 
@@ -447,6 +466,29 @@ static void forget_master(void *ctx)
 	d->sw.h.fd = -1;
 	ev_loop_free(d->master.loop);
 	d->master.loop = NULL;
+	if (snapshot_fd >= 0) /* the master's last reload's; its own come over the channel */
+		close(snapshot_fd);
+	snapshot_fd = -1;
+}
+
+/* In the master: worker w died. Its entries leave the data plane; and when
+ * it is not started again, its listening sockets close, so the kernel
+ * hands new connections to the other workers. */
+static void worker_gone(void *ctx, uint32_t w, bool for_good)
+{
+	struct daemon *d = ctx;
+
+	if (!for_good) {
+		tunnel_worker_gone(d->sh, w);
+		return;
+	}
+	for (size_t i = 0; i < d->master.cfg->n_listeners; i++) {
+		int *fd = &d->listen_fds[i * d->workers + w];
+
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+	}
 }
 
 /* One worker, or the single process: accept, proxy, tunnel. channel is
@@ -463,6 +505,14 @@ static int serve(void *ctx, uint32_t w, int channel)
 	char err[512];
 	int rc = 1;
 
+	/* The other workers' listening sockets: a copy held here would keep
+	 * one of a worker that is not started again in its SO_REUSEPORT group,
+	 * taking connections nobody accepts. */
+	for (size_t i = 0; d->forked && i < d->n_listen_fds; i++)
+		if (i % d->workers != w && d->listen_fds[i] >= 0) {
+			close(d->listen_fds[i]);
+			d->listen_fds[i] = -1;
+		}
 	px.cfg = cfg;
 	px.sessions.next = px.sessions.prev = &px.sessions;
 	px.started_ms = d->master.started_ms;
@@ -482,8 +532,18 @@ static int serve(void *ctx, uint32_t w, int channel)
 		log_error("%s", err);
 		goto out;
 	}
-	if (watch_signals(&sw, &px, &d->signals))
+	if (d->forked) {
+		/* SIGHUP and SIGUSR1 are the master's (systemctl kill sends to
+		 * every process of the unit): they come over the channel. */
+		sigset_t mask = d->signals;
+
+		sigdelset(&mask, SIGHUP);
+		sigdelset(&mask, SIGUSR1);
+		if (watch_signals(&sw, &px, &mask))
+			goto out;
+	} else if (watch_signals(&sw, &px, &d->signals)) {
 		goto out;
+	}
 	tw = timeouts_start(&px);
 	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
 	if (!tw || !listeners)
@@ -508,7 +568,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 		goto out;
 	}
 	/* A new uid cleared the parent-death signal: the master's again. */
-	if (d->forked && (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() == 1))
+	if (d->forked && workers_parent_death())
 		goto out;
 	if (channel >= 0) {
 		ch = worker_channel_open(px.loop, channel, on_master_request, &px);
@@ -573,7 +633,7 @@ static int supervise(struct daemon *d)
 		}
 		access_log_close();
 	}
-	px->workers = workers_start(d->workers, serve, forget_master, d, err, sizeof(err));
+	px->workers = workers_start(d->workers, serve, forget_master, worker_gone, d, err, sizeof(err));
 	if (!px->workers) {
 		log_error("%s", err);
 		goto out;
@@ -673,20 +733,18 @@ int main(int argc, char **argv)
 	d.listen_fds = calloc(cfg->n_listeners * d.workers, sizeof(*d.listen_fds));
 	if (!d.listen_fds)
 		goto out;
-	for (size_t i = 0; i < cfg->n_listeners * d.workers; i++)
+	d.n_listen_fds = cfg->n_listeners * d.workers;
+	for (size_t i = 0; i < d.n_listen_fds; i++)
 		d.listen_fds[i] = -1;
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		if (listener_bind(&cfg->listeners[i], d.workers, &d.listen_fds[i * d.workers], err, sizeof(err))) {
 			log_error("%s", err);
 			goto out;
 		}
-	if (d.forked && cfg->path[0] && (snapshot_fd = memfd_create("wsplice.conf", MFD_CLOEXEC)) < 0) {
-		log_error("memfd_create: %s", strerror(errno));
-		goto out;
-	}
 	rc = d.forked ? supervise(&d) : serve(&d, 0, -1);
 out:
-	for (size_t i = 0; d.listen_fds && i < cfg->n_listeners * d.workers; i++)
+	/* cfg may be gone: a reload replaced it (with as many listeners). */
+	for (size_t i = 0; d.listen_fds && i < d.n_listen_fds; i++)
 		if (d.listen_fds[i] >= 0)
 			close(d.listen_fds[i]);
 	free(d.listen_fds);

@@ -160,7 +160,7 @@ void metrics_upstream_failure(const char *host, const char *port)
 	int64_t *c;
 
 	snprintf(name, sizeof(name), FAILURE_PREFIX "%s:%s", host, port);
-	c = shared_counter(name);
+	c = shared_counter(name, false);
 	if (c)
 		shared_add(c, 1);
 }

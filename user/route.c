@@ -15,7 +15,7 @@ static int64_t *daemon_tunnels(void)
 	/* This worker's column: a worker forked from a master that looked it
 	 * up already must not count into the master's. */
 	if (!count || of_worker != shared_worker()) {
-		count = shared_counter("tunnels");
+		count = shared_counter("tunnels", true);
 		of_worker = shared_worker();
 	}
 	return count;
@@ -37,7 +37,7 @@ int route_bind_states(struct proxy *px, struct config *cfg)
 
 			memcpy(st->name, r->name, sizeof(st->name));
 			snprintf(name, sizeof(name), "route %s", r->name);
-			st->tunnels = shared_counter(name);
+			st->tunnels = shared_counter(name, true);
 			if (!st->tunnels || !daemon_tunnels()) {
 				free(st);
 				return -1;

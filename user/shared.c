@@ -18,6 +18,7 @@
  * per worker, so a worker that dies can be subtracted (shared_worker_gone). */
 struct named {
 	char name[NAME_MAX_LEN];
+	bool held;            /* what a worker holds (slots): cleared when it dies */
 	int64_t value[WORKERS_MAX];
 };
 
@@ -31,6 +32,14 @@ struct region {
 
 static struct region *region;
 static uint32_t worker; /* this process's column */
+
+/* Bounded: the workers can write the region too. */
+static uint32_t named_count(void)
+{
+	uint32_t n = __atomic_load_n(&region->n_named, __ATOMIC_ACQUIRE);
+
+	return n < NAMED_MAX ? n : NAMED_MAX;
+}
 
 void shared_set_worker(uint32_t w)
 {
@@ -48,9 +57,10 @@ void shared_worker_gone(uint32_t w)
 
 	if (!region || w >= WORKERS_MAX)
 		return;
-	n = __atomic_load_n(&region->n_named, __ATOMIC_ACQUIRE);
+	n = named_count();
 	for (uint32_t i = 0; i < n; i++)
-		__atomic_store_n(&region->named[i].value[w], 0, __ATOMIC_RELAXED);
+		if (region->named[i].held) /* a counter keeps what the worker counted */
+			__atomic_store_n(&region->named[i].value[w], 0, __ATOMIC_RELAXED);
 }
 
 int64_t shared_counter_sum(const int64_t *c)
@@ -102,7 +112,7 @@ void *shared_alloc(size_t size)
 	return region->heap + at;
 }
 
-int64_t *shared_counter(const char *name)
+int64_t *shared_counter(const char *name, bool held)
 {
 	int64_t *found = NULL;
 
@@ -110,13 +120,14 @@ int64_t *shared_counter(const char *name)
 		return NULL;
 	if (pthread_mutex_lock(&region->lock) == EOWNERDEAD)
 		pthread_mutex_consistent(&region->lock);
-	for (uint32_t i = 0; i < region->n_named && !found; i++)
+	for (uint32_t i = 0; i < named_count() && !found; i++)
 		if (!strncmp(region->named[i].name, name, NAME_MAX_LEN - 1))
 			found = &region->named[i].value[worker];
 	if (!found && region->n_named < NAMED_MAX) {
 		struct named *n = &region->named[region->n_named];
 
 		snprintf(n->name, sizeof(n->name), "%s", name);
+		n->held = held;
 		memset(n->value, 0, sizeof(n->value));
 		found = &n->value[worker];
 		/* Published last: a reader sees the name before the count. */
@@ -133,7 +144,7 @@ void shared_counters_each(const char *prefix, void (*fn)(void *ctx, const char *
 
 	if (!region)
 		return;
-	n = __atomic_load_n(&region->n_named, __ATOMIC_ACQUIRE);
+	n = named_count();
 	for (uint32_t i = 0; i < n; i++)
 		if (!strncmp(region->named[i].name, prefix, plen))
 			fn(ctx, region->named[i].name + plen, shared_counter_sum(&region->named[i].value[0]));

@@ -5,6 +5,7 @@
 #ifndef WSPLICE_SHARED_H
 #define WSPLICE_SHARED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,8 +22,10 @@ uint32_t shared_worker(void);
 void shared_worker_gone(uint32_t w);
 /* This worker's part of the counter of that name (found, or made on first
  * use, under a lock the workers share); NULL when the table is full. Add to
- * it with shared_add, read the daemon's total with shared_counter_sum. */
-int64_t *shared_counter(const char *name);
+ * it with shared_add, read the daemon's total with shared_counter_sum. held:
+ * it counts what a worker holds (slots), which goes when the worker dies;
+ * else it counts events, which stay counted. */
+int64_t *shared_counter(const char *name, bool held);
 int64_t shared_counter_sum(const int64_t *c);
 
 /* Calls fn for every named counter whose name starts with prefix, with

@@ -447,6 +447,13 @@ void tunnel_release(struct tunnel_shared *sh)
 	free(sh);
 }
 
+void tunnel_worker_gone(struct tunnel_shared *sh, uint32_t worker)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->worker_gone)
+			engine_table[m]->worker_gone(sh->shared[m], worker);
+}
+
 const char *tunnel_shared_engine(const struct tunnel_shared *sh)
 {
 	return engine_table[sh->mode]->name;

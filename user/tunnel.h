@@ -56,6 +56,9 @@ struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t
 /* In the process that prepared, after every worker's tunnel set closed. */
 void tunnel_release(struct tunnel_shared *sh);
 const char *tunnel_shared_engine(const struct tunnel_shared *sh);
+/* In the process that prepared: worker `worker` died; what it left in the
+ * engines' shared state goes (the sockmap's map entries). */
+void tunnel_worker_gone(struct tunnel_shared *sh, uint32_t worker);
 /* Worker `worker` of `workers` opens its side of the engines. NULL with a
  * one-line reason in why. */
 struct tunnel_set *tunnel_set_open(const struct tunnel_shared *sh, const struct config *cfg, uint32_t worker,

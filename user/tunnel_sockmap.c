@@ -705,6 +705,16 @@ static void sockmap_release(void *shared)
 	dataplane_close(shared);
 }
 
+/* Its sockets closed with it and left the SOCKHASHes; its entries in the
+ * plain hashes are still there. */
+static void sockmap_worker_gone(void *shared, uint32_t worker)
+{
+	int n = dataplane_forget_worker(shared, worker);
+
+	if (n)
+		log_info("sockmap: %d tunnels of worker %u left the maps", n, worker);
+}
+
 static void sockmap_close(void *ctx)
 {
 	struct sockmap *sm = ctx;
@@ -720,7 +730,6 @@ static void *sockmap_open(const struct config *cfg, void *shared, uint32_t worke
 			  engine_kick_fn kick, char *why, size_t whylen)
 {
 	struct sockmap *sm = calloc(1, sizeof(*sm));
-	int n;
 
 	if (!sm || !(sm->by_id = calloc(cfg->max_tunnels, sizeof(*sm->by_id)))) {
 		free(sm);
@@ -733,10 +742,6 @@ static void *sockmap_open(const struct config *cfg, void *shared, uint32_t worke
 	sm->loop = loop;
 	sm->kick = kick;
 	sm->budget = cfg->tunnel_buffer;
-	/* A worker started again after a crash: its predecessor's entries. */
-	n = dataplane_forget_range(sm->dp, sm->id_base, sm->max_tunnels);
-	if (n)
-		log_info("sockmap: worker %u forgot %d tunnels its predecessor left in the maps", worker, n);
 	sm->de = dataplane_events_open(sm->dp, worker, on_event, sm, why, whylen);
 	if (!sm->de) {
 		sockmap_close(sm);
@@ -756,6 +761,7 @@ const struct engine_ops engine_sockmap = {
 	.name = "sockmap",
 	.prepare = sockmap_prepare,
 	.release = sockmap_release,
+	.worker_gone = sockmap_worker_gone,
 	.open = sockmap_open,
 	.close = sockmap_close,
 	.reload = sockmap_reload,

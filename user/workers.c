@@ -2,7 +2,9 @@
  * answers the master's requests on. The master serves no connection: it
  * holds the data plane, the listening sockets (so a worker started again
  * takes over its predecessor's queue, and nothing is refused meanwhile),
- * the metrics and control sockets, and the signals. */
+ * the metrics and control sockets, and the signals. It talks to a worker
+ * only through its channel: a master without CAP_KILL cannot signal
+ * workers that run as a user. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -34,14 +36,27 @@ struct workers {
 	struct worker w[WORKERS_MAX];
 	worker_main_fn run;
 	worker_forget_fn forget;
+	worker_gone_fn gone;
 	void *ctx;
 	bool stopping;
+	uint64_t seq;       /* of the last request that wants an answer */
 	uint64_t window_ms; /* the minute respawns are counted in */
 	unsigned respawns;
 };
 
+/* The master, as a worker knows it. */
+static pid_t master_pid;
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* Reads exactly len bytes, each wait bounded: a worker stuck for
- * CHANNEL_TIMEOUT_MS is left out of the answer rather than hang the master. */
+ * timeout_ms is left out of the answer rather than hang the master. */
 static int read_full(int fd, void *p, size_t len, int timeout_ms)
 {
 	size_t got = 0;
@@ -75,6 +90,28 @@ static int write_full(int fd, const void *p, size_t len)
 	return 0;
 }
 
+/* A request line, with fd (or -1) riding along (SCM_RIGHTS). */
+static int send_request(int channel, const char *line, int fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec iov = { .iov_base = (void *)line, .iov_len = strlen(line) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (fd >= 0) {
+		struct cmsghdr *c;
+
+		msg.msg_control = cbuf;
+		msg.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	/* One short line: a stream socket takes it whole or not at all. */
+	return sendmsg(channel, &msg, MSG_NOSIGNAL) == (ssize_t)iov.iov_len ? 0 : -1;
+}
+
 static int spawn(struct workers *ws, uint32_t i, char *err, size_t errlen)
 {
 	pid_t master = getpid(), pid;
@@ -97,13 +134,13 @@ static int spawn(struct workers *ws, uint32_t i, char *err, size_t errlen)
 		for (uint32_t j = 0; j < ws->n; j++)
 			if (ws->w[j].channel >= 0)
 				close(ws->w[j].channel);
+		master_pid = master;
+		shared_set_worker(i);
 		/* A master that is killed takes its workers along; the master
 		 * alone tells systemd (NotifyAccess=main). */
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != master)
+		if (workers_parent_death())
 			exit(1);
 		unsetenv("NOTIFY_SOCKET");
-		shared_set_worker(i);
 		ws->forget(ws->ctx);
 		exit(ws->run(ws->ctx, i, sv[1]));
 	}
@@ -122,8 +159,13 @@ static int spawn(struct workers *ws, uint32_t i, char *err, size_t errlen)
 	return 0;
 }
 
-struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn forget, void *ctx, char *err,
-			      size_t errlen)
+int workers_parent_death(void)
+{
+	return prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() != master_pid ? -1 : 0;
+}
+
+struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn forget, worker_gone_fn gone,
+			      void *ctx, char *err, size_t errlen)
 {
 	struct workers *ws = calloc(1, sizeof(*ws));
 
@@ -134,6 +176,7 @@ struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn f
 	ws->n = n > WORKERS_MAX ? WORKERS_MAX : n;
 	ws->run = run;
 	ws->forget = forget;
+	ws->gone = gone;
 	ws->ctx = ctx;
 	for (uint32_t i = 0; i < ws->n; i++)
 		ws->w[i] = (struct worker){ 0, -1 };
@@ -150,29 +193,14 @@ uint32_t workers_count(const struct workers *ws)
 	return ws->n;
 }
 
-void workers_signal(struct workers *ws, int sig)
-{
-	for (uint32_t i = 0; i < ws->n; i++)
-		if (ws->w[i].pid)
-			kill(ws->w[i].pid, sig);
-}
-
-void workers_tell(struct workers *ws, const char *request)
+void workers_tell(struct workers *ws, const char *request, int fd)
 {
 	char line[64];
 
 	snprintf(line, sizeof(line), "%s\n", request);
 	for (uint32_t i = 0; i < ws->n; i++)
-		if (ws->w[i].channel >= 0 && write_full(ws->w[i].channel, line, strlen(line)))
+		if (ws->w[i].channel >= 0 && send_request(ws->w[i].channel, line, fd))
 			log_warn("worker %u: cannot pass on '%s': %s", i, request, strerror(errno));
-}
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* The worker that was pid: its slot is free again. */
@@ -189,6 +217,16 @@ static int forget_pid(struct workers *ws, pid_t pid)
 	return -1;
 }
 
+/* systemd's SIGTERM reaches every process of the unit, and Ctrl-C the
+ * whole process group: a worker that stopped cleanly while the master's
+ * own stop signal waits is not started again. */
+static bool stop_pending(void)
+{
+	sigset_t pending;
+
+	return !sigpending(&pending) && (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT));
+}
+
 void workers_reap(struct workers *ws)
 {
 	char err[256];
@@ -197,21 +235,16 @@ void workers_reap(struct workers *ws)
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		int i = forget_pid(ws, pid);
+		bool again;
 
 		if (i < 0)
 			continue;
-		/* What it held is gone with it: its tunnels and its slots. */
+		/* What it held is gone with it: its tunnels, slots and gauges. */
 		shared_worker_gone((uint32_t)i);
 		metrics_worker_gone((uint32_t)i);
-		if (ws->stopping)
+		ws->gone(ws->ctx, (uint32_t)i, false);
+		if (ws->stopping || stop_pending())
 			continue;
-		/* A clean exit is a worker that was told to stop (systemd's
-		 * SIGTERM reaches every process of the unit; Ctrl-C the whole
-		 * process group): the master's own signal follows. */
-		if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-			log_info("worker %d (pid %d) stopped", i, (int)pid);
-			continue;
-		}
 		if (WIFSIGNALED(status))
 			log_error("worker %d (pid %d) was killed by signal %s: its tunnels are gone", i, (int)pid,
 				  strsignal(WTERMSIG(status)));
@@ -222,49 +255,54 @@ void workers_reap(struct workers *ws)
 			ws->window_ms = mono_ms();
 			ws->respawns = 0;
 		}
-		if (++ws->respawns > RESPAWNS_PER_MINUTE) {
+		again = ++ws->respawns <= RESPAWNS_PER_MINUTE;
+		if (!again)
 			log_error("worker %d: more than %d workers died this minute: not starting it again", i,
 				  RESPAWNS_PER_MINUTE);
-			continue;
-		}
-		if (spawn(ws, (uint32_t)i, err, sizeof(err)))
-			log_error("%s", err);
+		else if (spawn(ws, (uint32_t)i, err, sizeof(err)))
+			log_error("%s: not starting it again", err);
 		else
 			log_info("worker %d started again (pid %d)", i, (int)ws->w[i].pid);
+		/* Its listening sockets would queue connections nobody takes:
+		 * closed, the kernel gives them to the other workers. */
+		if (!ws->w[i].pid)
+			ws->gone(ws->ctx, (uint32_t)i, true);
 	}
 }
 
 void workers_stop(struct workers *ws, int timeout_ms)
 {
 	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
-	bool left = true;
+	bool killed = false;
 
 	if (!ws)
 		return;
 	ws->stopping = true;
-	/* The end of its channel stops a worker: no signal, which a master
-	 * without CAP_KILL could not send to workers running as a user. */
+	/* The end of its channel stops a worker. */
 	for (uint32_t i = 0; i < ws->n; i++)
 		if (ws->w[i].channel >= 0)
 			shutdown(ws->w[i].channel, SHUT_WR);
-	while (left) {
+	for (;;) {
+		bool left = false;
 		pid_t pid = waitpid(-1, NULL, WNOHANG);
 
 		if (pid > 0) {
 			forget_pid(ws, pid);
 			continue;
 		}
-		left = false;
 		for (uint32_t i = 0; i < ws->n; i++)
 			left |= ws->w[i].pid != 0;
 		if (!left || pid < 0)
 			break;
-		if (mono_ms() > deadline && deadline != UINT64_MAX) {
+		if (mono_ms() > deadline) {
+			if (killed) /* not ours to kill (a user's, without CAP_KILL): their parent-death signal ends them */
+				break;
 			log_error("workers did not stop within %d ms: killing them", timeout_ms);
-			workers_signal(ws, SIGKILL);
+			for (uint32_t i = 0; i < ws->n; i++)
+				if (ws->w[i].pid)
+					kill(ws->w[i].pid, SIGKILL);
+			killed = true;
 			deadline = mono_ms() + 1000;
-		} else if (mono_ms() > deadline) {
-			break; /* not ours to kill (a user's, and no CAP_KILL): their parent-death signal ends them */
 		}
 		poll(NULL, 0, 10);
 	}
@@ -274,22 +312,32 @@ void workers_stop(struct workers *ws, int timeout_ms)
 	free(ws);
 }
 
-/* One worker's answer to request; malloc'd, NULL when it gave none. */
-static char *ask(struct worker *w, const char *request, size_t *len)
+/* One worker's answer to the request numbered seq; malloc'd, NULL when it
+ * gave none in time. Answers to earlier requests that came too late are
+ * read and dropped first. */
+static char *ask(struct worker *w, const char *request, uint64_t seq)
 {
-	uint64_t n;
-	char *text;
+	char line[64];
 
-	if (w->channel < 0 || write_full(w->channel, request, strlen(request)) || read_full(w->channel, &n, sizeof(n), CHANNEL_TIMEOUT_MS) ||
-	    n > (1ull << 32) || !(text = malloc(n + 1)))
+	snprintf(line, sizeof(line), "%s %llu\n", request, (unsigned long long)seq);
+	if (w->channel < 0 || send_request(w->channel, line, -1))
 		return NULL;
-	if (read_full(w->channel, text, n, CHANNEL_TIMEOUT_MS)) {
+	for (;;) {
+		uint64_t head[2]; /* the length, the request's number */
+		char *text;
+
+		if (read_full(w->channel, head, sizeof(head), CHANNEL_TIMEOUT_MS) || head[0] > (1ull << 32) ||
+		    !(text = malloc(head[0] + 1)))
+			return NULL;
+		if (read_full(w->channel, text, head[0], CHANNEL_TIMEOUT_MS)) {
+			free(text);
+			return NULL;
+		}
+		text[head[0]] = '\0';
+		if (head[1] == seq)
+			return text;
 		free(text);
-		return NULL;
 	}
-	text[n] = '\0';
-	*len = n;
-	return text;
 }
 
 /* The workers' tables under one header; their JSON arrays in one array. */
@@ -300,8 +348,7 @@ void workers_conns(struct workers *ws, FILE *out, bool json)
 	if (json)
 		fputs("{\"tunnels\":[", out);
 	for (uint32_t i = 0; i < ws->n; i++) {
-		size_t len = 0;
-		char *text = ask(&ws->w[i], json ? "conns json\n" : "conns\n", &len);
+		char *text = ask(&ws->w[i], json ? "conns json" : "conns", ++ws->seq);
 		const char *from, *to;
 
 		if (!text) {
@@ -335,25 +382,37 @@ struct worker_channel {
 	void *ctx;
 	char in[256];
 	size_t len;
+	int fd; /* the descriptor the next line came with, or -1 */
 };
 
-/* One request: its answer, when it has one, is its length (8 bytes) and
- * its text, written before the loop goes on (the master reads it at once). */
-static void serve_request(struct worker_channel *ch, const char *req)
+/* One request: "NAME [SEQ]". An answer is its length and SEQ (8 bytes
+ * each) and its text, written before the loop goes on (the master reads
+ * it at once). */
+static void serve_request(struct worker_channel *ch, char *req)
 {
-	char *text = NULL;
+	char *text = NULL, *sp = strrchr(req, ' ');
 	size_t len = 0;
+	uint64_t head[2] = { 0, 0 };
 	bool answer;
-	FILE *f = open_memstream(&text, &len);
-	uint64_t n64;
+	FILE *f;
+	int fd = ch->fd;
 
-	if (!f)
+	ch->fd = -1;
+	if (sp && sp[1] >= '0' && sp[1] <= '9') {
+		head[1] = strtoull(sp + 1, NULL, 10);
+		*sp = '\0';
+	}
+	f = open_memstream(&text, &len);
+	if (!f) {
+		if (fd >= 0)
+			close(fd);
 		return;
-	answer = ch->on_request(ch->ctx, req, f);
+	}
+	answer = ch->on_request(ch->ctx, req, fd, f);
 	if (ferror(f) | fclose(f))
 		len = 0;
-	n64 = text ? len : 0;
-	if (answer && write_full(ch->h.fd, &n64, sizeof(n64)) == 0 && n64)
+	head[0] = text ? len : 0;
+	if (answer && write_full(ch->h.fd, head, sizeof(head)) == 0 && head[0])
 		write_full(ch->h.fd, text, len);
 	free(text);
 }
@@ -361,19 +420,29 @@ static void serve_request(struct worker_channel *ch, const char *req)
 static void on_channel(struct ev_handler *h, uint32_t events)
 {
 	struct worker_channel *ch = container_of(h, struct worker_channel, h);
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { .iov_base = ch->in + ch->len, .iov_len = sizeof(ch->in) - 1 - ch->len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *c;
 	ssize_t n;
 	char *nl;
 
 	(void)events;
-	n = recv(h->fd, ch->in + ch->len, sizeof(ch->in) - 1 - ch->len, MSG_DONTWAIT);
+	n = recvmsg(h->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 		/* The master closed its end: stop (or it is gone). */
 		ev_watch(ch->loop, h, 0);
-		ch->on_request(ch->ctx, "stop", NULL);
+		ch->on_request(ch->ctx, "stop", -1, NULL);
 		return;
 	}
 	if (n < 0)
 		return;
+	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			if (ch->fd >= 0)
+				close(ch->fd);
+			memcpy(&ch->fd, CMSG_DATA(c), sizeof(int));
+		}
 	ch->len += (size_t)n;
 	ch->in[ch->len] = '\0';
 	while ((nl = strchr(ch->in, '\n'))) {
@@ -395,6 +464,7 @@ struct worker_channel *worker_channel_open(struct ev_loop *loop, int fd, channel
 	ch->loop = loop;
 	ch->on_request = on_request;
 	ch->ctx = ctx;
+	ch->fd = -1;
 	ch->h.fd = fd;
 	ch->h.on_event = on_channel;
 	if (ev_watch(loop, &ch->h, EPOLLIN)) {
@@ -410,5 +480,7 @@ void worker_channel_close(struct worker_channel *ch)
 		return;
 	ev_watch(ch->loop, &ch->h, 0);
 	close(ch->h.fd);
+	if (ch->fd >= 0)
+		close(ch->fd);
 	free(ch);
 }

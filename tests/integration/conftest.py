@@ -111,8 +111,10 @@ class Proxy:
         return self.fd_count()
 
     def rewrite_config(self, config):
-        with open(self.config_path, "w") as f:
+        """Whole or not at all, as an editor saves it: a reload never reads half a file."""
+        with open(self.config_path + ".new", "w") as f:
             f.write(config.replace("{port}", str(self.port)))
+        os.rename(self.config_path + ".new", self.config_path)
 
     def reload(self, expect="reloaded"):
         """SIGHUP, then waits for the log line that says how it went."""

@@ -94,10 +94,22 @@ def test_sighup_reaches_every_worker(upstream, start_proxy):
     old = upstream(echo_after_101)
     new = upstream(lambda c, h, r: echo_after_101(c, h, r, greeting=b"new"))
     px = start_proxy(0, "copy", extra=WORKERS, config=one_route_config(old.port))
+    newer = upstream(lambda c, h, r: echo_after_101(c, h, r, greeting=b"NEW"))
     before = px.read_log().count("reloaded")
     px.rewrite_config(one_route_config(new.port))
     px.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: px.read_log().count("reloaded") >= before + 2, timeout=5), px.read_log()
+    # Two reloads back to back: each worker applies the copy of its own
+    # reload, and ends on the second.
+    px.rewrite_config(one_route_config(newer.port))
+    px.proc.send_signal(signal.SIGHUP)
+    px.rewrite_config(one_route_config(new.port))
+    px.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: px.read_log().count("reloaded") >= before + 6, timeout=5), px.read_log()
+    # A worker is told by its master, never by a signal of its own.
+    os.kill(px.pids()[1], signal.SIGHUP)
+    time.sleep(0.2)
+    assert px.read_log().count("reloaded") == before + 6, px.read_log()
     # Forty connections from forty source ports: both workers route them anew.
     for _ in range(40):
         s, rest = open_tunnel(px.port)
@@ -105,7 +117,7 @@ def test_sighup_reaches_every_worker(upstream, start_proxy):
             rest += recv_exact(s, 3 - len(rest))
         assert rest == b"new"
         s.close()
-    assert status(px)["generation"] == 2
+    assert status(px)["generation"] == 4
 
 
 def test_a_worker_that_dies_is_started_again_and_the_others_keep_theirs(upstream, start_proxy, kmode):
@@ -222,3 +234,52 @@ def test_a_second_daemon_on_the_port_is_refused_not_joined(upstream, start_proxy
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "cannot listen on 127.0.0.1:%d: Address already in use" % px.port in r.stderr, \
         r.stderr
+
+
+def test_a_worker_that_keeps_dying_is_left_out_and_the_others_serve(upstream, start_proxy):
+    """Past ten deaths a minute the master stops starting a worker again, and
+    closes its listening sockets: the kernel gives its share of the new
+    connections to the others instead of queueing them for nobody."""
+    up = upstream(echo_after_101)
+    px = start_proxy(up.port, "copy", extra=WORKERS)
+    for _ in range(11):
+        victim = px.pids()[1]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: victim not in px.pids(), timeout=5)
+        assert wait_for(lambda: "not starting it again" in px.read_log() or len(px.pids()) == 3, timeout=5)
+    assert "not starting it again" in px.read_log(), px.read_log()
+    assert len(px.pids()) == 2
+    for _ in range(30):  # thirty source ports: none lands on a socket nobody accepts
+        s, _ = open_tunnel(px.port, timeout=2)
+        s.sendall(b"on")
+        assert recv_exact(s, 2, timeout=2) == b"on"
+        s.close()
+
+
+def test_a_master_that_is_pid_1_starts_its_workers(upstream):
+    """In a container the daemon is PID 1: its workers' parent is still it."""
+    up = upstream(echo_after_101)
+    port = free_port()
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", WSPLICE, "--listen", "127.0.0.1:%d" % port,
+                          "--upstream", "127.0.0.1:%d" % up.port, "--mode", "copy", "--workers", "2",
+                          "--control", "/run/wsplice/pid1-%d.sock" % os.getpid()],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _connects(port), timeout=10), p.stderr.read() if p.poll() is not None else ""
+        s, _ = open_tunnel(port)
+        s.sendall(b"pid1")
+        assert recv_exact(s, 4) == b"pid1"
+        s.close()
+    finally:
+        # unshare waits on, ignoring SIGTERM: the master (its child) gets it.
+        subprocess.run(["pkill", "-TERM", "-P", str(p.pid)])
+        _, err = p.communicate(timeout=10)
+    assert "did not start" not in err and "stopping 2 workers" in err, err
+
+
+def _connects(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
