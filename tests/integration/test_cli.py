@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import NO_BPF, WSPLICE, Proxy, free_port, need_sockmap
-from wsutil import bpf_tunnels, echo_after_101, echoes_through, open_tunnel, recv_exact, wait_for
+from wsutil import bpf_tunnels, connects, echo_after_101, echoes_through, open_tunnel, recv_exact, wait_for
 
 needs_bpf = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
 
@@ -76,18 +76,10 @@ def test_ipv6_listen_and_hostname_upstream(upstream, mode):
     p = subprocess.Popen([WSPLICE, "--listen", "localhost:%d" % port, "--upstream", "localhost:%d" % up.port,
                           "--mode", "copy"], stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: _connects(port), timeout=5)
+        assert wait_for(lambda: connects(port), timeout=5)
     finally:
         p.terminate()
         assert p.wait(5) == 0
-
-
-def _connects(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @needs_bpf

@@ -32,10 +32,9 @@ def stop(p):
     return err
 
 
-def test_the_three_capabilities_are_enough_for_the_kernel_path(upstream):
-    need_sockmap()
-    up = upstream(echo_after_101)
-    p, port, pin = start(NEEDED, up.port, "sockmap")
+def splices_with(caps, up_port, extra=()):
+    """The daemon with only these capabilities moves bytes in the kernel and removes its pins at exit."""
+    p, port, pin = start(caps, up_port, "sockmap", extra)
     try:
         assert echoes_through(port, b"caps"), stop(p)
         assert wait_for(lambda: bpf_counter(pin, 2) >= 2), "the kernel did not move the bytes"
@@ -43,6 +42,11 @@ def test_the_three_capabilities_are_enough_for_the_kernel_path(upstream):
         err = stop(p)
     assert p.returncode == 0, err
     assert not os.path.exists(pin), "pins left behind"
+
+
+def test_the_three_capabilities_are_enough_for_the_kernel_path(upstream):
+    need_sockmap()
+    splices_with(NEEDED, upstream(echo_after_101).port)
 
 
 @pytest.mark.parametrize("missing", NEEDED)
@@ -67,13 +71,5 @@ def test_the_units_capabilities_run_sockmap_workers_as_a_user(upstream):
     """packaging/wsplice.service's set: the three, the port's, and setuid and
     setgid for `user =`; the workers then splice as nobody."""
     need_sockmap()
-    up = upstream(echo_after_101)
-    p, port, pin = start(NEEDED + ["net_bind_service", "setuid", "setgid"], up.port, "sockmap",
-                         ("--workers", "2", "--user", "nobody"))
-    try:
-        assert echoes_through(port, b"as nobody"), stop(p)
-        assert wait_for(lambda: bpf_counter(pin, 2) >= 2), "the kernel did not move the bytes"
-    finally:
-        err = stop(p)
-    assert p.returncode == 0, err
-    assert not os.path.exists(pin), "pins left behind"
+    splices_with(NEEDED + ["net_bind_service", "setuid", "setgid"], upstream(echo_after_101).port,
+                 ("--workers", "2", "--user", "nobody"))

@@ -1,22 +1,21 @@
 """workers = N and user = NAME: worker processes that share the listeners
 (SO_REUSEPORT), the BPF data plane and the figures, under a master that
-forwards signals and starts a worker again when one dies; workers that run
-as an unprivileged user and still splice in the kernel."""
+passes its signals on and starts a worker again when one dies; workers that
+run as an unprivileged user and still splice in the kernel."""
 import json
 import os
 import pwd
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 from conftest import WSPLICE, free_port, need_sockmap
 from test_metrics import scrape, tunnel_bytes
-from wsutil import (bpf_tunnels, echo_after_101, one_route_config, open_tunnel, recv_exact, recv_head, status_of,
-                    upgrade_request, wait_for)
+from wsutil import (bpf_tunnels, connects, echo_after_101, one_route_config, open_tunnel, recv_exact, recv_head,
+                    status_of, upgrade_request, wait_for)
 
 WORKERS = ("--workers", "2")
 
@@ -265,7 +264,7 @@ def test_a_master_that_is_pid_1_starts_its_workers(upstream):
                           "--control", "/run/wsplice/pid1-%d.sock" % os.getpid()],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: _connects(port), timeout=10), p.stderr.read() if p.poll() is not None else ""
+        assert wait_for(lambda: connects(port), timeout=10), p.stderr.read() if p.poll() is not None else ""
         s, _ = open_tunnel(port)
         s.sendall(b"pid1")
         assert recv_exact(s, 4) == b"pid1"
@@ -275,11 +274,3 @@ def test_a_master_that_is_pid_1_starts_its_workers(upstream):
         subprocess.run(["pkill", "-TERM", "-P", str(p.pid)])
         _, err = p.communicate(timeout=10)
     assert "did not start" not in err and "stopping 2 workers" in err, err
-
-
-def _connects(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

@@ -200,6 +200,15 @@ def bpf_tunnels(pin_dir):
     return [e.get("formatted", e)["value"] for e in bpftool_dump(pin_dir, "tunnels")]
 
 
+def connects(port, host="127.0.0.1"):
+    """Whether something accepts on port now."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for(pred, timeout=5.0, interval=0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
