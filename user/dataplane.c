@@ -1,21 +1,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/magic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <sys/utsname.h>
+#include "bpffs.h"
 #include "cgroup.h"
 #include "dataplane.h"
 #include "log.h"
@@ -67,58 +64,6 @@ uint64_t socket_cookie(int fd)
 
 	getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len);
 	return cookie;
-}
-
-/* The pin directory must sit on a bpf filesystem; mount the standard one if
- * nothing is mounted there yet, as Cilium does. */
-static int ensure_bpffs(const char *dir, char *why, size_t whylen)
-{
-	char parent[256];
-	struct statfs st;
-	char *slash;
-
-	snprintf(parent, sizeof(parent), "%s", dir);
-	slash = strrchr(parent, '/');
-	if (slash == parent)
-		slash[1] = '\0';
-	else if (slash)
-		*slash = '\0';
-	if (!statfs(parent, &st) && st.f_type == BPF_FS_MAGIC)
-		return 0;
-	if (!strcmp(parent, "/sys/fs/bpf")) {
-		if (!mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700")) {
-			log_info("mounted a bpf filesystem on /sys/fs/bpf");
-			return 0;
-		}
-		snprintf(why, whylen, "cannot mount bpffs on /sys/fs/bpf: %s", strerror(errno));
-		return -1;
-	}
-	snprintf(why, whylen, "%s is not on a bpf filesystem (mount -t bpf bpf %s)", dir, parent);
-	return -1;
-}
-
-/* One instance per pin directory: a second one with the same --bpffs would
- * unpin the first one's maps. */
-#define LOCK_WAIT_MS 2000
-
-static int lock_pin_dir(struct dataplane *dp, char *why, size_t whylen)
-{
-	if (mkdir(dp->pin_dir, 0700) < 0 && errno != EEXIST) {
-		snprintf(why, whylen, "cannot create %s: %s", dp->pin_dir, strerror(errno));
-		return -1;
-	}
-	dp->lock_fd = open(dp->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	/* The workers of a daemon that was killed hold the lock until they
-	 * have closed their tunnels (their parent-death signal): a restart
-	 * right after waits for them, a live daemon still refuses it. */
-	for (int i = 0; dp->lock_fd >= 0 && i < LOCK_WAIT_MS / 20 && flock(dp->lock_fd, LOCK_EX | LOCK_NB) < 0; i++)
-		usleep(20000);
-	if (dp->lock_fd < 0 || flock(dp->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		snprintf(why, whylen, "%s is in use by another wsplice (choose another --bpffs)", dp->pin_dir);
-		return -1;
-	}
-	dp->owns_pin_dir = true;
-	return 0;
 }
 
 /* Pins left behind by an instance that was killed are ours now; unpinned,
@@ -229,8 +174,12 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	dp->workers = workers;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
 	libbpf_set_print(libbpf_log);
-	if (ensure_bpffs(pin_dir, why, whylen) || lock_pin_dir(dp, why, whylen))
+	/* One instance per pin directory: a second one with the same --bpffs
+	 * would unpin the first one's maps. */
+	dp->lock_fd = bpffs_lock_dir(pin_dir, why, whylen);
+	if (dp->lock_fd < 0)
 		goto fail;
+	dp->owns_pin_dir = true;
 	dp->skel = splice_bpf__open_opts(&(struct bpf_object_open_opts){ .sz = sizeof(struct bpf_object_open_opts),
 									  .pin_root_path = dp->pin_dir });
 	if (!dp->skel) {
