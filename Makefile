@@ -44,14 +44,14 @@ $(BUILD)/vmlinux.h:
 		$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@; \
 	else cp bpf/vmlinux/vmlinux_x86_64.h $@; fi
 
-$(BUILD)/%.bpf.o: bpf/%.bpf.c include/wsplice_maps.h $(BUILD)/vmlinux.h
+$(BUILD)/%.bpf.o: bpf/%.bpf.c $(wildcard include/*.h) $(BUILD)/vmlinux.h
 	@mkdir -p $(@D)
 	$(CLANG) -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Iinclude -I$(BUILD) -Wall -Werror -c $< -o $@
 
 $(BUILD)/%.skel.h: $(BUILD)/%.bpf.o
 	$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/user/%.o: user/%.c $(wildcard user/*.h) include/wsplice_maps.h $(SKELS)
+$(BUILD)/user/%.o: user/%.c $(wildcard user/*.h) $(wildcard include/*.h) $(SKELS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -85,7 +85,7 @@ test: deps
 	@$(MAKE) --no-print-directory integration
 	@$(MAKE) --no-print-directory integration-user
 
-BENCH_BINS := $(BUILD)/bench/ws_load $(BUILD)/bench/ws_echo
+BENCH_BINS := $(BUILD)/bench/ws_load $(BUILD)/bench/ws_echo $(BUILD)/bench/syn_flood
 
 $(BUILD)/bench/%: tests/bench/%.c tests/bench/bench_common.c tests/bench/bench_common.h
 	@mkdir -p $(@D)

@@ -1,6 +1,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +39,15 @@ void args_usage(FILE *out)
 	      "                              and the data plane (default auto: one per CPU)\n"
 	      "      --user NAME             the workers run as this user once the BPF data plane\n"
 	      "                              is loaded and the listeners are bound\n"
+	      "      --xdp IFACE[,IFACE]     guard the listener ports with XDP on these interfaces\n"
+	      "      --xdp-deny CIDR         drop this source at XDP (wsplice deny changes it live)\n"
+	      "      --xdp-syn-rate N|off    SYNs a second per source (default 200)\n"
+	      "      --xdp-syn-burst N       SYNs a source may send at once (default 400)\n"
 	      "\n"
 	      "       wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]\n"
 	      "                              ask a running daemon: its state, or its open tunnels\n"
+	      "       wsplice deny add|del CIDR | deny list  [--bpffs DIR | -c FILE]\n"
+	      "                              the XDP guard's deny list, live\n"
 	      "  -v, --verbose               debug logging\n"
 	      "  -h, --help                  this text\n"
 	      "  -V, --version               print the version\n",
@@ -61,6 +68,10 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "access-log-format", required_argument, NULL, 'F' },
 		{ "workers", required_argument, NULL, 'W' },
 		{ "user", required_argument, NULL, 'U' },
+		{ "xdp", required_argument, NULL, 'X' },
+		{ "xdp-deny", required_argument, NULL, 'D' },
+		{ "xdp-syn-rate", required_argument, NULL, 'R' },
+		{ "xdp-syn-burst", required_argument, NULL, 'S' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "test-config", no_argument, NULL, 't' },
@@ -172,6 +183,51 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 			snprintf(opt->user, sizeof(opt->user), "%s", optarg);
 			opt->have_user = true;
 			break;
+		case 'X': {
+			char list[256], *save = NULL;
+
+			snprintf(list, sizeof(list), "%s", optarg);
+			for (char *i = strtok_r(list, ",", &save); i; i = strtok_r(NULL, ",", &save)) {
+				if (opt->n_xdp == XDP_IFACES_MAX) {
+					snprintf(err, errlen, "--xdp: at most %d interfaces", XDP_IFACES_MAX);
+					goto bad;
+				}
+				if (strlen(i) >= sizeof(opt->xdp[0]) || !if_nametoindex(i)) {
+					snprintf(err, errlen, "--xdp '%s': no such network interface", i);
+					goto bad;
+				}
+				snprintf(opt->xdp[opt->n_xdp++], sizeof(opt->xdp[0]), "%s", i);
+			}
+			break;
+		}
+		case 'D':
+			if (opt->n_xdp_deny == sizeof(opt->xdp_deny) / sizeof(opt->xdp_deny[0]) ||
+			    parse_cidr(optarg, &opt->xdp_deny[opt->n_xdp_deny])) {
+				snprintf(err, errlen, "--xdp-deny '%s': expected an address or CIDR block (at most %zu; "
+						      "a file's xdp_deny takes more)", optarg,
+					 sizeof(opt->xdp_deny) / sizeof(opt->xdp_deny[0]));
+				goto bad;
+			}
+			opt->n_xdp_deny++;
+			break;
+		case 'R':
+		case 'S': {
+			uint64_t n = 0;
+
+			if ((c == 'S' || strcmp(optarg, "off")) && (parse_size(optarg, &n) || n < 1 || n > 1000000)) {
+				snprintf(err, errlen, "--xdp-syn-%s '%s': expected a number from 1 to 1000000%s",
+					 c == 'R' ? "rate" : "burst", optarg, c == 'R' ? " or off" : "");
+				goto bad;
+			}
+			if (c == 'R') {
+				opt->xdp_syn_rate = (uint32_t)n;
+				opt->have_xdp_syn_rate = true;
+			} else {
+				opt->xdp_syn_burst = (uint32_t)n;
+				opt->have_xdp_syn_burst = true;
+			}
+			break;
+		}
 		case 't':
 			opt->test_only = true;
 			break;
@@ -226,4 +282,12 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		snprintf(cfg->user, sizeof(cfg->user), "%s", opt->user);
 	if (opt->verbose)
 		cfg->verbose = 1;
+	for (size_t i = 0; i < opt->n_xdp && cfg->xdp.n_ifaces < XDP_IFACES_MAX; i++)
+		memcpy(cfg->xdp.ifaces[cfg->xdp.n_ifaces++], opt->xdp[i], sizeof(opt->xdp[i]));
+	for (size_t i = 0; i < opt->n_xdp_deny && CONFIG_GROW(cfg->xdp.deny, cfg->xdp.n_deny); i++)
+		cfg->xdp.deny[cfg->xdp.n_deny - 1] = opt->xdp_deny[i];
+	if (opt->have_xdp_syn_rate)
+		cfg->xdp.syn_rate = opt->xdp_syn_rate;
+	if (opt->have_xdp_syn_burst)
+		cfg->xdp.syn_burst = opt->xdp_syn_burst;
 }

@@ -25,6 +25,13 @@ struct cli_options {
 	uint32_t workers;
 	char user[64];
 	int verbose;
+	/* The XDP guard: interfaces and denied sources add to the file's. */
+	char xdp[XDP_IFACES_MAX][16];
+	size_t n_xdp;
+	struct cidr xdp_deny[32];
+	size_t n_xdp_deny;
+	uint32_t xdp_syn_rate, xdp_syn_burst;
+	bool have_xdp_syn_rate, have_xdp_syn_burst;
 	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control, have_access_log,
 		have_access_log_format, have_workers, have_user;
 };

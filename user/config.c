@@ -24,6 +24,8 @@ void config_defaults(struct config *cfg)
 		.tunnel_idle_ms = 0,
 		.tunnel_fin_ms = 60000,
 	};
+	cfg->xdp.syn_rate = 200;
+	cfg->xdp.syn_burst = 400;
 	cfg->limits = (struct http_limits){
 		.max_request_line = HTTP_DEFAULT_REQUEST_LINE,
 		.max_header_size = HTTP_DEFAULT_HEAD,
@@ -173,6 +175,7 @@ void config_put(struct config *cfg)
 			free(cfg->routes[i].origins[j]);
 		free(cfg->routes[i].origins);
 	}
+	free(cfg->xdp.deny);
 	free(cfg->listeners);
 	free(cfg->pools);
 	free(cfg->routes);

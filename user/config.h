@@ -72,6 +72,17 @@ struct listener_cfg {
 	int line;
 };
 
+/* The XDP guard in front of the listener ports (xdp_guard.c). */
+#define XDP_IFACES_MAX 8
+struct xdp_cfg {
+	char ifaces[XDP_IFACES_MAX][16]; /* "" beyond n_ifaces; none = no guard */
+	size_t n_ifaces;
+	struct cidr *deny;  /* sources dropped before the TCP stack */
+	size_t n_deny;
+	uint32_t syn_rate;  /* SYNs a second per source to the listener ports; 0 = no limit */
+	uint32_t syn_burst; /* SYNs a source may send at once */
+};
+
 struct timeouts {
 	uint64_t client_header_ms;    /* a request head must arrive within this: 408 */
 	uint64_t upstream_connect_ms; /* then 502 */
@@ -98,6 +109,7 @@ struct config {
 	int verbose;
 	struct timeouts timeouts;
 	struct http_limits limits;
+	struct xdp_cfg xdp;
 	struct listener_cfg *listeners;
 	size_t n_listeners;
 	struct route *routes;

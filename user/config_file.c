@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <ini.h>
+#include <net/if.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -200,6 +201,33 @@ static void add_trusted(struct load *ld, const char *key, const char *item)
 	}
 }
 
+static void add_xdp_iface(struct load *ld, const char *key, const char *item)
+{
+	struct xdp_cfg *x = &ld->cfg->xdp;
+
+	if (x->n_ifaces == XDP_IFACES_MAX)
+		error_at(ld, ld->line, "%s: at most %d interfaces", key, XDP_IFACES_MAX);
+	else if (strlen(item) >= sizeof(x->ifaces[0]) || !if_nametoindex(item))
+		error_at(ld, ld->line, "%s '%s': no such network interface", key, item);
+	else
+		snprintf(x->ifaces[x->n_ifaces++], sizeof(x->ifaces[0]), "%s", item);
+}
+
+static void add_xdp_deny(struct load *ld, const char *key, const char *item)
+{
+	struct xdp_cfg *x = &ld->cfg->xdp;
+
+	if (!CONFIG_GROW(x->deny, x->n_deny)) {
+		error_at(ld, ld->line, "out of memory");
+		return;
+	}
+	if (parse_cidr(item, &x->deny[x->n_deny - 1])) {
+		error_at(ld, ld->line, "%s '%s': expected an address or CIDR block (192.0.2.0/24, 2001:db8::/32)", key,
+			 item);
+		x->n_deny--;
+	}
+}
+
 static void add_server(struct load *ld, const char *key, const char *item)
 {
 	struct pool *p = ld->obj;
@@ -325,6 +353,18 @@ static void global_key(struct load *ld, const char *key, const char *value)
 		set_duration(ld, key, value, &t->tunnel_idle_ms, true);
 	} else if (!strcmp(key, "tunnel_fin_timeout")) {
 		set_duration(ld, key, value, &t->tunnel_fin_ms, true);
+	} else if (!strcmp(key, "xdp")) {
+		each_item(ld, key, value, add_xdp_iface);
+	} else if (!strcmp(key, "xdp_deny")) {
+		each_item(ld, key, value, add_xdp_deny);
+	} else if (!strcmp(key, "xdp_syn_rate")) {
+		if (!strcmp(value, "off"))
+			cfg->xdp.syn_rate = 0;
+		else if (set_count(ld, key, value, 1, 1000000, &v))
+			cfg->xdp.syn_rate = (uint32_t)v;
+	} else if (!strcmp(key, "xdp_syn_burst")) {
+		if (set_count(ld, key, value, 1, 1000000, &v))
+			cfg->xdp.syn_burst = (uint32_t)v;
 	} else if (!strcmp(key, "max_request_line")) {
 		if (set_count(ld, key, value, 64, HTTP_MAX_HEAD, &v))
 			cfg->limits.max_request_line = (unsigned)v;

@@ -31,6 +31,8 @@
 #include "privileges.h"
 #include "shared.h"
 #include "workers.h"
+#include "xdp_guard.h"
+#include "deny_cli.h"
 
 
 struct signal_watch {
@@ -67,6 +69,8 @@ static bool same_listeners(const struct config *a, const struct config *b)
 
 /* The command line's settings, for reloads: they override the file's. */
 static struct cli_options cli;
+/* The XDP guard, in the master or the single process (NULL elsewhere). */
+static struct xdp_guard *guard;
 
 /* A file's configuration with the command line's settings over it; what
  * they name is resolved here (the file's own was, at load). NULL with the
@@ -189,6 +193,10 @@ static void reload(struct proxy *px)
 	    config_workers(cfg) != old->workers || strcmp(cfg->user, old->user))
 		log_warn("reload: mode, bpffs, tunnel_buffer, max_tunnels, workers, user, metrics, control and access_log "
 			 "apply at the next restart");
+	if (cfg->xdp.n_ifaces != old->xdp.n_ifaces || memcmp(cfg->xdp.ifaces, old->xdp.ifaces, sizeof(old->xdp.ifaces)))
+		log_warn("reload: xdp interfaces apply at the next restart (xdp_deny and the SYN rate apply now)");
+	memcpy(cfg->xdp.ifaces, old->xdp.ifaces, sizeof(old->xdp.ifaces));
+	cfg->xdp.n_ifaces = old->xdp.n_ifaces;
 	cfg->max_tunnels = old->max_tunnels;
 	cfg->workers = old->workers;
 	snprintf(cfg->user, sizeof(cfg->user), "%s", old->user);
@@ -205,6 +213,12 @@ static void reload(struct proxy *px)
 		return;
 	}
 	log_threshold = cfg->verbose ? LOG_DEBUG : LOG_INFO;
+	if (guard) {
+		char why[300];
+
+		if (xdp_guard_apply(guard, cfg, why, sizeof(why)))
+			log_error("reload: %s (the guard may hold part of the new deny list)", why);
+	}
 	if (px->tunnels)
 		tunnel_set_reload(px->tunnels, cfg);
 	snprintf(cfg->control, sizeof(cfg->control), "%s", old->control);
@@ -469,6 +483,8 @@ static void forget_master(void *ctx)
 	if (snapshot_fd >= 0) /* the master's last reload's; its own come over the channel */
 		close(snapshot_fd);
 	snapshot_fd = -1;
+	xdp_guard_forget(guard);
+	guard = NULL;
 }
 
 /* In the master: worker w died. Its entries leave the data plane; and when
@@ -670,6 +686,8 @@ int main(int argc, char **argv)
 
 	if (argc >= 2 && (!strcmp(argv[1], "status") || !strcmp(argv[1], "conns")))
 		return ask_daemon(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "deny"))
+		return deny_command(argc, argv);
 	switch (args_parse(argc, argv, &opt, err, sizeof(err))) {
 	case ARGS_HELP:
 		args_usage(stdout);
@@ -741,6 +759,11 @@ int main(int argc, char **argv)
 			log_error("%s", err);
 			goto out;
 		}
+	/* In front of the bound listeners, before anything is served. */
+	if (cfg->xdp.n_ifaces && !(guard = xdp_guard_open(cfg, err, sizeof(err)))) {
+		log_error("%s", err);
+		goto out;
+	}
 	rc = d.forked ? supervise(&d) : serve(&d, 0, -1);
 out:
 	/* cfg may be gone: a reload replaced it (with as many listeners). */
@@ -749,6 +772,7 @@ out:
 			close(d.listen_fds[i]);
 	free(d.listen_fds);
 	/* The workers are gone: the maps, their pins and the programs go. */
+	xdp_guard_close(guard);
 	tunnel_release(d.sh);
 	config_put(d.master.cfg);
 	return rc;
