@@ -24,6 +24,7 @@
 #               at 64 connections, wsplice with 1 and 2 workers beside nginx
 #               with 2 (WTARGETS= skips it). The main table runs one worker
 #               each, pinned.
+#   XDP_BENCH=1 the XDP guard's table after the others (scripts/bench_xdp.sh)
 #   OUT=build/bench/results   where samples, logs and the table go
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -353,4 +354,11 @@ set grid
 ${plot%,}
 EOF
 	echo "plot: $OUT/latency.png"
+fi
+
+# The XDP guard: a client's handshakes with and without a SYN flood, with
+# and without the guard (XDP_BENCH=0 skips it).
+if [ "${XDP_BENCH:-1}" != 0 ]; then
+	[ -n "${BENCH_QUICK:-}" ] && export XDP_SECS=${XDP_SECS:-2} XDP_REPS=${XDP_REPS:-1}
+	OUT=$OUT bash scripts/bench_xdp.sh
 fi

@@ -5,7 +5,8 @@
  *                                                     GAP_US: each connection waits that long after an
  *                                                     answer before it sends again (sparse traffic)
  *   ws_load HOST PORT tput MIB                        64 KiB frames echoed back, every byte verified
- *   ws_load HOST PORT hs   SECONDS                    connect, upgrade, close, one at a time
+ *   ws_load HOST PORT hs   SECONDS [PER_SECOND]       connect, upgrade, close, one at a time
+ *                                                     (at most PER_SECOND a second)
  *   ws_load HOST PORT idle CONNS                      open tunnels, one echoed frame each, then hold them
  *                                                     idle: print "ready", hold until stdin closes */
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <linux/tcp.h>
@@ -288,17 +290,42 @@ static void mode_tput(int mib)
 	close(fd);
 }
 
-static void mode_hs(double seconds)
+/* Each handshake's time too (connect to the 101): the XDP bench compares
+ * a well-behaved client's with and without a flood. */
+#define HS_SAMPLES (1 << 20)
+
+static void mode_hs(double seconds, double per_second)
 {
-	uint64_t t0 = now_ns(), end = t0 + (uint64_t)(seconds * 1e9), n = 0;
+	uint64_t t0 = now_ns(), end = t0 + (uint64_t)(seconds * 1e9), n = 0, *lat = malloc(HS_SAMPLES * sizeof(*lat));
+	uint64_t gap = per_second > 0 ? (uint64_t)(1e9 / per_second) : 0;
 
+	if (!lat)
+		die("out of memory");
 	while (now_ns() < end) {
-		int fd = open_tunnel();
+		uint64_t t = now_ns();
+		int fd;
 
+		/* Paced, a well-behaved client: one handshake every gap. */
+		while (gap && t < t0 + n * gap) {
+			struct timespec ts = { 0, (long)(t0 + n * gap - t) };
+
+			nanosleep(&ts, NULL);
+			t = now_ns();
+		}
+		fd = open_tunnel();
+
+		if (n < HS_SAMPLES)
+			lat[n] = now_ns() - t;
 		close(fd);
 		n++;
 	}
-	printf("hs_per_s=%.1f handshakes=%llu\n", n / ((now_ns() - t0) / 1e9), (unsigned long long)n);
+	printf("hs_per_s=%.1f handshakes=%llu ", n / ((now_ns() - t0) / 1e9), (unsigned long long)n);
+	if (n > HS_SAMPLES)
+		n = HS_SAMPLES;
+	qsort(lat, n, sizeof(*lat), cmp_u64);
+	printf("hs_p50_us=%.1f hs_p99_us=%.1f hs_max_us=%.1f\n", n ? lat[n / 2] / 1000.0 : 0,
+	       n ? lat[n * 99 / 100] / 1000.0 : 0, n ? lat[n - 1] / 1000.0 : 0);
+	free(lat);
 }
 
 static void mode_idle(int conns)
@@ -329,7 +356,7 @@ static void mode_idle(int conns)
 int main(int argc, char **argv)
 {
 	if (argc < 5)
-		die("usage: ws_load HOST PORT rtt CONNS MSGS [SAMPLES] | tput MIB | hs SECONDS | idle CONNS");
+		die("usage: ws_load HOST PORT rtt CONNS MSGS [SAMPLES] | tput MIB | hs SECONDS [PER_SECOND] | idle CONNS");
 	signal(SIGPIPE, SIG_IGN);
 	host = argv[1];
 	port = atoi(argv[2]);
@@ -339,7 +366,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(argv[3], "tput"))
 		mode_tput(atoi(argv[4]));
 	else if (!strcmp(argv[3], "hs"))
-		mode_hs(atof(argv[4]));
+		mode_hs(atof(argv[4]), argc > 5 ? atof(argv[5]) : 0);
 	else if (!strcmp(argv[3], "idle"))
 		mode_idle(atoi(argv[4]));
 	else
