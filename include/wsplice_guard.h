@@ -8,13 +8,18 @@
 #include <linux/types.h>
 #endif
 
-/* Key of `guard_deny`, an LPM trie: one trie for both families, IPv4
- * sources as IPv4-mapped IPv6 (::ffff:a.b.c.d, prefix 96 + the IPv4
- * prefix), so one lookup serves either. */
+/* Key of `guard_deny`, an LPM trie: one trie for both families, the
+ * family first (4 or 6), so no IPv6 block can cover IPv4 sources (as
+ * ::ffff:0:0/96 would, were IPv4 kept IPv4-mapped). prefixlen counts the
+ * family byte: 8 + the block's prefix. Also the key of `guard_rates`
+ * (prefixlen unused there; IPv6 sources by their /64, which one host holds
+ * whole). */
 struct guard_key {
 	__u32 prefixlen;
+	__u8 family;
 	__u8 addr[16];
 };
+#define GUARD_FAMILY_BITS 8
 
 /* Value of `guard_deny`: who put the entry there. A reload replaces the
  * configuration's entries and leaves `wsplice deny add`'s alone. */
@@ -41,7 +46,7 @@ enum guard_counter {
 	GUARD_COUNTERS = 4,
 };
 
-/* Sizes as compiled; the daemon sets guard_rates' from the configuration. */
+/* Map sizes. */
 #define GUARD_MAX_DENY 65536
 #define GUARD_MAX_PORTS 256
 #define GUARD_MAX_SOURCES 65536

@@ -21,7 +21,7 @@ static bool on_bpffs(const char *path)
 
 /* The pin directory must sit on a bpf filesystem; mount the standard one if
  * nothing is mounted there yet, as Cilium does. */
-static int ensure_bpffs(const char *dir, char *why, size_t whylen)
+static int ensure_bpffs(const char *dir, bool inner, char *why, size_t whylen)
 {
 	char parent[256];
 	char *slash;
@@ -42,8 +42,9 @@ static int ensure_bpffs(const char *dir, char *why, size_t whylen)
 		snprintf(why, whylen, "cannot mount bpffs on /sys/fs/bpf: %s", strerror(errno));
 		return -1;
 	}
-	/* A directory inside an instance's pin directory: make that first. */
-	if (slash && slash != parent && !ensure_bpffs(parent, why, whylen)) {
+	/* A directory inside an instance's pin directory (one level: the
+	 * guard's BPFFS/xdp): make that first. */
+	if (inner && slash && slash != parent && !ensure_bpffs(parent, false, why, whylen)) {
 		if (mkdir(parent, 0700) < 0 && errno != EEXIST) {
 			snprintf(why, whylen, "cannot create %s: %s", parent, strerror(errno));
 			return -1;
@@ -56,11 +57,11 @@ static int ensure_bpffs(const char *dir, char *why, size_t whylen)
 
 #define LOCK_WAIT_MS 2000
 
-int bpffs_lock_dir(const char *dir, char *why, size_t whylen)
+int bpffs_lock_dir(const char *dir, bool inner, char *why, size_t whylen)
 {
 	int fd;
 
-	if (ensure_bpffs(dir, why, whylen))
+	if (ensure_bpffs(dir, inner, why, whylen))
 		return -1;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(why, whylen, "cannot create %s: %s", dir, strerror(errno));

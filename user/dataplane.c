@@ -176,7 +176,7 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	libbpf_set_print(libbpf_log);
 	/* One instance per pin directory: a second one with the same --bpffs
 	 * would unpin the first one's maps. */
-	dp->lock_fd = bpffs_lock_dir(pin_dir, why, whylen);
+	dp->lock_fd = bpffs_lock_dir(pin_dir, false, why, whylen);
 	if (dp->lock_fd < 0)
 		goto fail;
 	dp->owns_pin_dir = true;

@@ -19,10 +19,9 @@ struct xdp_guard {
 	int link[XDP_IFACES_MAX]; /* bpf_link per interface; closing one detaches */
 	size_t n_links;
 	int lock_fd;
+	bool made_bpffs; /* --bpffs did not exist: the guard made it, and removes it */
 	char pin_dir[300];
 };
-
-static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
 void xdp_guard_pin_dir(const char *bpffs, char *out, size_t outlen)
 {
@@ -32,18 +31,13 @@ void xdp_guard_pin_dir(const char *bpffs, char *out, size_t outlen)
 struct guard_key xdp_guard_key(const struct cidr *c)
 {
 	struct guard_key k = { 0 };
-	unsigned off = c->family == AF_INET ? 96 : 0;
 
-	if (off) {
-		memcpy(k.addr, v4mapped, sizeof(v4mapped));
-		memcpy(k.addr + 12, c->addr, 4);
-	} else {
-		memcpy(k.addr, c->addr, 16);
-	}
-	k.prefixlen = off + c->prefix;
+	k.family = c->family == AF_INET ? 4 : 6;
+	memcpy(k.addr, c->addr, c->family == AF_INET ? 4 : 16);
+	k.prefixlen = GUARD_FAMILY_BITS + c->prefix;
 	/* The trie matches on prefixlen bits only; cleared, the host bits
 	 * cannot make two keys of one block. */
-	for (unsigned bit = k.prefixlen; bit < 128; bit++)
+	for (unsigned bit = c->prefix; bit < 128; bit++)
 		k.addr[bit / 8] &= (uint8_t)~(0x80 >> (bit % 8));
 	return k;
 }
@@ -52,13 +46,8 @@ void xdp_guard_key_format(const struct guard_key *k, char *out, size_t outlen)
 {
 	char a[INET6_ADDRSTRLEN];
 
-	if (k->prefixlen >= 96 && !memcmp(k->addr, v4mapped, sizeof(v4mapped))) {
-		inet_ntop(AF_INET, k->addr + 12, a, sizeof(a));
-		snprintf(out, outlen, "%s/%u", a, k->prefixlen - 96);
-	} else {
-		inet_ntop(AF_INET6, k->addr, a, sizeof(a));
-		snprintf(out, outlen, "%s/%u", a, k->prefixlen);
-	}
+	inet_ntop(k->family == 4 ? AF_INET : AF_INET6, k->addr, a, sizeof(a));
+	snprintf(out, outlen, "%s/%u", a, k->prefixlen - GUARD_FAMILY_BITS);
 }
 
 static void unpin_all(struct xdp_guard *g)
@@ -70,89 +59,81 @@ static void unpin_all(struct xdp_guard *g)
 			unlink(bpf_map__pin_path(m));
 }
 
-static bool in_config(const struct config *cfg, const struct guard_key *k)
+/* Whether cfg's deny list has k: sorted keys, searched. */
+static int key_cmp(const void *a, const void *b)
 {
-	for (size_t i = 0; i < cfg->xdp.n_deny; i++) {
-		struct guard_key c = xdp_guard_key(&cfg->xdp.deny[i]);
-
-		if (!memcmp(&c, k, sizeof(c)))
-			return true;
-	}
-	return false;
+	return memcmp(a, b, sizeof(struct guard_key));
 }
 
 /* The configuration's entries leave only once the new ones are in: a
- * source denied before and after is never let through in between. */
+ * source denied before and after is never let through in between. One walk
+ * finds the stale ones, then they go. */
 static int apply_deny(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen)
 {
 	int fd = bpf_map__fd(g->skel->maps.guard_deny);
-	struct guard_key k, next, *prev = NULL;
+	struct guard_key k, next, *prev = NULL, *want = calloc(cfg->xdp.n_deny + 1, sizeof(*want)), *stale = NULL;
+	size_t n_stale = 0, cap = 0;
 	uint8_t origin = GUARD_FROM_CONFIG;
+	int rc = -1;
 
-	for (size_t i = 0; i < cfg->xdp.n_deny; i++) {
-		k = xdp_guard_key(&cfg->xdp.deny[i]);
-		if (bpf_map_update_elem(fd, &k, &origin, BPF_NOEXIST) && errno != EEXIST) {
-			char c[64];
-
-			xdp_guard_key_format(&k, c, sizeof(c));
-			snprintf(why, whylen, "xdp_deny %s: %s", c, strerror(errno));
-			return -1;
-		}
+	if (!want) {
+		snprintf(why, whylen, "out of memory");
+		return -1;
 	}
-	/* A deleted key restarts the walk: the trie's next key after a key
-	 * that is gone is its first. */
+	for (size_t i = 0; i < cfg->xdp.n_deny; i++)
+		want[i] = xdp_guard_key(&cfg->xdp.deny[i]);
+	qsort(want, cfg->xdp.n_deny, sizeof(*want), key_cmp);
 	while (!bpf_map_get_next_key(fd, prev, &next)) {
 		uint8_t v;
 
-		if (!bpf_map_lookup_elem(fd, &next, &v) && v == GUARD_FROM_CONFIG && !in_config(cfg, &next) &&
-		    !bpf_map_delete_elem(fd, &next)) {
-			prev = NULL;
-			continue;
+		if (!bpf_map_lookup_elem(fd, &next, &v) && v == GUARD_FROM_CONFIG &&
+		    !bsearch(&next, want, cfg->xdp.n_deny, sizeof(*want), key_cmp)) {
+			if (n_stale == cap) {
+				struct guard_key *more = realloc(stale, (cap = cap ? 2 * cap : 64) * sizeof(*stale));
+
+				if (!more) {
+					snprintf(why, whylen, "out of memory");
+					goto out;
+				}
+				stale = more;
+			}
+			stale[n_stale++] = next;
 		}
 		k = next;
 		prev = &k;
 	}
-	return 0;
+	for (size_t i = 0; i < cfg->xdp.n_deny; i++)
+		if (bpf_map_update_elem(fd, &want[i], &origin, BPF_NOEXIST) && errno != EEXIST) {
+			char c[64];
+
+			xdp_guard_key_format(&want[i], c, sizeof(c));
+			snprintf(why, whylen, "xdp_deny %s: %s", c, strerror(errno));
+			goto out;
+		}
+	for (size_t i = 0; i < n_stale; i++)
+		bpf_map_delete_elem(fd, &stale[i]);
+	rc = 0;
+out:
+	free(want);
+	free(stale);
+	return rc;
 }
 
-static uint16_t listener_port(const struct listener_cfg *l)
-{
-	const struct sockaddr *sa = (const struct sockaddr *)&l->ep.addr;
-
-	return ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
-					       : ((const struct sockaddr_in *)sa)->sin_port);
-}
-
-static bool is_listener_port(const struct config *cfg, uint16_t port)
-{
-	for (size_t i = 0; i < cfg->n_listeners; i++)
-		if (listener_port(&cfg->listeners[i]) == port)
-			return true;
-	return false;
-}
-
-/* The new ports in before the old ones out: a port kept across a reload is
- * guarded throughout. */
-static int apply_ports(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen)
+/* Listeners do not change on reload (a restart applies that): filled once. */
+static int fill_ports(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen)
 {
 	int fd = bpf_map__fd(g->skel->maps.guard_ports);
-	uint16_t port, next, *prev = NULL;
 	uint8_t one = 1;
 
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		port = listener_port(&cfg->listeners[i]);
+		const struct sockaddr *sa = (const struct sockaddr *)&cfg->listeners[i].ep.addr;
+		uint16_t port = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+								: ((const struct sockaddr_in *)sa)->sin_port);
+
 		if (bpf_map_update_elem(fd, &port, &one, BPF_ANY)) {
 			snprintf(why, whylen, "xdp: cannot guard port %u: %s", port, strerror(errno));
 			return -1;
 		}
-	}
-	while (!bpf_map_get_next_key(fd, prev, &next)) {
-		if (!is_listener_port(cfg, next) && !bpf_map_delete_elem(fd, &next)) {
-			prev = NULL;
-			continue;
-		}
-		port = next;
-		prev = &port;
 	}
 	return 0;
 }
@@ -162,8 +143,6 @@ int xdp_guard_apply(struct xdp_guard *g, const struct config *cfg, char *why, si
 	struct guard_config gc = { 0 };
 	uint32_t zero = 0;
 
-	if (apply_ports(g, cfg, why, whylen))
-		return -1;
 	if (cfg->xdp.syn_rate) {
 		gc.interval_ns = 1000000000ull / cfg->xdp.syn_rate;
 		gc.tolerance_ns = (uint64_t)(cfg->xdp.syn_burst ? cfg->xdp.syn_burst - 1 : 0) * gc.interval_ns;
@@ -219,8 +198,12 @@ static int attach(struct xdp_guard *g, const char *iface, char *why, size_t whyl
 	}
 	fd = bpf_link_create(prog, ifindex, BPF_XDP, &(struct bpf_link_create_opts){
 		.sz = sizeof(struct bpf_link_create_opts), .flags = XDP_FLAGS_DRV_MODE });
-	if (fd < 0 && errno == EOPNOTSUPP) {
-		mode = "generic (the driver has no native XDP)";
+	/* The driver says no in its own words (EOPNOTSUPP: no native XDP;
+	 * virtio_net's EINVAL, an MTU too large; veth's ERANGE): generic
+	 * works wherever native does not, unless another program is there. */
+	if (fd < 0 && errno != EBUSY && errno != EEXIST && errno != EPERM) {
+		log_debug("xdp %s: native mode refused (%s)", iface, strerror(errno));
+		mode = "generic (the driver refused native XDP)";
 		fd = bpf_link_create(prog, ifindex, BPF_XDP, &(struct bpf_link_create_opts){
 			.sz = sizeof(struct bpf_link_create_opts), .flags = XDP_FLAGS_SKB_MODE });
 	}
@@ -246,8 +229,9 @@ struct xdp_guard *xdp_guard_open(const struct config *cfg, char *why, size_t why
 		return NULL;
 	}
 	xdp_guard_pin_dir(cfg->bpffs, g->pin_dir, sizeof(g->pin_dir));
+	g->made_bpffs = access(cfg->bpffs, F_OK) != 0;
 	/* A second instance on this bpffs would share (and unpin) the maps. */
-	g->lock_fd = bpffs_lock_dir(g->pin_dir, why, whylen);
+	g->lock_fd = bpffs_lock_dir(g->pin_dir, true, why, whylen);
 	if (g->lock_fd < 0)
 		goto fail;
 	g->skel = xdp_guard_bpf__open_opts(&(struct bpf_object_open_opts){ .sz = sizeof(struct bpf_object_open_opts),
@@ -264,7 +248,7 @@ struct xdp_guard *xdp_guard_open(const struct config *cfg, char *why, size_t why
 			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN)" : "");
 		goto fail;
 	}
-	if (xdp_guard_apply(g, cfg, why, whylen))
+	if (fill_ports(g, cfg, why, whylen) || xdp_guard_apply(g, cfg, why, whylen))
 		goto fail;
 	for (size_t i = 0; i < cfg->xdp.n_ifaces; i++)
 		if (attach(g, cfg->xdp.ifaces[i], why, whylen))
@@ -294,14 +278,16 @@ void xdp_guard_close(struct xdp_guard *g)
 {
 	if (!g)
 		return;
-	if (g->skel && g->lock_fd >= 0) {
-		char *slash = strrchr(g->pin_dir, '/');
-
-		unpin_all(g);
+	if (g->lock_fd >= 0) {
+		if (g->skel)
+			unpin_all(g);
 		rmdir(g->pin_dir);
-		/* --bpffs too, when the guard made it (the copy relay pins nothing) */
-		*slash = '\0';
-		rmdir(g->pin_dir);
+		/* --bpffs too, when the guard made it (the copy relay pins
+		 * nothing); the data plane, when it runs, goes after. */
+		if (g->made_bpffs) {
+			*strrchr(g->pin_dir, '/') = '\0';
+			rmdir(g->pin_dir);
+		}
 	}
 	for (size_t i = 0; i < g->n_links; i++)
 		close(g->link[i]);

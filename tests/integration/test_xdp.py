@@ -22,7 +22,12 @@ BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
 # status line. Bounded: a dropped SYN is a timeout, not a hang.
 UPGRADE = r"""
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+if len(sys.argv) > 4:  # a destination-options header before TCP (PadN)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, b"\0\0\x01\x04\0\0\0\0")
+s.settimeout(float(sys.argv[3]))
+s.connect((sys.argv[1], int(sys.argv[2])))
 # ws_echo answers the RFC 6455 example key only.
 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -109,9 +114,16 @@ class Guarded:
         return wait_for(lambda: "listening" in self.read_log() or "configuration" in self.read_log()
                         or self.proc.poll() is not None, timeout=10) and self.proc.poll() is None
 
-    def upgrade(self, client, addr, timeout=1.5):
-        r = sh(*in_ns(self.hosts[client], "python3", "-c", UPGRADE, addr, "8080", str(timeout)), check=False)
+    def upgrade(self, client, addr, timeout=1.5, *extra):
+        r = sh(*in_ns(self.hosts[client], "python3", "-c", UPGRADE, addr, "8080", str(timeout), *extra),
+               check=False)
         return r.returncode == 0 and r.stdout.startswith("HTTP/1.1 101")
+
+    def refused(self, client, addr, *extra):
+        """No upgrade, and because the guard dropped it (its counter rose),
+        not for any other reason."""
+        before = self.stats()["denied"]
+        return not self.upgrade(client, addr, 1.5, *extra) and self.stats()["denied"] > before
 
     def deny(self, *args):
         return sh(WSPLICE, "deny", *args, "--bpffs", self.pin, check=False)
@@ -127,12 +139,18 @@ class Guarded:
         return stats
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(10)
-        self.echo.terminate()
-        self.echo.wait(5)
-        return rc
+        """The exit status; whatever happens, nothing is left running."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            return "still running after SIGTERM"
+        finally:
+            for p in (self.proc, self.echo):
+                if p.poll() is None:
+                    p.kill()
+                p.wait(5)
 
 
 UDP_ECHO = r"""
@@ -179,9 +197,12 @@ def test_denied_sources_are_dropped_and_the_list_changes_live(hosts, tmp_path):
         assert "xdp guard on pa: native mode" in log and "xdp guard on pb: native mode" in log, log
         assert xdp_attached(hosts, "pa") and xdp_attached(hosts, "pb")
         # The configuration's entries, both families: a is out, b is in.
-        assert not g.upgrade("a", "10.78.1.1")
-        assert not g.upgrade("a", "fd78:1::1")
+        assert g.refused("a", "10.78.1.1")
+        assert g.refused("a", "fd78:1::1")
+        # A SYN behind an IPv6 extension header is seen as well.
+        assert g.refused("a", "fd78:1::1", "dstopts")
         assert g.upgrade("b", "10.78.2.1") and g.upgrade("b", "fd78:2::1")
+        assert g.upgrade("b", "fd78:2::1", 1.5, "dstopts")
         # What is not TCP to a listener port passes, even from a denied source.
         assert udp_echoed(hosts, "10.78.1.1") and udp_echoed(hosts, "fd78:1::1")
         direct = sh(*in_ns(hosts["a"], os.path.join(BENCH, "ws_load"), "10.78.1.1", "9000", "hs", "0.1"),
@@ -192,12 +213,16 @@ def test_denied_sources_are_dropped_and_the_list_changes_live(hosts, tmp_path):
         # Live: b's network in, a's IPv4 address out.
         r = g.deny("add", "10.78.2.0/24")
         assert r.returncode == 0 and "denied 10.78.2.0/24" in r.stdout, r.stdout + r.stderr
-        assert not g.upgrade("b", "10.78.2.1")
+        assert g.refused("b", "10.78.2.1")
         assert g.upgrade("b", "fd78:2::1")
         r = g.deny("del", "10.78.1.2")
         assert r.returncode == 0, r.stderr
         assert g.upgrade("a", "10.78.1.1")
-        assert not g.upgrade("a", "fd78:1::1")
+        assert g.refused("a", "fd78:1::1")
+        # Every IPv6 source, and no IPv4 one.
+        assert g.deny("add", "::/0").returncode == 0
+        assert g.refused("b", "fd78:2::1") and g.upgrade("a", "10.78.1.1")
+        assert g.deny("del", "::/0").returncode == 0
         listed = sorted(g.deny("list").stdout.splitlines())
         assert listed == ["10.78.2.0/24 cli", "fd78:1::/64 config"], listed
         # Host bits are cleared; an entry that is not there says so.
@@ -213,14 +238,15 @@ def test_denied_sources_are_dropped_and_the_list_changes_live(hosts, tmp_path):
         assert wait_for(lambda: "reloaded" in g.read_log(), timeout=5), g.read_log()
         listed = sorted(g.deny("list").stdout.splitlines())
         assert listed == ["10.78.1.0/24 config", "10.78.2.0/24 cli", "fd78:1::/64 cli"], listed
-        assert not g.upgrade("a", "10.78.1.1")
-        assert not g.upgrade("b", "10.78.2.1")
+        assert g.refused("a", "10.78.1.1")
+        assert g.refused("b", "10.78.2.1")
         # bpftool reads the same figures.
         dump = json.loads(sh("bpftool", "-j", "map", "dump", "pinned", g.pin + "/xdp/guard_stats").stdout)
         denied = [e for e in dump if e.get("formatted", e)["key"] == 1][0]
         assert sum(v["value"] for v in denied.get("formatted", denied)["values"]) >= g.stats()["denied"] - 2
     finally:
-        assert g.stop() == 0, g.read_log()
+        rc = g.stop()
+    assert rc == 0, g.read_log()
     # Detached: the interfaces are as they were, the pins are gone.
     assert not xdp_attached(hosts, "pa") and not xdp_attached(hosts, "pb")
     assert not os.path.exists(g.pin)
@@ -252,7 +278,8 @@ def test_a_syn_flood_is_cut_to_its_rate_and_other_sources_still_connect(hosts, t
         time.sleep(1)
         assert wait_for(lambda: g.upgrade("a", a), timeout=5)
     finally:
-        assert g.stop() == 0, g.read_log()
+        rc = g.stop()
+    assert rc == 0, g.read_log()
 
 
 def test_the_interfaces_are_left_clean_and_a_second_instance_cannot_take_them(hosts, tmp_path):
@@ -268,7 +295,7 @@ def test_the_interfaces_are_left_clean_and_a_second_instance_cannot_take_them(ho
         assert "xdp pa: cannot attach the guard" in other.stderr and "another" in other.stderr, other.stderr
         assert not os.path.exists(g.pin + "-2")
         # The first one's guard is still the one in place.
-        assert not g.upgrade("a", "10.78.1.1") and g.upgrade("b", "10.78.2.1")
+        assert g.refused("a", "10.78.1.1") and g.upgrade("b", "10.78.2.1")
         # A crash: the links go with the last descriptor.
         os.kill(g.proc.pid, signal.SIGKILL)
         g.proc.wait(5)
@@ -282,7 +309,8 @@ def test_the_interfaces_are_left_clean_and_a_second_instance_cannot_take_them(ho
         assert g2.deny("list").stdout == ""
         assert g2.upgrade("a", "10.78.1.1")
     finally:
-        assert g2.stop() == 0, g2.read_log()
+        rc = g2.stop()
+    assert rc == 0, g2.read_log()
     assert not xdp_attached(hosts, "pa")
 
 
