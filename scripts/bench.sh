@@ -24,7 +24,7 @@
 #               at 64 connections, wsplice with 1 and 2 workers beside nginx
 #               with 2 (WTARGETS= skips it). The main table runs one worker
 #               each, pinned.
-#   XDP_BENCH=1 the XDP guard's table after the others (scripts/bench_xdp.sh)
+#   XDP_BENCH=0 skips the XDP guard's table (scripts/bench_xdp.sh), run after the others
 #   OUT=build/bench/results   where samples, logs and the table go
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -28,12 +28,16 @@ static uint16_t fold(uint32_t sum)
 	return (uint16_t)~sum;
 }
 
+/* memcpy, not a uint16_t pointer: the headers are other types, and -O2's
+ * aliasing rules would let the compiler read them before they are written. */
 static uint32_t add16(uint32_t sum, const void *p, size_t n)
 {
-	const uint16_t *w = p;
+	for (size_t i = 0; i < n / 2; i++) {
+		uint16_t w;
 
-	for (size_t i = 0; i < n / 2; i++)
-		sum += w[i];
+		memcpy(&w, (const char *)p + 2 * i, 2);
+		sum += w;
+	}
 	return sum;
 }
 

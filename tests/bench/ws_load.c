@@ -307,7 +307,8 @@ static void mode_hs(double seconds, double per_second)
 
 		/* Paced, a well-behaved client: one handshake every gap. */
 		while (gap && t < t0 + n * gap) {
-			struct timespec ts = { 0, (long)(t0 + n * gap - t) };
+			uint64_t wait = t0 + n * gap - t;
+			struct timespec ts = { (time_t)(wait / 1000000000u), (long)(wait % 1000000000u) };
 
 			nanosleep(&ts, NULL);
 			t = now_ns();
