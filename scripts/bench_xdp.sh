@@ -14,6 +14,9 @@
 #   XDP_PACE=100 the client's handshakes a second (below the guard's rate:
 #                a client above it would be limited too, by design)
 #   XDP_RATE=200 the guard's xdp_syn_rate (per source)
+#   XDP_FLOOD_PPS=300000  the flood's SYNs a second, the same with and without
+#                the guard (0: as fast as one raw socket sends; the guard's cheap
+#                drops then let it send more than the stack lets through)
 #   OUT=build/bench/results
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +24,7 @@ XDP_SECS=${XDP_SECS:-5}
 XDP_PACE=${XDP_PACE:-100}
 XDP_REPS=${XDP_REPS:-3}
 XDP_RATE=${XDP_RATE:-200}
+XDP_FLOOD_PPS=${XDP_FLOOD_PPS:-300000}
 OUT=${OUT:-build/bench/results}
 WSPLICE=$(pwd)/build/wsplice LOAD=$(pwd)/build/bench/ws_load ECHO=$(pwd)/build/bench/ws_echo
 FLOOD=$(pwd)/build/bench/syn_flood
@@ -80,7 +84,7 @@ run_case() { # guard(on|off) flood(yes|no)
 		exit 1
 	fi
 	if [ "$flood" = yes ]; then
-		nsenter "$(ns $F)" "$FLOOD" 10.79.2.3 10.79.2.1 8080 "$((XDP_SECS + 1))" 100000000 > "$OUT/xdp-flood.out" &
+		nsenter "$(ns $F)" "$FLOOD" 10.79.2.3 10.79.2.1 8080 "$((XDP_SECS + 1))" 100000000 "$XDP_FLOOD_PPS" > "$OUT/xdp-flood.out" &
 		fpid=$!
 		sleep 0.5
 	fi
@@ -122,7 +126,8 @@ med() { echo "${R[$1]:-}" | tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | 
 {
 	echo
 	echo "XDP guard: one client's handshakes through wsplice (mode auto, 1 worker), $XDP_PACE a second for $XDP_SECS s,"
-	echo "median of $XDP_REPS; the flood: SYNs from another namespace, one raw socket, as fast as it sends;"
+	echo "median of $XDP_REPS; the flood: SYNs from another namespace (an address nobody holds), one raw socket,"
+	echo "$XDP_FLOOD_PPS a second (0: as fast as it sends);"
 	echo "guard: native XDP on the proxy's veths, xdp_syn_rate $XDP_RATE"
 	echo "(SYN cookies: sent by the proxy's stack while the client ran; softirq: the host's, % of all CPUs)"
 	printf "%-22s %12s %10s %10s %10s %13s %13s %12s %8s\n" "case" "handshakes/s" "p50 (µs)" "p99 (µs)" "max (µs)" \

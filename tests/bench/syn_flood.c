@@ -1,9 +1,10 @@
 /* A bounded SYN flood for the XDP guard's bench: SYNs from this host's
  * address (random source ports and sequence numbers) to HOST:PORT, as fast
  * as one raw socket sends them, for SECONDS or COUNT packets, whichever
- * comes first. IPv4 only; needs CAP_NET_RAW. Prints what it sent.
+ * comes first, at most PPS a second (0: as fast as it can). IPv4 only;
+ * needs CAP_NET_RAW. Prints what it sent.
  *
- *   syn_flood SRC DST PORT SECONDS COUNT
+ *   syn_flood SRC DST PORT SECONDS COUNT [PPS]
  */
 #include <arpa/inet.h>
 #include <netinet/ip.h>
@@ -69,12 +70,15 @@ int main(int argc, char **argv)
 	struct iovec iov[BATCH];
 	struct sockaddr_in to = { .sin_family = AF_INET };
 	uint32_t src, rnd = 12345;
-	uint64_t end, sent = 0, limit;
+	uint64_t t0, end, sent = 0, limit;
+	double pps;
 	int fd, one = 1;
 
-	if (argc != 6 || inet_pton(AF_INET, argv[1], &src) != 1 || inet_pton(AF_INET, argv[2], &to.sin_addr) != 1)
-		die("usage: syn_flood SRC DST PORT SECONDS COUNT");
-	end = now_ns() + (uint64_t)(atof(argv[4]) * 1e9);
+	if ((argc != 6 && argc != 7) || inet_pton(AF_INET, argv[1], &src) != 1 || inet_pton(AF_INET, argv[2], &to.sin_addr) != 1)
+		die("usage: syn_flood SRC DST PORT SECONDS COUNT [PPS]");
+	t0 = now_ns();
+	end = t0 + (uint64_t)(atof(argv[4]) * 1e9);
+	pps = argc == 7 ? atof(argv[6]) : 0;
 	limit = strtoull(argv[5], NULL, 10);
 	fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
 	if (fd < 0 || setsockopt(fd, IPPROTO_IP, IP_HDRINCL, &one, sizeof(one)))
@@ -83,6 +87,9 @@ int main(int argc, char **argv)
 	while (sent < limit && now_ns() < end) {
 		int n;
 
+		/* A fixed rate, so that two runs compare: ahead of it, wait. */
+		while (pps > 0 && sent > (now_ns() - t0) / 1e9 * pps)
+			;
 		for (int i = 0; i < BATCH; i++) {
 			rnd = rnd * 1103515245u + 12345u;
 			make_syn(&pkts[i], src, to.sin_addr.s_addr, (uint16_t)atoi(argv[3]), rnd >> 1);
