@@ -6,10 +6,10 @@ through; IPv6 as IPv4; other traffic passes untouched; the interfaces are
 left clean, and a second instance cannot take them over."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
@@ -128,12 +128,14 @@ class Guarded:
     def deny(self, *args):
         return sh(WSPLICE, "deny", *args, "--bpffs", self.pin, check=False)
 
+    def scrape(self):
+        return sh(*in_ns(self.hosts["proxy"], "python3", "-c",
+                         "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode(), end='')",
+                         "http://127.0.0.1:%d/metrics" % self.metrics_port)).stdout
+
     def stats(self):
-        out = sh(*in_ns(self.hosts["proxy"], "python3", "-c",
-                        "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-                        "http://127.0.0.1:%d/metrics" % self.metrics_port)).stdout
         stats = {}
-        for line in out.splitlines():
+        for line in self.scrape().splitlines():
             if line.startswith("wsplice_xdp_packets_total{"):
                 stats[line.split('"')[1]] = int(line.split()[-1])
         return stats
@@ -210,6 +212,10 @@ def test_denied_sources_are_dropped_and_the_list_changes_live(hosts, tmp_path):
         assert direct.returncode == 0, direct.stdout + direct.stderr
         st = g.stats()
         assert st["denied"] >= 2 and st["passed"] > 0 and st["other"] > 0, st
+        if shutil.which("promtool"):
+            r = subprocess.run(["promtool", "check", "metrics"], input=g.scrape(), capture_output=True, text=True,
+                               timeout=30)
+            assert r.returncode == 0, r.stdout + r.stderr
         # Live: b's network in, a's IPv4 address out.
         r = g.deny("add", "10.78.2.0/24")
         assert r.returncode == 0 and "denied 10.78.2.0/24" in r.stdout, r.stdout + r.stderr
