@@ -101,9 +101,11 @@ struct collector {
 #define COLLECTORS_MAX 8
 static struct collector collectors[COLLECTORS_MAX];
 
+/* On every add: one byte, not a strcmp (the types are "counter", "gauge"
+ * and "histogram"). */
 static bool is_gauge(enum metric m)
 {
-	return !strcmp(series[m].type, "gauge");
+	return series[m].type[0] == 'g';
 }
 
 void metrics_add(enum metric m, int64_t n)
