@@ -39,6 +39,8 @@ void args_usage(FILE *out)
 	      "                              and the data plane (default auto: one per CPU)\n"
 	      "      --user NAME             the workers run as this user once the BPF data plane\n"
 	      "                              is loaded and the listeners are bound\n"
+	      "      --shutdown-timeout T    SIGTERM drains: no new connections, tunnels run on\n"
+	      "                              for up to T (default off: close at once)\n"
 	      "      --xdp IFACE[,IFACE]     guard the listener ports with XDP on these interfaces\n"
 	      "      --xdp-deny CIDR         drop this source at XDP (wsplice deny changes it live)\n"
 	      "      --xdp-syn-rate N|off    SYNs a second per source (default 200)\n"
@@ -68,6 +70,7 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 		{ "access-log-format", required_argument, NULL, 'F' },
 		{ "workers", required_argument, NULL, 'W' },
 		{ "user", required_argument, NULL, 'U' },
+		{ "shutdown-timeout", required_argument, NULL, 'G' },
 		{ "xdp", required_argument, NULL, 'X' },
 		{ "xdp-deny", required_argument, NULL, 'D' },
 		{ "xdp-syn-rate", required_argument, NULL, 'R' },
@@ -183,6 +186,13 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 			snprintf(opt->user, sizeof(opt->user), "%s", optarg);
 			opt->have_user = true;
 			break;
+		case 'G':
+			if (parse_duration_ms(optarg, &opt->shutdown_ms)) {
+				snprintf(err, errlen, "--shutdown-timeout '%s': expected a duration such as 30s, or off", optarg);
+				goto bad;
+			}
+			opt->have_shutdown = true;
+			break;
 		case 'X': {
 			char list[256], *save = NULL;
 
@@ -286,6 +296,8 @@ void args_apply_globals(const struct cli_options *opt, struct config *cfg)
 		memcpy(cfg->xdp.ifaces[cfg->xdp.n_ifaces++], opt->xdp[i], sizeof(opt->xdp[i]));
 	for (size_t i = 0; i < opt->n_xdp_deny && CONFIG_GROW(cfg->xdp.deny, cfg->xdp.n_deny); i++)
 		cfg->xdp.deny[cfg->xdp.n_deny - 1] = opt->xdp_deny[i];
+	if (opt->have_shutdown)
+		cfg->timeouts.shutdown_ms = opt->shutdown_ms;
 	if (opt->have_xdp_syn_rate)
 		cfg->xdp.syn_rate = opt->xdp_syn_rate;
 	if (opt->have_xdp_syn_burst)

@@ -32,6 +32,8 @@ struct cli_options {
 	size_t n_xdp_deny;
 	uint32_t xdp_syn_rate, xdp_syn_burst;
 	bool have_xdp_syn_rate, have_xdp_syn_burst;
+	uint64_t shutdown_ms;
+	bool have_shutdown;
 	bool have_mode, have_bpffs, have_tunnel_buffer, have_metrics, have_control, have_access_log,
 		have_access_log_format, have_workers, have_user;
 };

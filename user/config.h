@@ -91,6 +91,7 @@ struct timeouts {
 	uint64_t upstream_idle_ms;    /* idle pooled upstream connection */
 	uint64_t tunnel_idle_ms;      /* 0 = off: no traffic either way */
 	uint64_t tunnel_fin_ms;       /* 0 = off: one direction closed, the other idle */
+	uint64_t shutdown_ms;         /* 0 = off: SIGTERM closes at once; else it drains this long */
 };
 
 struct config {

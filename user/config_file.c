@@ -353,6 +353,8 @@ static void global_key(struct load *ld, const char *key, const char *value)
 		set_duration(ld, key, value, &t->tunnel_idle_ms, true);
 	} else if (!strcmp(key, "tunnel_fin_timeout")) {
 		set_duration(ld, key, value, &t->tunnel_fin_ms, true);
+	} else if (!strcmp(key, "shutdown_timeout")) {
+		set_duration(ld, key, value, &t->shutdown_ms, true);
 	} else if (!strcmp(key, "xdp")) {
 		each_item(ld, key, value, add_xdp_iface);
 	} else if (!strcmp(key, "xdp_deny")) {

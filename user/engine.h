@@ -74,6 +74,11 @@ struct engine_ops {
 	/* Frees the state while both sockets are still open. h non-NULL (a
 	 * fallback): hand back the queues and counts. */
 	void (*stop)(void *st, struct tunnel_handoff *h);
+	/* The daemon is stopping (before stop): end the tunnel with a
+	 * WebSocket close frame, 1001 "going away", to both ends, where each
+	 * stream stands between frames. NULL: the engine cannot see frames
+	 * (splice, sockmap), and the peers see the TCP close only. */
+	void (*going_away)(void *st);
 	void (*stats)(void *st, struct tunnel_stats *out);
 	/* One line for wsplice conns: what the engine knows of the tunnel. */
 	void (*describe)(void *st, char *out, size_t len);

@@ -33,12 +33,25 @@
 #include "workers.h"
 #include "xdp_guard.h"
 #include "deny_cli.h"
+#include "drain.h"
 
 
 struct signal_watch {
 	struct ev_handler h;
 	struct ev_loop *loop;
 	struct proxy *px;
+	/* SIGTERM in a serving process: true when a drain began instead of
+	 * the stop (shutdown_timeout; a second signal stops at once). */
+	bool (*on_stop)(void *ctx);
+	void *ctx;
+};
+
+/* A worker's (or the single process's) listeners, for a drain to close. */
+struct serving {
+	struct proxy *px;
+	struct listener **listeners;
+	size_t n_listeners;
+	struct drain *drain;
 };
 
 
@@ -265,7 +278,40 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	/* One line per daemon: the master's, or the single process's. */
 	if (!sw->px->tunnels || sw->px->n_workers == 1)
 		log_info("signal %s: shutting down", strsignal(si.ssi_signo));
-	ev_loop_stop(sw->loop);
+	if (!sw->on_stop || !sw->on_stop(sw->ctx))
+		ev_loop_stop(sw->loop);
+}
+
+static void close_listener(void *l)
+{
+	listener_close(l);
+}
+
+/* After the current batch of events: one of them may be a listener's. */
+static void close_listeners(void *ctx)
+{
+	struct serving *sv = ctx;
+
+	for (size_t i = 0; i < sv->n_listeners; i++) {
+		if (sv->listeners[i])
+			ev_defer(sv->px->loop, close_listener, sv->listeners[i]);
+		sv->listeners[i] = NULL;
+	}
+}
+
+/* SIGTERM, or the master's stop: with shutdown_timeout, a drain. */
+static bool begin_drain(void *ctx)
+{
+	struct serving *sv = ctx;
+	uint64_t ms = sv->px->cfg->timeouts.shutdown_ms;
+
+	if (sv->drain || !ms)
+		return false;
+	sv->drain = drain_start(sv->px, ms, close_listeners, sv);
+	if (sv->drain)
+		log_info("draining: no new connections; %llu tunnels run on for up to %llu ms",
+			 (unsigned long long)tunnel_set_count(sv->px->tunnels), (unsigned long long)ms);
+	return sv->drain != NULL;
 }
 
 static int watch_signals(struct signal_watch *sw, struct proxy *px, const sigset_t *mask)
@@ -444,7 +490,8 @@ static void announce(struct daemon *d, const struct config *cfg)
  * master's signals ask of it. */
 static bool on_master_request(void *ctx, const char *request, int fd, FILE *out)
 {
-	struct proxy *px = ctx;
+	struct serving *sv = ctx;
+	struct proxy *px = sv->px;
 
 	if (!strcmp(request, "conns json") || !strcmp(request, "conns")) {
 		tunnel_list(px->tunnels, out, !strcmp(request, "conns json"));
@@ -459,7 +506,8 @@ static bool on_master_request(void *ctx, const char *request, int fd, FILE *out)
 		if (access_log_enabled())
 			access_log_reopen();
 	} else if (!strcmp(request, "stop")) {
-		ev_loop_stop(px->loop);
+		if (!begin_drain(sv))
+			ev_loop_stop(px->loop);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -514,6 +562,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 	struct daemon *d = ctx;
 	struct proxy px = { 0 };
 	struct signal_watch sw = { 0 };
+	struct serving sv = { &px, NULL, 0, NULL };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
 	struct worker_channel *ch = NULL;
@@ -564,6 +613,10 @@ static int serve(void *ctx, uint32_t w, int channel)
 	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
 	if (!tw || !listeners)
 		goto out;
+	sv.listeners = listeners;
+	sv.n_listeners = cfg->n_listeners;
+	sw.on_stop = begin_drain;
+	sw.ctx = &sv;
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		int *fd = &d->listen_fds[i * d->workers + w];
 
@@ -587,7 +640,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 	if (d->forked && workers_parent_death())
 		goto out;
 	if (channel >= 0) {
-		ch = worker_channel_open(px.loop, channel, on_master_request, &px);
+		ch = worker_channel_open(px.loop, channel, on_master_request, &sv);
 		if (!ch || write(channel, "R", 1) != 1) /* the master waits for it */
 			goto out;
 		channel = -1;
@@ -608,8 +661,10 @@ out:
 	if (!d->forked)
 		close_servers(d, &px);
 	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
-		listener_close(listeners[i]);
+		if (listeners[i])
+			listener_close(listeners[i]);
 	free(listeners);
+	drain_free(sv.drain);
 	timeouts_stop(tw);
 	session_close_all(&px);
 	if (px.loop)
@@ -664,8 +719,16 @@ static int supervise(struct daemon *d)
 	log_info("stopping %u workers", d->workers);
 	rc = 0;
 out:
-	/* Their tunnels close with them; then the data plane may go. */
-	workers_stop(px->workers, 10000);
+	/* No worker is started again: the listening sockets go now, or the
+	 * kernel would queue connections in them while the workers drain. */
+	for (size_t i = 0; i < d->n_listen_fds; i++)
+		if (d->listen_fds[i] >= 0) {
+			close(d->listen_fds[i]);
+			d->listen_fds[i] = -1;
+		}
+	/* Their tunnels close with them (after their drain, with
+	 * shutdown_timeout); then the data plane may go. */
+	workers_stop(px->workers, (int)(px->cfg->timeouts.shutdown_ms + 10000));
 	px->workers = NULL;
 	close_servers(d, px);
 	if (d->sw.h.fd > 0)

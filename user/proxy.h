@@ -3,6 +3,7 @@
 #ifndef WSPLICE_PROXY_H
 #define WSPLICE_PROXY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "config.h"
 #include "event_loop.h"
@@ -49,6 +50,7 @@ struct proxy {
 	uint64_t upgrades_admitted; /* upgrades waiting for their 101: they count against max_tunnels */
 	uint64_t started_ms;     /* ev_now_ms() at start */
 	unsigned generation;     /* configurations loaded: 1, then one more per reload */
+	bool draining;           /* a graceful stop (drain.c): answers close their connection */
 	struct route_state *route_states;
 	struct server_state *server_states;
 };

@@ -272,6 +272,24 @@ void session_close(struct session *s)
 	ev_defer(s->px->loop, session_free, s);
 }
 
+void session_drain(struct proxy *px)
+{
+	struct conn_link *l = px->sessions.next;
+
+	while (l != &px->sessions) {
+		struct session *s = (struct session *)l;
+
+		l = l->next;
+		/* Idle between requests (or not begun): closed, as nginx does
+		 * at a graceful stop. A request in progress gets its answer,
+		 * with Connection: close when its head is still to come. */
+		if (s->state == S_REQ_HEAD && !buf_len(&s->cin) && !buf_len(&s->cout))
+			session_close(s);
+		else
+			s->close_after = true;
+	}
+}
+
 void session_close_all(struct proxy *px)
 {
 	while (px->sessions.next != &px->sessions)
@@ -497,7 +515,7 @@ static bool start_request(struct session *s)
 	s->websocket = ws == 1;
 	s->head_request = http_str_ieq(h->method, "HEAD");
 	s->keepalive = h->version_minor == 1 && !http_header_has_token(h, "Connection", "close");
-	s->close_after = !s->keepalive;
+	s->close_after = !s->keepalive || s->px->draining;
 	s->resp_head_done = false;
 	s->upstream_keepalive = false;
 	lc = config_listener(s->cfg, s->listener);

@@ -22,5 +22,8 @@ void session_reply_error(struct session *s, int status);
 void session_close(struct session *s);
 /* Closes every session (at shutdown). */
 void session_close_all(struct proxy *px);
+/* A graceful stop: idle connections close now, the others after their
+ * current answer. */
+void session_drain(struct proxy *px);
 
 #endif

@@ -233,6 +233,8 @@ static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 	ev_ticker_stop(ts->loop, &t->ticker);
 	/* While both sockets are open: the sockmap takes them out of its maps. */
 	if (t->eng) {
+		if (cause == M_CLOSED_SHUTDOWN && t->eng->going_away)
+			t->eng->going_away(t->st);
 		t->eng->stop(t->st, NULL);
 		metrics_engine_tunnels(t->eng->name, -1);
 	}

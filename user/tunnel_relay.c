@@ -17,7 +17,19 @@
 #define RELAY_PIPE_SIZE 65536
 #define RELAY_BUF_SIZE 65536
 
+/* Where a direction's stream stands in its WebSocket frames (RFC 6455
+ * section 5.2), as its destination has received it: a close frame may go
+ * in only between two frames. The copy relay sees every byte; the splice
+ * relay does not, and keeps none. */
+struct ws_frames {
+	uint64_t left;     /* payload bytes of the current frame still to come */
+	uint8_t head[14];  /* the header so far */
+	uint8_t have, need;
+};
+
 struct relay_dir {
+	struct ws_frames frames;
+	bool frames_known;    /* copy, and every payload byte went through frames_feed */
 	struct buf buf;       /* copy: the relay buffer; splice: the hand-off's leftovers */
 	int pipe_rd, pipe_wr; /* splice, made on first use */
 	uint32_t in_pipe;
@@ -104,6 +116,49 @@ static int relay_fill(struct relay *r, int d)
 	return errno == EAGAIN ? 0 : -1;
 }
 
+static void frames_feed(struct ws_frames *f, const uint8_t *p, size_t n)
+{
+	while (n) {
+		if (f->left) {
+			size_t k = n < f->left ? n : (size_t)f->left;
+
+			f->left -= k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		f->head[f->have++] = *p++;
+		n--;
+		if (f->have == 2) {
+			uint8_t len7 = f->head[1] & 0x7f;
+
+			f->need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + (f->head[1] & 0x80 ? 4 : 0);
+		}
+		if (f->have >= 2 && f->have == f->need) {
+			uint8_t len7 = f->head[1] & 0x7f;
+			uint64_t len = len7;
+
+			if (len7 >= 126) {
+				len = 0;
+				for (int i = 0; i < (len7 == 126 ? 2 : 8); i++)
+					len = len << 8 | f->head[2 + i];
+			}
+			f->left = len;
+			f->have = f->need = 0;
+		}
+	}
+}
+
+/* n bytes the destination took, from p; those before the 101's end (the
+ * response head) are not frames. */
+static void frames_written(struct relay_dir *dd, const char *p, size_t n)
+{
+	uint64_t skip = dd->written < dd->payload_from ? dd->payload_from - dd->written : 0;
+
+	if (skip < n)
+		frames_feed(&dd->frames, (const uint8_t *)p + skip, n - (size_t)skip);
+}
+
 /* Writes to the destination: 1 progress, 0 nothing, -1 it is gone. */
 static int relay_drain(struct relay *r, int d)
 {
@@ -112,7 +167,11 @@ static int relay_drain(struct relay *r, int d)
 	ssize_t n;
 
 	if (buf_len(&dd->buf)) {
+		const char *head = buf_head(&dd->buf);
+
 		n = buf_write_fd(&dd->buf, dst);
+		if (n > 0 && dd->frames_known)
+			frames_written(dd, head, (size_t)n);
 		/* An idle tunnel keeps no buffer: it goes back to the pool. */
 		if (!buf_len(&dd->buf))
 			buf_release(&dd->buf);
@@ -228,6 +287,9 @@ static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io
 		dd->read = h->read[d];
 		dd->written = h->written[d];
 		dd->payload_from = h->payload_from[d];
+		/* Payload the session (or an engine before) wrote went past
+		 * no frame count: where it left the stream is unknown. */
+		dd->frames_known = !splice && dd->written <= dd->payload_from;
 	}
 	relay_run(r, io);
 	return r;
@@ -270,6 +332,45 @@ static void relay_stop(void *st, struct tunnel_handoff *h)
 	free(r);
 }
 
+/* 1001 "going away": unmasked to the client, masked (RFC 6455 section
+ * 5.3, as a client's must be) to the server. */
+static void relay_going_away(void *st)
+{
+	struct relay *r = st;
+
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *dd = &r->dir[d];
+		int dst = r->fd[dir_dst(d)];
+
+		if (!dd->frames_known)
+			continue;
+		/* What the destination may still take goes first. */
+		while (buf_len(&dd->buf) && relay_drain(r, d) > 0)
+			;
+		if (buf_len(&dd->buf) || dd->frames.left || dd->frames.have || dd->dst_shut ||
+		    dd->written < dd->payload_from) {
+			log_debug("shutdown: no close frame %s (mid-frame, or its queue is full)",
+				  d == WS_DIR_U2C ? "to the client" : "to the upstream");
+			continue;
+		}
+		if (d == WS_DIR_U2C) {
+			static const uint8_t frame[4] = { 0x88, 0x02, 0x03, 0xe9 };
+
+			send(dst, frame, sizeof(frame), MSG_DONTWAIT | MSG_NOSIGNAL);
+		} else {
+			uint8_t frame[8] = { 0x88, 0x82 };
+			uint32_t mask = (uint32_t)random();
+
+			memcpy(frame + 2, &mask, 4);
+			frame[6] = 0x03 ^ frame[2];
+			frame[7] = 0xe9 ^ frame[3];
+			send(dst, frame, sizeof(frame), MSG_DONTWAIT | MSG_NOSIGNAL);
+		}
+		shutdown(dst, SHUT_WR);
+		dd->dst_shut = true;
+	}
+}
+
 static void relay_stats(void *st, struct tunnel_stats *out)
 {
 	struct relay *r = st;
@@ -293,6 +394,7 @@ const struct engine_ops engine_copy = {
 	.start = copy_start,
 	.event = relay_event,
 	.stop = relay_stop,
+	.going_away = relay_going_away,
 	.stats = relay_stats,
 	.describe = relay_describe,
 };
