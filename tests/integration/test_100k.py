@@ -47,6 +47,20 @@ def tcp_mem_kib():
     return sockstat("mem") * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def tcp_mem_slack_kib():
+    """How far sockstat's "mem" may stand from the buffers really held:
+    each CPU keeps up to net.core.mem_pcpu_rsv pages of its changes before
+    it folds them into the global count (1 MiB a CPU by default), at the
+    start and at the end alike. CI saw 1 892 KiB left over on 2 CPUs with
+    one TCP socket open."""
+    try:
+        with open("/proc/sys/net/core/mem_pcpu_rsv") as f:
+            pages = int(f.read())
+    except OSError:
+        pages = 256
+    return 2 * os.cpu_count() * pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 def status(px):
     r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
                        timeout=30)
@@ -102,7 +116,7 @@ def one_round(px, base, groups, per_process, workers, clients, n_round):
     # them their buffers.
     assert wait_for(lambda: sockstat("inuse") <= base["inuse"] + 16, timeout=30), \
         "%d TCP sockets more than at the start" % (sockstat("inuse") - base["inuse"])
-    assert wait_for(lambda: tcp_mem_kib() <= base["tcp"] + 1024, timeout=30), \
+    assert wait_for(lambda: tcp_mem_kib() <= base["tcp"] + tcp_mem_slack_kib(), timeout=30), \
         "TCP buffers still %d KiB above the start" % (tcp_mem_kib() - base["tcp"])
     after = {"rss": px.rss_kib(), "slab": meminfo_kib("Slab")}
     report("round %d: closed in %.1f s: descriptors back to %d, maps empty, TCP sockets and buffers back; "
