@@ -64,6 +64,9 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 	struct listener *l = container_of(h, struct listener, h);
 
 	(void)events;
+	/* A drain began in this batch: its close is deferred, not its effect. */
+	if (l->px->draining)
+		return;
 	/* Bounded so one busy listener cannot starve established tunnels. */
 	for (int i = 0; i < 64; i++) {
 		struct sockaddr_storage peer = { .ss_family = AF_UNSPEC };

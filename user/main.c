@@ -52,6 +52,7 @@ struct serving {
 	struct listener **listeners;
 	size_t n_listeners;
 	struct drain *drain;
+	bool forked; /* a worker: its master says when a drain ends early */
 };
 
 
@@ -272,7 +273,10 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 		return;
 	}
 	if (si.ssi_signo == SIGHUP) {
-		reload(sw->px);
+		if (sw->px->draining)
+			log_info("SIGHUP: draining, no reload");
+		else
+			reload(sw->px);
 		return;
 	}
 	/* One line per daemon: the master's, or the single process's. */
@@ -281,6 +285,7 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 	if (!sw->on_stop || !sw->on_stop(sw->ctx))
 		ev_loop_stop(sw->loop);
 }
+
 
 static void close_listener(void *l)
 {
@@ -308,10 +313,27 @@ static bool begin_drain(void *ctx)
 	if (sv->drain || !ms)
 		return false;
 	sv->drain = drain_start(sv->px, ms, close_listeners, sv);
-	if (sv->drain)
+	if (sv->drain) {
 		log_info("draining: no new connections; %llu tunnels run on for up to %llu ms",
 			 (unsigned long long)tunnel_set_count(sv->px->tunnels), (unsigned long long)ms);
+		if (!sv->forked)
+			sd_notify(0, "STOPPING=1");
+	}
 	return sv->drain != NULL;
+}
+
+/* A stop signal in a serving process: a drain begins (true), or it stops
+ * (false). systemd and Ctrl-C signal every process of the daemon, and the
+ * master tells its workers too: a worker that drains already ignores more
+ * signals (its master's "now" ends the drain early); a single process
+ * stops at the second. */
+static bool on_stop_signal(void *ctx)
+{
+	struct serving *sv = ctx;
+
+	if (sv->drain)
+		return sv->forked;
+	return begin_drain(sv);
 }
 
 static int watch_signals(struct signal_watch *sw, struct proxy *px, const sigset_t *mask)
@@ -506,8 +528,10 @@ static bool on_master_request(void *ctx, const char *request, int fd, FILE *out)
 		if (access_log_enabled())
 			access_log_reopen();
 	} else if (!strcmp(request, "stop")) {
-		if (!begin_drain(sv))
+		if (!sv->drain && !begin_drain(sv))
 			ev_loop_stop(px->loop);
+	} else if (!strcmp(request, "now")) {
+		ev_loop_stop(px->loop);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -562,7 +586,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 	struct daemon *d = ctx;
 	struct proxy px = { 0 };
 	struct signal_watch sw = { 0 };
-	struct serving sv = { &px, NULL, 0, NULL };
+	struct serving sv = { .px = &px };
 	struct listener **listeners = NULL;
 	struct timeouts_watch *tw = NULL;
 	struct worker_channel *ch = NULL;
@@ -615,7 +639,8 @@ static int serve(void *ctx, uint32_t w, int channel)
 		goto out;
 	sv.listeners = listeners;
 	sv.n_listeners = cfg->n_listeners;
-	sw.on_stop = begin_drain;
+	sv.forked = d->forked;
+	sw.on_stop = on_stop_signal;
 	sw.ctx = &sv;
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		int *fd = &d->listen_fds[i * d->workers + w];
@@ -728,7 +753,14 @@ out:
 		}
 	/* Their tunnels close with them (after their drain, with
 	 * shutdown_timeout); then the data plane may go. */
-	workers_stop(px->workers, (int)(px->cfg->timeouts.shutdown_ms + 10000));
+	{
+		sigset_t again;
+
+		sigemptyset(&again);
+		sigaddset(&again, SIGTERM);
+		sigaddset(&again, SIGINT);
+		workers_stop(px->workers, px->cfg->timeouts.shutdown_ms + 10000, &again);
+	}
 	px->workers = NULL;
 	close_servers(d, px);
 	if (d->sw.h.fd > 0)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "engine.h"
@@ -25,6 +26,7 @@ struct ws_frames {
 	uint64_t left;     /* payload bytes of the current frame still to come */
 	uint8_t head[14];  /* the header so far */
 	uint8_t have, need;
+	bool closed;       /* a close frame went by: nothing may follow it */
 };
 
 struct relay_dir {
@@ -144,6 +146,7 @@ static void frames_feed(struct ws_frames *f, const uint8_t *p, size_t n)
 					len = len << 8 | f->head[2 + i];
 			}
 			f->left = len;
+			f->closed |= (f->head[0] & 0x0f) == 0x8;
 			f->have = f->need = 0;
 		}
 	}
@@ -347,9 +350,9 @@ static void relay_going_away(void *st)
 		/* What the destination may still take goes first. */
 		while (buf_len(&dd->buf) && relay_drain(r, d) > 0)
 			;
-		if (buf_len(&dd->buf) || dd->frames.left || dd->frames.have || dd->dst_shut ||
+		if (buf_len(&dd->buf) || dd->frames.left || dd->frames.have || dd->frames.closed || dd->dst_shut ||
 		    dd->written < dd->payload_from) {
-			log_debug("shutdown: no close frame %s (mid-frame, or its queue is full)",
+			log_debug("shutdown: no close frame %s (mid-frame, its queue full, or closed already)",
 				  d == WS_DIR_U2C ? "to the client" : "to the upstream");
 			continue;
 		}
@@ -359,9 +362,10 @@ static void relay_going_away(void *st)
 			send(dst, frame, sizeof(frame), MSG_DONTWAIT | MSG_NOSIGNAL);
 		} else {
 			uint8_t frame[8] = { 0x88, 0x82 };
-			uint32_t mask = (uint32_t)random();
 
-			memcpy(frame + 2, &mask, 4);
+			/* RFC 6455 section 5.3: a mask the server cannot predict. */
+			if (getrandom(frame + 2, 4, GRND_NONBLOCK) != 4)
+				memcpy(frame + 2, &(uint32_t){ (uint32_t)ev_now_ms() * 2654435761u }, 4);
 			frame[6] = 0x03 ^ frame[2];
 			frame[7] = 0xe9 ^ frame[3];
 			send(dst, frame, sizeof(frame), MSG_DONTWAIT | MSG_NOSIGNAL);

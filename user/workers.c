@@ -182,7 +182,7 @@ struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn f
 		ws->w[i] = (struct worker){ 0, -1 };
 	for (uint32_t i = 0; i < ws->n; i++)
 		if (spawn(ws, i, err, errlen)) {
-			workers_stop(ws, 5000); /* frees ws */
+			workers_stop(ws, 5000, NULL); /* frees ws */
 			return NULL;
 		}
 	return ws;
@@ -270,19 +270,21 @@ void workers_reap(struct workers *ws)
 	}
 }
 
-void workers_stop(struct workers *ws, int timeout_ms)
+void workers_stop(struct workers *ws, uint64_t timeout_ms, const sigset_t *again)
 {
-	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
-	bool killed = false;
+	uint64_t deadline = mono_ms() + timeout_ms;
+	bool killed = false, told_now = false;
 
 	if (!ws)
 		return;
 	ws->stopping = true;
-	/* The end of its channel stops a worker. */
+	/* "stop": a worker drains (shutdown_timeout) or stops; a channel that
+	 * cannot take it is ended, which stops the worker too. */
 	for (uint32_t i = 0; i < ws->n; i++)
-		if (ws->w[i].channel >= 0)
+		if (ws->w[i].channel >= 0 && send_request(ws->w[i].channel, "stop\n", -1))
 			shutdown(ws->w[i].channel, SHUT_WR);
 	for (;;) {
+		struct timespec tick = { 0, 10 * 1000000L };
 		bool left = false;
 		pid_t pid = waitpid(-1, NULL, WNOHANG);
 
@@ -297,14 +299,23 @@ void workers_stop(struct workers *ws, int timeout_ms)
 		if (mono_ms() > deadline) {
 			if (killed) /* not ours to kill (a user's, without CAP_KILL): their parent-death signal ends them */
 				break;
-			log_error("workers did not stop within %d ms: killing them", timeout_ms);
+			log_error("workers did not stop within %llu ms: killing them", (unsigned long long)timeout_ms);
 			for (uint32_t i = 0; i < ws->n; i++)
 				if (ws->w[i].pid)
 					kill(ws->w[i].pid, SIGKILL);
 			killed = true;
 			deadline = mono_ms() + 1000;
 		}
-		poll(NULL, 0, 10);
+		/* A second stop signal to the master (Ctrl-C again): now. */
+		if (!again) {
+			poll(NULL, 0, 10);
+		} else if (sigtimedwait(again, NULL, &tick) > 0 && !told_now) {
+			log_info("stop signal again: the workers stop now");
+			for (uint32_t i = 0; i < ws->n; i++)
+				if (ws->w[i].channel >= 0)
+					send_request(ws->w[i].channel, "now\n", -1);
+			told_now = true;
+		}
 	}
 	for (uint32_t i = 0; i < ws->n; i++)
 		if (ws->w[i].channel >= 0)

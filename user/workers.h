@@ -7,6 +7,7 @@
 #define WSPLICE_WORKERS_H
 
 #include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -37,9 +38,10 @@ int workers_parent_death(void);
 /* SIGCHLD: reaps, logs how each one ended, and forks it again unless the
  * daemon is stopping (more than 10 deaths a minute stop the respawning). */
 void workers_reap(struct workers *ws);
-/* Closes every worker's channel (which stops it), then waits for them
- * (SIGKILL after timeout_ms). */
-void workers_stop(struct workers *ws, int timeout_ms);
+/* Tells every worker "stop" (it drains, with shutdown_timeout, or stops),
+ * then waits for them, SIGKILL after timeout_ms. A signal of again (the
+ * master's stop signals, blocked) meanwhile tells them "now". */
+void workers_stop(struct workers *ws, uint64_t timeout_ms, const sigset_t *again);
 uint32_t workers_count(const struct workers *ws);
 /* `wsplice conns [json]` from every worker, merged into one answer. */
 void workers_conns(struct workers *ws, FILE *out, bool json);
