@@ -33,6 +33,16 @@ def meminfo_kib(key):
     return 0
 
 
+def slab_kib():
+    """The kernel's slab in two parts: "unreclaimable" holds what a tunnel
+    really costs (sockets, psocks, epoll items, map entries, TIME_WAIT
+    sockets); "reclaimable" is mostly the /proc inodes and dentries that
+    listing /proc/PID/fd creates, this test's own or any monitor's on the
+    host, which the kernel gives back under pressure. A leak check on the
+    sum once failed in CI on 270 MB of those."""
+    return {"slab": meminfo_kib("SUnreclaim"), "reclaimable": meminfo_kib("SReclaimable")}
+
+
 def sockstat(field):
     """From /proc/net/sockstat's TCP line: inuse (open sockets, TIME_WAIT not counted) or mem (pages)."""
     with open("/proc/net/sockstat") as f:
@@ -92,15 +102,16 @@ def one_round(px, base, groups, per_process, workers, clients, n_round):
     st = status(px)
     assert st["tunnels_open"] == TUNNELS and st["tunnels_by_engine"]["sockmap"] == TUNNELS, st
     time.sleep(1)
-    full = {"fds": px.fd_count(), "rss": px.rss_kib(), "slab": meminfo_kib("Slab"), "tcp": tcp_mem_kib()}
-    per = {k: (full[k] - base[k]) * 1024 / TUNNELS for k in ("rss", "slab", "tcp")}
+    full = dict(slab_kib(), fds=px.fd_count(), rss=px.rss_kib(), tcp=tcp_mem_kib())
+    per = {k: (full[k] - base[k]) * 1024 / TUNNELS for k in ("rss", "slab", "reclaimable", "tcp")}
     assert full["fds"] - base["fds"] >= 2 * TUNNELS
     assert sockstat("inuse") - base["inuse"] >= 4 * TUNNELS
     entries = len(bpftool_dump(px.pin_dir, "tunnels"))
     assert entries == TUNNELS, "%d tunnels in the kernel's map" % entries
     report("round %d: %d idle tunnels (sockmap, %d workers) opened with one echoed message each in %.1f s; "
-           "per tunnel: daemon RSS %.0f B, slab %.0f B, TCP buffers %.0f B (4 sockets: client, the proxy's "
-           "two, upstream)" % (n_round, TUNNELS, workers, opened_s, per["rss"], per["slab"], per["tcp"]))
+           "per tunnel: daemon RSS %.0f B, unreclaimable slab %.0f B, TCP buffers %.0f B (4 sockets: client, the "
+           "proxy's two, upstream); reclaimable slab %.0f B (socket inodes, and the /proc entries listing descriptors creates)"
+           % (n_round, TUNNELS, workers, opened_s, per["rss"], per["slab"], per["tcp"], per["reclaimable"]))
     t1 = time.monotonic()
     for c in clients:
         c.stdin.close()
@@ -118,10 +129,12 @@ def one_round(px, base, groups, per_process, workers, clients, n_round):
         "%d TCP sockets more than at the start" % (sockstat("inuse") - base["inuse"])
     assert wait_for(lambda: tcp_mem_kib() <= base["tcp"] + tcp_mem_slack_kib(), timeout=30), \
         "TCP buffers still %d KiB above the start" % (tcp_mem_kib() - base["tcp"])
-    after = {"rss": px.rss_kib(), "slab": meminfo_kib("Slab")}
+    after = dict(slab_kib(), rss=px.rss_kib())
     report("round %d: closed in %.1f s: descriptors back to %d, maps empty, TCP sockets and buffers back; "
-           "left: daemon RSS %+d KiB (freed memory malloc keeps), slab %+d KiB (objects the slab caches keep)"
-           % (n_round, closed_s, base["fds"], after["rss"] - base["rss"], after["slab"] - base["slab"]))
+           "left: daemon RSS %+d KiB (freed memory malloc keeps), unreclaimable slab %+d KiB (TIME_WAIT sockets "
+           "and slabs the caches keep), reclaimable %+d KiB"
+           % (n_round, closed_s, base["fds"], after["rss"] - base["rss"], after["slab"] - base["slab"],
+              after["reclaimable"] - base["reclaimable"]))
     return after
 
 
@@ -146,17 +159,18 @@ def test_100k_idle_tunnels_carry_a_message_and_leave_nothing_behind(start_proxy)
         px = start_proxy(0, "sockmap", config=config)
         assert len(px.pids()) == workers + 1
         time.sleep(0.5)
-        base = {"fds": px.fd_count(), "rss": px.rss_kib(), "slab": meminfo_kib("Slab"), "tcp": tcp_mem_kib(),
-                "inuse": sockstat("inuse")}
+        base = dict(slab_kib(), fds=px.fd_count(), rss=px.rss_kib(), tcp=tcp_mem_kib(), inuse=sockstat("inuse"))
         # Twice: what the first round leaves is what malloc and the slab
         # caches keep for reuse; the second must not grow past it (a leak would).
         first = one_round(px, base, groups, per_process, workers, clients, 1)
         second = one_round(px, base, groups, per_process, workers, clients, 2)
         assert second["rss"] <= first["rss"] + 2048, "the daemon grew by %d KiB in the second round" % (
             second["rss"] - first["rss"])
-        assert second["slab"] <= first["slab"] + 0.1 * TUNNELS * 23, "slab grew by %d KiB in the second round" % (
-            second["slab"] - first["slab"])
-        report("after the second round: daemon RSS %+d KiB, slab %+d KiB against the first" % (
+        # A tenth of what a tunnel holds (about 20 KB) on each of them would
+        # be a leak; the first round's TIME_WAIT sockets may still be there.
+        assert second["slab"] <= first["slab"] + 0.1 * TUNNELS * 20, \
+            "unreclaimable slab grew by %d KiB in the second round" % (second["slab"] - first["slab"])
+        report("after the second round: daemon RSS %+d KiB, unreclaimable slab %+d KiB against the first" % (
             second["rss"] - first["rss"], second["slab"] - first["slab"]))
     finally:
         for c in clients:
