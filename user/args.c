@@ -48,6 +48,8 @@ void args_usage(FILE *out)
 	      "\n"
 	      "       wsplice status|conns [--json] [--bpffs DIR | --control PATH | -c FILE]\n"
 	      "                              ask a running daemon: its state, or its open tunnels\n"
+	      "       wsplice upgrade [--bpffs DIR | --control PATH | -c FILE]\n"
+	      "                              a binary upgrade that keeps every tunnel (as SIGUSR2)\n"
 	      "       wsplice deny add|del CIDR | deny list  [--bpffs DIR | -c FILE]\n"
 	      "                              the XDP guard's deny list, live\n"
 	      "  -v, --verbose               debug logging\n"

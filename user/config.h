@@ -60,6 +60,7 @@ struct route {
 	char **origins;              /* allowed Origin values; none = any */
 	size_t n_origins;
 	unsigned max_tunnels;        /* 0 = unlimited */
+	enum tunnel_mode mode;       /* the engine of its tunnels; MODE_AUTO: the daemon's */
 	struct route_state *st;
 	int line;
 };

@@ -461,6 +461,9 @@ static void route_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "max_tunnels")) {
 		if (set_count(ld, key, value, 0, 10000000, &v))
 			r->max_tunnels = (unsigned)v;
+	} else if (!strcmp(key, "mode")) {
+		if (parse_mode(value, &r->mode))
+			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice or copy", value);
 	} else {
 		error_at(ld, ld->line, "unknown directive '%s' in [%s]", key, ld->section);
 	}

@@ -2,6 +2,7 @@
  * the event loop with what it holds: the tunnel list comes from tunnel.c
  * (each engine's byte counts, the sockmap's read from its BPF map). */
 #include <errno.h>
+#include <signal.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,8 +104,14 @@ static int answer(void *ctx, const char *in, size_t len, bool full, char **out, 
 		status_text(px, f, json);
 	else if (!strcmp(req, "conns"))
 		px->workers ? workers_conns(px->workers, f, json) : tunnel_list(px->tunnels, f, json);
+	else if (!strcmp(req, "upgrade")) { /* the signal's path: one way to start it */
+		int failed = kill(getpid(), SIGUSR2);
+
+		fprintf(f, failed ? "error: %s\n" : "upgrade: started; this daemon's log says how it ends\n",
+			failed ? strerror(errno) : "");
+	}
 	else
-		fprintf(f, "error: unknown request '%s' (status or conns)\n", req);
+		fprintf(f, "error: unknown request '%s' (status, conns or upgrade)\n", req);
 	if (ferror(f) | fclose(f)) {
 		free(*out);
 		*out = NULL;

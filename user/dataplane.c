@@ -19,13 +19,16 @@
 #include "splice.skel.h"
 
 struct dataplane {
-	struct splice_bpf *skel;
+	struct splice_bpf *skel;  /* NULL when adopted from the process before an upgrade */
 	int *ring_fd;             /* each worker's event ring, in worker_events */
 	uint32_t workers, ids_per_worker;
 	struct bpf_link *sockops; /* on the daemon's cgroup */
 	struct cgroup_dir cg;
-	int target_fd, verdict_fd, tunnels_fd, links_fd, ports_fd, prog_fd;
+	int target_fd, verdict_fd, tunnels_fd, links_fd, ports_fd, prog_fd, counters_fd, events_fd;
+	int sockops_fd;           /* adopted: the sock_ops link (else in sockops) */
 	int lock_fd;
+	bool disowned;            /* another process's (an upgrade's): closing leaves it all in place */
+	bool adopted;             /* from descriptors, without the object */
 	int rcvbuf; /* SO_RCVBUF for spliced sockets */
 	bool attached, owns_pin_dir;
 	char pin_dir[256];
@@ -70,12 +73,23 @@ uint64_t socket_cookie(int fd)
  * libbpf pins fresh maps instead of reusing stale ones. */
 static void unpin_all(struct dataplane *dp)
 {
+	/* An adopted data plane has no object to list them: the maps marked
+	 * LIBBPF_PIN_BY_NAME in bpf/splice.bpf.c. */
+	static const char *const pinned[] = { "target_map", "verdict_map", "tunnels", "sock_links",
+					      "pause_requests", "worker_events", "counters" };
 	char path[512];
 	struct bpf_map *m;
 
-	bpf_object__for_each_map(m, dp->skel->obj) {
-		if (bpf_map__pin_path(m))
-			unlink(bpf_map__pin_path(m));
+	if (dp->skel) {
+		bpf_object__for_each_map(m, dp->skel->obj) {
+			if (bpf_map__pin_path(m))
+				unlink(bpf_map__pin_path(m));
+		}
+	} else {
+		for (size_t i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++) {
+			snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, pinned[i]);
+			unlink(path);
+		}
 	}
 	snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, VERDICT_PIN);
 	unlink(path);
@@ -93,7 +107,7 @@ static int on_ring_event(void *ctx, void *data, size_t size)
 /* A ring per worker, each as big as the map's template in splice.bpf.c. */
 static int make_rings(struct dataplane *dp, char *why, size_t whylen)
 {
-	int outer = bpf_map__fd(dp->skel->maps.worker_events);
+	int outer = dp->events_fd;
 
 	dp->ring_fd = calloc(dp->workers, sizeof(*dp->ring_fd));
 	if (!dp->ring_fd) {
@@ -218,6 +232,8 @@ struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t 
 	dp->links_fd = bpf_map__fd(dp->skel->maps.sock_links);
 	dp->ports_fd = bpf_map__fd(dp->skel->maps.flag_ports);
 	dp->prog_fd = bpf_program__fd(dp->skel->progs.wsplice_verdict);
+	dp->counters_fd = bpf_map__fd(dp->skel->maps.counters);
+	dp->events_fd = bpf_map__fd(dp->skel->maps.worker_events);
 	if (bpf_prog_attach(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT, 0)) {
 		snprintf(why, whylen, "cannot attach the sk_skb verdict: %s", strerror(errno));
 		goto fail;
@@ -244,6 +260,118 @@ fail:
 	return NULL;
 }
 
+/* The descriptors of an adopted data plane, in dataplane_export's order. */
+enum { XFD_LOCK, XFD_TARGET, XFD_VERDICT, XFD_TUNNELS, XFD_LINKS, XFD_PORTS, XFD_COUNTERS, XFD_EVENTS, XFD_PROG,
+       XFD_SOCKOPS, XFD_CGROUP, XFD_RINGS };
+
+int dataplane_export(struct dataplane *dp, int *fds, size_t cap)
+{
+	int fixed[XFD_RINGS] = { dp->lock_fd, dp->target_fd, dp->verdict_fd, dp->tunnels_fd, dp->links_fd,
+				 dp->ports_fd, dp->counters_fd, dp->events_fd, dp->prog_fd,
+				 dp->sockops ? bpf_link__fd(dp->sockops) : dp->sockops_fd, dp->cg.fd };
+
+	if (cap < XFD_RINGS + dp->workers) {
+		errno = ENOBUFS;
+		return -1;
+	}
+	memcpy(fds, fixed, sizeof(fixed));
+	for (uint32_t w = 0; w < dp->workers; w++)
+		fds[XFD_RINGS + w] = dp->ring_fd[w];
+	return XFD_RINGS + (int)dp->workers;
+}
+
+/* Is fd the map this binary expects? A new binary whose maps differ from
+ * the running ones cannot adopt them. */
+static int check_map(int fd, const char *name, uint32_t type, uint32_t key, uint32_t value, uint32_t entries,
+		     char *why, size_t whylen)
+{
+	struct bpf_map_info info = { 0 };
+	uint32_t len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
+		snprintf(why, whylen, "the running data plane's %s: %s", name, strerror(errno));
+		return -1;
+	}
+	if (info.type != type || info.key_size != key || info.value_size != value ||
+	    (entries && info.max_entries != entries)) {
+		snprintf(why, whylen,
+			 "the running data plane's %s differs from this binary's (type %u, key %u, value %u, %u entries; "
+			 "this binary's: %u, %u, %u, %u): a restart applies the new layout",
+			 name, info.type, info.key_size, info.value_size, info.max_entries, type, key, value, entries);
+		return -1;
+	}
+	return 0;
+}
+
+struct dataplane *dataplane_adopt(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, uint32_t workers,
+				  const int *fds, size_t n, char *why, size_t whylen)
+{
+	struct dataplane *dp;
+
+	if (n != XFD_RINGS + (size_t)workers) {
+		snprintf(why, whylen, "the running data plane came with %zu descriptors, not %u", n, XFD_RINGS + workers);
+		return NULL;
+	}
+	if (check_map(fds[XFD_TUNNELS], "tunnels map", BPF_MAP_TYPE_HASH, sizeof(uint32_t), sizeof(struct ws_tunnel),
+		      max_tunnels, why, whylen) ||
+	    check_map(fds[XFD_LINKS], "sock_links map", BPF_MAP_TYPE_HASH, sizeof(uint64_t),
+		      sizeof(struct ws_sock_link), 2 * max_tunnels, why, whylen) ||
+	    check_map(fds[XFD_VERDICT], "verdict_map", BPF_MAP_TYPE_SOCKHASH, sizeof(uint64_t), sizeof(uint64_t),
+		      2 * max_tunnels, why, whylen) ||
+	    check_map(fds[XFD_TARGET], "target_map", BPF_MAP_TYPE_SOCKHASH, sizeof(uint64_t), sizeof(uint64_t),
+		      2 * max_tunnels, why, whylen) ||
+	    check_map(fds[XFD_EVENTS], "worker_events map", BPF_MAP_TYPE_ARRAY_OF_MAPS, sizeof(uint32_t),
+		      sizeof(uint32_t), workers, why, whylen))
+		return NULL;
+	dp = calloc(1, sizeof(*dp));
+	if (!dp || !(dp->ring_fd = calloc(workers, sizeof(*dp->ring_fd)))) {
+		free(dp);
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	dp->lock_fd = fds[XFD_LOCK];
+	dp->target_fd = fds[XFD_TARGET];
+	dp->verdict_fd = fds[XFD_VERDICT];
+	dp->tunnels_fd = fds[XFD_TUNNELS];
+	dp->links_fd = fds[XFD_LINKS];
+	dp->ports_fd = fds[XFD_PORTS];
+	dp->counters_fd = fds[XFD_COUNTERS];
+	dp->events_fd = fds[XFD_EVENTS];
+	dp->prog_fd = fds[XFD_PROG];
+	dp->sockops_fd = fds[XFD_SOCKOPS];
+	dp->cg.fd = fds[XFD_CGROUP];
+	for (uint32_t w = 0; w < workers; w++)
+		dp->ring_fd[w] = fds[XFD_RINGS + w];
+	dp->workers = workers;
+	dp->ids_per_worker = max_tunnels;
+	dp->rcvbuf = spliced_rcvbuf(budget);
+	dp->attached = dp->owns_pin_dir = dp->adopted = true;
+	/* The old process's until this one serves (dataplane_own): a new
+	 * process that fails before leaves it as it found it. */
+	dp->disowned = true;
+	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", pin_dir);
+	libbpf_set_print(libbpf_log);
+	return dp;
+}
+
+void dataplane_own(struct dataplane *dp)
+{
+	if (dp)
+		dp->disowned = false;
+}
+
+void dataplane_disown(struct dataplane *dp)
+{
+	if (!dp)
+		return;
+	dp->disowned = true;
+	/* Closing the link's descriptor then leaves it attached for the new
+	 * process, which holds another one. */
+	if (dp->sockops)
+		bpf_link__disconnect(dp->sockops);
+	dp->cg.mounted[0] = '\0';
+}
+
 void dataplane_close(struct dataplane *dp)
 {
 	if (!dp)
@@ -254,11 +382,18 @@ void dataplane_close(struct dataplane *dp)
 	free(dp->ring_fd);
 	bpf_link__destroy(dp->sockops);
 	cgroup_close(&dp->cg);
-	if (dp->attached)
+	if (dp->attached && !dp->disowned)
 		bpf_prog_detach2(dp->prog_fd, dp->verdict_fd, BPF_SK_SKB_VERDICT);
-	if (dp->owns_pin_dir) {
-		if (dp->skel)
-			unpin_all(dp);
+	if (dp->adopted) { /* the descriptors are ours alone */
+		int own[] = { dp->target_fd, dp->verdict_fd, dp->tunnels_fd, dp->links_fd, dp->ports_fd,
+			      dp->counters_fd, dp->events_fd, dp->prog_fd, dp->sockops_fd };
+
+		for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+			if (own[i] >= 0)
+				close(own[i]);
+	}
+	if (dp->owns_pin_dir && !dp->disowned) {
+		unpin_all(dp);
 		rmdir(dp->pin_dir);
 	}
 	if (dp->lock_fd >= 0)
@@ -435,7 +570,7 @@ int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_
 	*sum = *max = 0;
 	if (ncpus <= 0 || !(vals = calloc(ncpus, sizeof(*vals))))
 		return -1;
-	if (bpf_map_lookup_elem(bpf_map__fd(dp->skel->maps.counters), &idx, vals)) {
+	if (bpf_map_lookup_elem(dp->counters_fd, &idx, vals)) {
 		free(vals);
 		return -1;
 	}
@@ -452,7 +587,7 @@ bool dataplane_link_broken(struct dataplane *dp, uint64_t cookie)
 {
 	struct ws_sock_link link;
 
-	return !bpf_map_lookup_elem(bpf_map__fd(dp->skel->maps.sock_links), &cookie, &link) && link.broken;
+	return !bpf_map_lookup_elem(dp->links_fd, &cookie, &link) && link.broken;
 }
 
 int dataplane_resume(struct dataplane *dp, int fd, uint64_t cookie)

@@ -24,6 +24,17 @@ typedef void (*event_fn)(void *ctx, const struct ws_event *ev);
 struct dataplane *dataplane_open(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, uint32_t workers,
 				 char *why, size_t whylen);
 void dataplane_close(struct dataplane *dp);
+/* An upgrade. The old process lists the descriptors the new one adopts
+ * the data plane from (-1 when more than cap), and disowns it: its close
+ * then leaves the programs attached and the maps pinned. The new one
+ * checks the maps are what it was built for (a different layout cannot be
+ * adopted: NULL with the reason) and owns them from then on. */
+int dataplane_export(struct dataplane *dp, int *fds, size_t cap);
+void dataplane_disown(struct dataplane *dp);
+/* The new process serves: closing it removes it from now on. */
+void dataplane_own(struct dataplane *dp);
+struct dataplane *dataplane_adopt(const char *pin_dir, uint64_t budget, uint32_t max_tunnels, uint32_t workers,
+				  const int *fds, size_t n, char *why, size_t whylen);
 /* Worker w's reader of the events about its tunnels: watch the fd, call
  * dataplane_events_poll when it is readable. */
 struct dataplane_events;

@@ -54,6 +54,15 @@ struct engine_ops {
 	 * process that prepared releases. */
 	void *(*prepare)(const struct config *cfg, char *why, size_t whylen);
 	void (*release)(void *shared);
+	/* An upgrade, in the process that prepared: the descriptors the new
+	 * process adopts the shared part from (-1 when more than cap); once it
+	 * has them, disown(), and release() then leaves the kernel's part in
+	 * place. In the new process, adopt() is prepare() from them (it owns
+	 * them, even on failure). NULL when there is no shared part. */
+	int (*export_shared)(void *shared, int *fds, size_t cap);
+	void (*disown)(void *shared);
+	void (*own)(void *shared); /* the new process serves: the adopted part is its own now */
+	void *(*adopt)(const struct config *cfg, const int *fds, size_t n, char *why, size_t whylen);
 	/* In the process that prepared: a worker died, and what it left in
 	 * the shared part goes. NULL when nothing is left. */
 	void (*worker_gone)(void *shared, uint32_t worker);
@@ -79,6 +88,15 @@ struct engine_ops {
 	 * stream stands between frames. NULL: the engine cannot see frames
 	 * (splice, sockmap), and the peers see the TCP close only. */
 	void (*going_away)(void *st);
+	/* An upgrade: hands the tunnel to the new process. Fills h as stop()
+	 * does and saved with the rest, then frees st; what the kernel holds
+	 * for it (the sockmap's entries) stays. NULL: stop(st, h) is enough. */
+	void (*hand_over)(void *st, struct tunnel_handoff *h, struct engine_saved *saved);
+	/* In the new process: start() from what hand_over gave, which it
+	 * takes (saved's descriptors too, even on failure). NULL: start(). */
+	void *(*take_over)(void *ctx, struct tunnel_handoff *h, struct engine_saved *saved, void *owner,
+			   struct engine_io *io);
+	void (*upgrade)(void *ctx, enum engine_upgrade phase); /* NULL: nothing to do */
 	void (*stats)(void *st, struct tunnel_stats *out);
 	/* One line for wsplice conns: what the engine knows of the tunnel. */
 	void (*describe)(void *st, char *out, size_t len);

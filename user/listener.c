@@ -162,6 +162,11 @@ struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, 
 	return l;
 }
 
+int listener_fd(const struct listener *l)
+{
+	return l ? l->h.fd : -1;
+}
+
 void listener_close(struct listener *l)
 {
 	if (!l)

@@ -13,5 +13,7 @@ int listener_bind(const struct listener_cfg *lc, unsigned n, int *fds, char *err
 /* Accepts on fd (listener_bind's) in px's loop; the listener owns fd. */
 struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, int fd, char *err, size_t errlen);
 void listener_close(struct listener *l);
+/* Its listening socket (an upgrade passes it on), -1 for none. */
+int listener_fd(const struct listener *l);
 
 #endif

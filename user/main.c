@@ -34,6 +34,8 @@
 #include "xdp_guard.h"
 #include "deny_cli.h"
 #include "drain.h"
+#include "handover.h"
+#include "upgrade.h"
 
 
 struct signal_watch {
@@ -50,10 +52,18 @@ struct signal_watch {
 struct serving {
 	struct proxy *px;
 	struct listener **listeners;
+	int *pending;              /* listening sockets not accepted on yet (-1: none) */
 	size_t n_listeners;
+	bool log_listeners;
 	struct drain *drain;
+	struct handover *handover; /* an upgrade's: what leaves, or what arrives */
+	bool leaving;              /* its tunnels went to a new process */
 	bool forked; /* a worker: its master says when a drain ends early */
 };
+
+/* How long the old process of an upgrade waits for its requests in flight
+ * at most (shutdown_timeout, if longer). */
+#define UPGRADE_DRAIN_MS 60000
 
 
 static void log_lines(const char *text)
@@ -247,6 +257,8 @@ static void reload(struct proxy *px)
 		   cfg->n_pools);
 }
 
+static void start_upgrade(struct proxy *px);
+
 static void on_signal(struct ev_handler *h, uint32_t events)
 {
 	struct signal_watch *sw = container_of(h, struct signal_watch, h);
@@ -270,6 +282,10 @@ static void on_signal(struct ev_handler *h, uint32_t events)
 			log_info("SIGUSR1: reopening the access log");
 			access_log_reopen();
 		}
+		return;
+	}
+	if (si.ssi_signo == SIGUSR2) {
+		start_upgrade(sw->px);
 		return;
 	}
 	if (si.ssi_signo == SIGHUP) {
@@ -298,10 +314,68 @@ static void close_listeners(void *ctx)
 	struct serving *sv = ctx;
 
 	for (size_t i = 0; i < sv->n_listeners; i++) {
+		if (sv->pending[i] >= 0)
+			close(sv->pending[i]);
+		sv->pending[i] = -1;
 		if (sv->listeners[i])
 			ev_defer(sv->px->loop, close_listener, sv->listeners[i]);
 		sv->listeners[i] = NULL;
 	}
+}
+
+/* Accepts on the listening sockets: at the start, or in an upgrade's new
+ * process once the old one began to hand over (before that, a failure of
+ * the new process would drop what it accepted). -1 when one fails (logged). */
+static int open_listeners(struct serving *sv)
+{
+	const struct config *cfg = sv->px->cfg;
+	char err[512];
+
+	for (size_t i = 0; i < sv->n_listeners; i++) {
+		if (sv->pending[i] < 0)
+			continue;
+		sv->listeners[i] = listener_open(sv->px, &cfg->listeners[i], sv->pending[i], err, sizeof(err));
+		sv->pending[i] = -1; /* the listener's now */
+		if (!sv->listeners[i]) {
+			log_error("%s", err);
+			return -1;
+		}
+		if (sv->log_listeners)
+			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
+				 cfg->listeners[i].ep.port);
+	}
+	return 0;
+}
+
+static void begin_serving(void *ctx)
+{
+	struct serving *sv = ctx;
+
+	if (open_listeners(sv))
+		ev_loop_stop(sv->px->loop);
+}
+
+/* An upgrade's new process serves: this one's tunnels and idle
+ * connections go to it through sock, its requests in flight finish here,
+ * and then it ends (a drain). */
+static void serving_hand_over(struct serving *sv, int sock)
+{
+	uint64_t ms = sv->px->cfg->timeouts.shutdown_ms;
+
+	/* This process came by an upgrade itself: that handover ended (no
+	 * upgrade starts before the old process is gone). */
+	handover_free(sv->handover);
+	sv->handover = handover_leave(sv->px, sock);
+	if (!sv->handover) {
+		log_error("upgrade: out of memory: this process keeps its tunnels");
+		close(sock);
+		return;
+	}
+	sv->leaving = true;
+	drain_free(sv->drain);
+	sv->drain = drain_start(sv->px, ms > UPGRADE_DRAIN_MS ? ms : UPGRADE_DRAIN_MS, close_listeners, sv);
+	if (!sv->drain)
+		ev_loop_stop(sv->px->loop);
 }
 
 /* SIGTERM, or the master's stop: with shutdown_timeout, a drain. */
@@ -331,6 +405,8 @@ static bool on_stop_signal(void *ctx)
 {
 	struct serving *sv = ctx;
 
+	if (sv->leaving) /* it ends once its requests did */
+		return true;
 	if (sv->drain)
 		return sv->forked;
 	return begin_drain(sv);
@@ -351,8 +427,12 @@ static int watch_signals(struct signal_watch *sw, struct proxy *px, const sigset
  * so when that is not enough. */
 static void raise_fd_limit(const struct config *cfg)
 {
+	bool splice = cfg->mode == MODE_SPLICE;
+
+	for (size_t i = 0; i < cfg->n_routes; i++)
+		splice |= cfg->routes[i].mode == MODE_SPLICE;
 	/* Sessions in progress and pooled upstream connections: the headroom. */
-	rlim_t want = (cfg->mode == MODE_SPLICE ? 6 : 2) * (rlim_t)cfg->max_tunnels + 4096;
+	rlim_t want = (splice ? 6 : 2) * (rlim_t)cfg->max_tunnels + 4096;
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl))
@@ -367,7 +447,7 @@ static void raise_fd_limit(const struct config *cfg)
 		log_warn("RLIMIT_NOFILE allows %llu descriptors: about %llu tunnels, not max_tunnels %u "
 			 "(raise LimitNOFILE, or lower max_tunnels)",
 			 (unsigned long long)rl.rlim_max,
-			 (unsigned long long)(rl.rlim_max > 4096 ? rl.rlim_max - 4096 : 0) / (cfg->mode == MODE_SPLICE ? 6 : 2),
+			 (unsigned long long)(rl.rlim_max > 4096 ? rl.rlim_max - 4096 : 0) / (splice ? 6 : 2),
 			 cfg->max_tunnels);
 }
 
@@ -452,7 +532,21 @@ struct daemon {
 	sigset_t signals;
 	struct signal_watch sw;
 	struct reply_server *ms, *ctl;
+	/* An upgrade. The old process: the one running, and whether the new
+	 * process took over (the data plane is its own then). */
+	struct upgrade *upgrade;
+	bool handed_over;
+	struct serving *single;     /* a single process's listeners and handover */
+	/* The new process: what the old one offered; its end of the socket
+	 * closes when it is gone, and the control socket, the metrics and the
+	 * XDP guard are this one's from then on. */
+	struct upgrade_arrival arrival;
+	struct ev_handler old_gone;
+	bool servers_open;          /* the control socket and metrics, after an upgrade */
+	struct proxy *serving_px;   /* the master's, or the single process's */
 };
+
+static struct daemon *daemon_of; /* main's, for the signal handler */
 
 /* Opens what a single process or a master answers on: the control socket
  * and the metrics endpoint. */
@@ -519,6 +613,12 @@ static bool on_master_request(void *ctx, const char *request, int fd, FILE *out)
 		tunnel_list(px->tunnels, out, !strcmp(request, "conns json"));
 		return true;
 	}
+	if (!strcmp(request, "handover") && fd >= 0) {
+		serving_hand_over(sv, fd);
+		return false;
+	}
+	if (sv->leaving) /* a stop changes nothing: it ends once its requests did */
+		request = "";
 	if (!strcmp(request, "reload") && fd >= 0) {
 		snapshot_fd = fd; /* reload() parses and closes it */
 		reload(px);
@@ -557,6 +657,11 @@ static void forget_master(void *ctx)
 	snapshot_fd = -1;
 	xdp_guard_forget(guard);
 	guard = NULL;
+	upgrade_forget(d->upgrade);
+	d->upgrade = NULL;
+	if (d->arrival.sock >= 0) /* the master's: it answers, and learns the old process left */
+		close(d->arrival.sock);
+	d->arrival.sock = -1;
 }
 
 /* In the master: worker w died. Its entries leave the data plane; and when
@@ -567,7 +672,10 @@ static void worker_gone(void *ctx, uint32_t w, bool for_good)
 	struct daemon *d = ctx;
 
 	if (!for_good) {
-		tunnel_worker_gone(d->sh, w);
+		/* After an upgrade its tunnels, map entries and all, are the new
+		 * process's. */
+		if (!d->handed_over)
+			tunnel_worker_gone(d->sh, w);
 		return;
 	}
 	for (size_t i = 0; i < d->master.cfg->n_listeners; i++) {
@@ -577,6 +685,139 @@ static void worker_gone(void *ctx, uint32_t w, bool for_good)
 			close(*fd);
 		*fd = -1;
 	}
+}
+
+/* The old process: the new one serves. The data plane is its now; the
+ * workers (or this process) hand their tunnels over and end. */
+static void on_upgrade_ready(void *ctx, int pid, int *socks)
+{
+	struct daemon *d = ctx;
+
+	/* systemd follows the daemon to the new process before this one
+	 * exits (from the main process, as NotifyAccess=main wants). */
+	sd_notifyf(0, "MAINPID=%d\nSTATUS=upgraded: pid %d serves; this one hands its tunnels over", pid, pid);
+	d->handed_over = true;
+	tunnel_shared_disown(d->sh);
+	xdp_guard_disown(guard);
+	/* wsplice status and the scrapes reach the new process from now on,
+	 * not once this one's requests in flight have ended. */
+	close_servers(d, d->forked ? &d->master : d->single->px);
+	upgrade_servers_free(d->upgrade);
+	if (!d->forked) {
+		serving_hand_over(d->single, socks[0]);
+		return;
+	}
+	workers_hand_over(d->master.workers, "handover", socks);
+	for (uint32_t w = 0; w < d->workers; w++)
+		close(socks[w]);
+	/* supervise() then waits for the workers; no listener stays here. */
+	ev_loop_stop(d->master.loop);
+}
+
+/* SIGUSR2 or `wsplice upgrade`, in the master or the single process. */
+static void start_upgrade(struct proxy *px)
+{
+	struct daemon *d = daemon_of;
+	int engine_fds[512], guard_fds[XDP_IFACES_MAX + 1], *listen = d->listen_fds;
+	size_t n_listen = d->n_listen_fds;
+	char err[512];
+	int n, n_guard;
+
+	if (upgrade_running(d->upgrade) || d->handed_over || d->arrival.sock >= 0) {
+		log_warn("SIGUSR2: an upgrade is in progress already (or the last one's old process is still here)");
+		return;
+	}
+	if (px->draining) {
+		log_warn("SIGUSR2: draining, no upgrade");
+		return;
+	}
+	upgrade_free(d->upgrade);
+	d->upgrade = NULL;
+	/* A single process's listeners hold their sockets themselves. */
+	int single[d->single ? d->single->n_listeners + 1 : 1];
+
+	if (!d->forked) {
+		for (size_t i = 0; i < d->single->n_listeners; i++)
+			single[i] = listener_fd(d->single->listeners[i]);
+		listen = single;
+		n_listen = d->single->n_listeners;
+	}
+	for (size_t i = 0; i < n_listen; i++)
+		if (listen[i] < 0) {
+			log_error("upgrade failed: worker %zu was left out after crashing, and its listening sockets "
+				  "closed: a restart is needed; this process keeps serving", i % d->workers);
+			return;
+		}
+	n = tunnel_shared_export(d->sh, engine_fds, sizeof(engine_fds) / sizeof(engine_fds[0]));
+	n_guard = xdp_guard_export(guard, guard_fds, sizeof(guard_fds) / sizeof(guard_fds[0]));
+	if (n < 0 || n_guard < 0) {
+		log_error("upgrade failed: cannot list the data plane's descriptors; this process keeps serving");
+		return;
+	}
+	log_info("SIGUSR2: upgrading");
+	d->upgrade = upgrade_start(px->loop,
+				   &(struct upgrade_offer){ .cfg = px->cfg, .engine = d->master.engine,
+							    .workers = d->workers, .listen_fds = listen,
+							    .n_listen_fds = n_listen, .engine_fds = engine_fds,
+							    .n_engine_fds = (size_t)n, .guard_fds = guard_fds,
+							    .n_guard_fds = (size_t)n_guard,
+							    .guard_made_bpffs = xdp_guard_made_bpffs(guard) },
+				   on_upgrade_ready, d, err, sizeof(err));
+	if (!d->upgrade)
+		log_error("upgrade failed: %s; this process keeps serving", err);
+}
+
+/* The new process: the old one is gone (its end of the socket closed).
+ * What only one process can hold is this one's now. */
+static void servers_here(struct daemon *d, struct proxy *px)
+{
+	if (d->servers_open)
+		return;
+	d->servers_open = true;
+	if (open_servers(d, px))
+		log_error("upgrade: the control socket or the metrics could not be opened");
+	announce(d, px->cfg);
+}
+
+static void on_old_gone(struct ev_handler *h, uint32_t events)
+{
+	struct daemon *d = container_of(h, struct daemon, old_gone);
+	struct proxy *px = d->serving_px;
+	char msg[16], err[512];
+	ssize_t n;
+
+	(void)events;
+	n = recv(h->fd, msg, sizeof(msg), MSG_DONTWAIT);
+	if (n < 0 && errno == EAGAIN)
+		return;
+	if (n > 0) { /* "servers": it closed its control socket and metrics */
+		servers_here(d, px);
+		return;
+	}
+	ev_watch(px->loop, h, 0);
+	close(h->fd);
+	h->fd = d->arrival.sock = -1;
+	log_info("upgrade: the old process is gone; this one (pid %d) serves alone", (int)getpid());
+	/* Not there before: the configuration named no interface then. */
+	if (!guard && px->cfg->xdp.n_ifaces && !(guard = xdp_guard_open(px->cfg, err, sizeof(err))))
+		log_error("%s (the listeners go unguarded)", err);
+	servers_here(d, px);
+}
+
+/* The new process serves: it says so, and waits for the old one to go. */
+static void serving_after_upgrade(struct daemon *d, struct proxy *px)
+{
+	char err[512];
+
+	d->serving_px = px;
+	upgrade_answer(&d->arrival, NULL);
+	/* What was adopted is this process's from now on. */
+	tunnel_shared_own(d->sh);
+	if (guard && xdp_guard_take(guard, px->cfg, err, sizeof(err)))
+		log_error("upgrade: %s (the old guard's program stays on the interfaces)", err);
+	d->old_gone = (struct ev_handler){ .fd = d->arrival.sock, .on_event = on_old_gone };
+	if (ev_watch(px->loop, &d->old_gone, EPOLLIN))
+		log_error("upgrade: cannot watch the old process: %s", strerror(errno));
 }
 
 /* One worker, or the single process: accept, proxy, tunnel. channel is
@@ -601,6 +842,12 @@ static int serve(void *ctx, uint32_t w, int channel)
 		if (i % d->workers != w && d->listen_fds[i] >= 0) {
 			close(d->listen_fds[i]);
 			d->listen_fds[i] = -1;
+		}
+	/* The same for the other workers' ends of an upgrade's handover. */
+	for (size_t i = 0; d->forked && i < d->arrival.n_worker_socks; i++)
+		if (i != w && d->arrival.worker_socks[i] >= 0) {
+			close(d->arrival.worker_socks[i]);
+			d->arrival.worker_socks[i] = -1;
 		}
 	px.cfg = cfg;
 	px.sessions.next = px.sessions.prev = &px.sessions;
@@ -628,6 +875,7 @@ static int serve(void *ctx, uint32_t w, int channel)
 
 		sigdelset(&mask, SIGHUP);
 		sigdelset(&mask, SIGUSR1);
+		sigdelset(&mask, SIGUSR2);
 		if (watch_signals(&sw, &px, &mask))
 			goto out;
 	} else if (watch_signals(&sw, &px, &d->signals)) {
@@ -635,25 +883,28 @@ static int serve(void *ctx, uint32_t w, int channel)
 	}
 	tw = timeouts_start(&px);
 	listeners = calloc(cfg->n_listeners, sizeof(*listeners));
-	if (!tw || !listeners)
+	sv.pending = malloc(cfg->n_listeners * sizeof(int));
+	if (!tw || !listeners || !sv.pending)
 		goto out;
 	sv.listeners = listeners;
 	sv.n_listeners = cfg->n_listeners;
+	sv.log_listeners = cfg->path[0] && !d->forked;
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		sv.pending[i] = d->listen_fds[i * d->workers + w];
+		d->listen_fds[i * d->workers + w] = -1;
+	}
 	sv.forked = d->forked;
+	if (!d->forked)
+		d->single = &sv;
 	sw.on_stop = on_stop_signal;
 	sw.ctx = &sv;
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		int *fd = &d->listen_fds[i * d->workers + w];
-
-		listeners[i] = listener_open(&px, &cfg->listeners[i], *fd, err, sizeof(err));
-		*fd = -1; /* the listener's now */
-		if (!listeners[i]) {
-			log_error("%s", err);
+	if (w < d->arrival.n_worker_socks && d->arrival.worker_socks[w] >= 0) {
+		sv.handover = handover_arrive(&px, d->arrival.worker_socks[w], begin_serving, &sv);
+		if (!sv.handover)
 			goto out;
-		}
-		if (cfg->path[0] && !d->forked)
-			log_info("listener %s on %s:%s", cfg->listeners[i].name, cfg->listeners[i].ep.host,
-				 cfg->listeners[i].ep.port);
+		d->arrival.worker_socks[w] = -1;
+	} else if (open_listeners(&sv)) {
+		goto out;
 	}
 	/* Everything that needs root is open: the maps, the listeners, the
 	 * log file. */
@@ -670,25 +921,43 @@ static int serve(void *ctx, uint32_t w, int channel)
 			goto out;
 		channel = -1;
 		log_debug("worker %u (pid %d) serving", w, (int)getpid());
+	} else if (d->arrival.sock >= 0) {
+		serving_after_upgrade(d, &px);
 	} else {
 		if (open_servers(d, &px))
 			goto out;
 		announce(d, cfg);
 	}
 	ev_loop_run(px.loop);
-	if (!d->forked)
+	if (sv.leaving)
+		handover_end(sv.handover); /* "done": everything it had is the new process's */
+	else
+		handover_free(sv.handover);
+	sv.handover = NULL;
+	if (!d->forked && !sv.leaving) /* after an upgrade the daemon goes on, in the new process */
 		sd_notify(0, "STOPPING=1");
 	rc = 0;
 out:
 	if (channel >= 0)
 		close(channel);
 	worker_channel_close(ch);
-	if (!d->forked)
+	if (!d->forked) {
 		close_servers(d, &px);
+		/* The new process learns this one is gone once the control
+		 * socket's name is free; one not serving yet is stopped. */
+		upgrade_free(d->upgrade);
+		d->upgrade = NULL;
+	}
 	for (size_t i = 0; listeners && i < px.cfg->n_listeners; i++)
 		if (listeners[i])
 			listener_close(listeners[i]);
 	free(listeners);
+	for (size_t i = 0; sv.pending && i < sv.n_listeners; i++)
+		if (sv.pending[i] >= 0)
+			close(sv.pending[i]);
+	free(sv.pending);
+	handover_free(sv.handover);
+	d->single = NULL;
 	drain_free(sv.drain);
 	timeouts_stop(tw);
 	session_close_all(&px);
@@ -717,7 +986,7 @@ static int supervise(struct daemon *d)
 	sigprocmask(SIG_BLOCK, &d->signals, NULL);
 	px->loop = ev_loop_new();
 	if (!px->loop || route_bind_states(px, px->cfg) || pool_bind_states(px, px->cfg) ||
-	    watch_signals(&d->sw, px, &d->signals) || open_servers(d, px))
+	    watch_signals(&d->sw, px, &d->signals) || (d->arrival.sock < 0 && open_servers(d, px)))
 		goto out;
 	sigdelset(&d->signals, SIGCHLD); /* the workers' signalfd */
 	/* Each worker writes its own lines; a path that cannot work is said
@@ -738,10 +1007,20 @@ static int supervise(struct daemon *d)
 		if (px->cfg->path[0])
 			log_info("listener %s on %s:%s", px->cfg->listeners[i].name, px->cfg->listeners[i].ep.host,
 				 px->cfg->listeners[i].ep.port);
-	announce(d, px->cfg);
+	for (size_t i = 0; i < d->arrival.n_worker_socks; i++) /* the workers' now */
+		if (d->arrival.worker_socks[i] >= 0) {
+			close(d->arrival.worker_socks[i]);
+			d->arrival.worker_socks[i] = -1;
+		}
+	if (d->arrival.sock >= 0)
+		serving_after_upgrade(d, px);
+	else
+		announce(d, px->cfg);
 	ev_loop_run(px->loop);
-	sd_notify(0, "STOPPING=1");
-	log_info("stopping %u workers", d->workers);
+	if (!d->handed_over) {
+		sd_notify(0, "STOPPING=1");
+		log_info("stopping %u workers", d->workers);
+	}
 	rc = 0;
 out:
 	/* No worker is started again: the listening sockets go now, or the
@@ -759,10 +1038,17 @@ out:
 		sigemptyset(&again);
 		sigaddset(&again, SIGTERM);
 		sigaddset(&again, SIGINT);
-		workers_stop(px->workers, px->cfg->timeouts.shutdown_ms + 10000, &again);
+		uint64_t ms = px->cfg->timeouts.shutdown_ms;
+
+		/* After an upgrade they wait for their requests in flight. */
+		if (d->handed_over && ms < UPGRADE_DRAIN_MS)
+			ms = UPGRADE_DRAIN_MS;
+		workers_stop(px->workers, ms + 10000, &again);
 	}
 	px->workers = NULL;
 	close_servers(d, px);
+	upgrade_free(d->upgrade);
+	d->upgrade = NULL;
 	if (d->sw.h.fd > 0)
 		close(d->sw.h.fd);
 	ev_loop_free(px->loop);
@@ -776,10 +1062,10 @@ int main(int argc, char **argv)
 	static struct daemon d;
 	struct cli_options opt;
 	struct config *cfg;
-	char err[512];
+	char err[512] = "";
 	int rc = 1;
 
-	if (argc >= 2 && (!strcmp(argv[1], "status") || !strcmp(argv[1], "conns")))
+	if (argc >= 2 && (!strcmp(argv[1], "status") || !strcmp(argv[1], "conns") || !strcmp(argv[1], "upgrade")))
 		return ask_daemon(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "deny"))
 		return deny_command(argc, argv);
@@ -797,6 +1083,9 @@ int main(int argc, char **argv)
 		break;
 	}
 	cli = opt;
+	upgrade_remember(argv);
+	upgrade_arrival_open(&d.arrival);
+	daemon_of = &d;
 	cfg = load_config(&opt);
 	if (opt.test_only) {
 		if (!cfg) {
@@ -809,8 +1098,10 @@ int main(int argc, char **argv)
 		config_put(cfg);
 		return 0;
 	}
-	if (!cfg)
+	if (!cfg) {
+		upgrade_answer(&d.arrival, "the new process cannot load its configuration (the lines above say why)");
 		return opt.config_path ? 1 : 2;
+	}
 	cfg->workers = config_workers(cfg);
 	d.workers = cfg->workers;
 	d.forked = d.workers > 1 || cfg->user[0];
@@ -828,6 +1119,7 @@ int main(int argc, char **argv)
 	sigaddset(&d.signals, SIGTERM);
 	sigaddset(&d.signals, SIGUSR1);
 	sigaddset(&d.signals, SIGHUP);
+	sigaddset(&d.signals, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &d.signals, NULL);
 	d.control_named = cfg->control[0] != '\0';
 	if (!d.control_named)
@@ -837,11 +1129,15 @@ int main(int argc, char **argv)
 		log_error("cannot map memory the workers share: %s", strerror(errno));
 		goto out;
 	}
-	d.sh = tunnel_prepare(cfg, err, sizeof(err));
-	if (!d.sh) {
-		log_error("%s", err);
+	/* An upgrade's new process adopts what the old one runs. */
+	if (upgrade_receive(&d.arrival, cfg, err, sizeof(err)))
 		goto out;
-	}
+	d.sh = d.arrival.sock >= 0 ? tunnel_adopt(cfg, d.arrival.engine, d.arrival.engine_fds, d.arrival.n_engine_fds,
+						   err, sizeof(err))
+				   : tunnel_prepare(cfg, err, sizeof(err));
+	d.arrival.n_engine_fds = 0; /* adopted, or closed */
+	if (!d.sh)
+		goto out;
 	d.master.engine = tunnel_shared_engine(d.sh);
 	d.listen_fds = calloc(cfg->n_listeners * d.workers, sizeof(*d.listen_fds));
 	if (!d.listen_fds)
@@ -849,18 +1145,41 @@ int main(int argc, char **argv)
 	d.n_listen_fds = cfg->n_listeners * d.workers;
 	for (size_t i = 0; i < d.n_listen_fds; i++)
 		d.listen_fds[i] = -1;
-	for (size_t i = 0; i < cfg->n_listeners; i++)
-		if (listener_bind(&cfg->listeners[i], d.workers, &d.listen_fds[i * d.workers], err, sizeof(err))) {
-			log_error("%s", err);
+	if (d.arrival.sock >= 0) {
+		/* The running listening sockets: no SYN goes unanswered. */
+		if (d.arrival.n_listen_fds != d.n_listen_fds) {
+			snprintf(err, sizeof(err), "%zu listening sockets came for %zu", d.arrival.n_listen_fds,
+				 d.n_listen_fds);
 			goto out;
 		}
-	/* In front of the bound listeners, before anything is served. */
-	if (cfg->xdp.n_ifaces && !(guard = xdp_guard_open(cfg, err, sizeof(err)))) {
-		log_error("%s", err);
+		memcpy(d.listen_fds, d.arrival.listen_fds, d.n_listen_fds * sizeof(int));
+		d.arrival.n_listen_fds = 0;
+	} else {
+		for (size_t i = 0; i < cfg->n_listeners; i++)
+			if (listener_bind(&cfg->listeners[i], d.workers, &d.listen_fds[i * d.workers], err,
+					  sizeof(err)))
+				goto out;
+	}
+	/* In front of the bound listeners, before anything is served (after
+	 * an upgrade, once the old process let go of the interfaces). */
+	if (d.arrival.n_guard_fds) {
+		guard = xdp_guard_adopt(cfg, d.arrival.guard_fds, d.arrival.n_guard_fds, d.arrival.guard_made_bpffs, err,
+					sizeof(err));
+		d.arrival.n_guard_fds = 0;
+		if (!guard)
+			goto out;
+	} else if (cfg->xdp.n_ifaces && d.arrival.sock < 0 && !(guard = xdp_guard_open(cfg, err, sizeof(err)))) {
 		goto out;
 	}
+	err[0] = '\0';
 	rc = d.forked ? supervise(&d) : serve(&d, 0, -1);
 out:
+	if (rc && err[0])
+		log_error("%s", err);
+	/* An upgrade that did not come as far as serving: the old process
+	 * goes on, and logs why. */
+	if (!d.arrival.answered)
+		upgrade_answer(&d.arrival, err[0] ? err : "the new process could not start serving (its log says why)");
 	/* cfg may be gone: a reload replaced it (with as many listeners). */
 	for (size_t i = 0; d.listen_fds && i < d.n_listen_fds; i++)
 		if (d.listen_fds[i] >= 0)

@@ -58,6 +58,7 @@ static const struct series series[M_COUNT] = {
 	[M_FALLBACK_FIN_BEFORE_PAYLOAD] = { FALLBACKS, "reason=\"fin_before_payload\"" },
 	[M_FALLBACK_FIN_DURING_INSERTION] = { FALLBACKS, "reason=\"fin_during_insertion\"" },
 	[M_FALLBACK_NO_TUNNEL_ID] = { FALLBACKS, "reason=\"no_tunnel_id\"" },
+	[M_FALLBACK_UPGRADE] = { FALLBACKS, "reason=\"upgrade\"" },
 	[M_FALLBACK_ERROR] = { FALLBACKS, "reason=\"error\"" },
 	[M_ACCESS_LOG_DROPPED] = { "wsplice_access_log_dropped_total", "counter",
 				   "Access log lines dropped because the writer fell 4 MiB behind.", "" },

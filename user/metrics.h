@@ -46,6 +46,7 @@ enum metric {
 	M_FALLBACK_FIN_BEFORE_PAYLOAD,  /* sockmap tunnels finished by the copy relay, by reason */
 	M_FALLBACK_FIN_DURING_INSERTION,
 	M_FALLBACK_NO_TUNNEL_ID,
+	M_FALLBACK_UPGRADE,
 	M_FALLBACK_ERROR,
 	M_ACCESS_LOG_DROPPED,           /* access log lines dropped: its queue was full */
 	M_SESSIONS_OPEN,                /* gauge: client connections not (yet) tunnels */

@@ -146,3 +146,14 @@ void pool_server_done(struct server_state *st)
 	if (st)
 		st->active--;
 }
+
+struct server_state *pool_server_adopt(struct proxy *px, const char *key)
+{
+	struct server_state *st;
+
+	for (st = px->server_states; st && strcmp(st->key, key); st = st->next)
+		;
+	if (st)
+		st->active++;
+	return st;
+}

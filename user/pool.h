@@ -42,6 +42,9 @@ int pool_take_idle(struct server *s, uint64_t *read, uint64_t *written);
 void pool_put_idle(struct pool *p, struct server *s, int fd, uint64_t read, uint64_t written, uint64_t now_ms);
 /* A request or tunnel on the server ended (leastconn's count); NULL: none. */
 void pool_server_done(struct server_state *st);
+/* A tunnel an upgrade brought, on the server of that key: counted on it.
+ * NULL when no such server. */
+struct server_state *pool_server_adopt(struct proxy *px, const char *key);
 /* Closes idle connections older than max_idle_ms. */
 void pool_expire_idle(struct proxy *px, uint64_t now_ms, uint64_t max_idle_ms);
 

@@ -177,3 +177,16 @@ void route_tunnel_done(struct route_state *st)
 	shared_add(daemon_tunnels(), -1);
 	shared_add(st->tunnels, -1);
 }
+
+struct route_state *route_state_adopt(struct proxy *px, const char *name)
+{
+	struct route_state *st;
+
+	for (st = px->route_states; st && strcmp(st->name, name); st = st->next)
+		;
+	if (st) {
+		shared_add(st->tunnels, 1);
+		shared_add(daemon_tunnels(), 1);
+	}
+	return st;
+}

@@ -30,5 +30,8 @@ int route_admit_websocket(const struct route *r, const struct http_head *req);
 int route_take_slot(const struct route *r, uint32_t max_tunnels, bool *daemon_full);
 /* A tunnel (or an upgrade that did not become one) gives its slot back; NULL: none. */
 void route_tunnel_done(struct route_state *st);
+/* A tunnel an upgrade brought, under the route of that name: it takes its
+ * slot (whatever the cap: it is open already). NULL when no such route. */
+struct route_state *route_state_adopt(struct proxy *px, const char *name);
 
 #endif

@@ -34,7 +34,9 @@ struct session {
 	struct conn_link link; /* first: the list entry is the session */
 	struct proxy *px;
 	struct config *cfg;       /* the generation the current request runs under */
-	const char *listener;     /* the name of the listener that accepted it */
+	/* The name of the listener that accepted it: a copy, as the listener
+	 * closes before its connections at a drain or an upgrade. */
+	char listener[CFG_NAME_MAX];
 	struct sockaddr_storage peer;
 	const struct route *route;
 	struct server *server;    /* of the upstream connection; counts in its `active` */
@@ -111,6 +113,12 @@ static void await_request(struct session *s)
 
 void session_start(struct proxy *px, int fd, const char *listener, const struct sockaddr_storage *peer)
 {
+	session_resume(px, fd, listener, peer, 0);
+}
+
+void session_resume(struct proxy *px, int fd, const char *listener, const struct sockaddr_storage *peer,
+		    unsigned answered)
+{
 	struct session *s = calloc(1, sizeof(*s));
 
 	if (!s) {
@@ -119,7 +127,7 @@ void session_start(struct proxy *px, int fd, const char *listener, const struct 
 	}
 	s->px = px;
 	s->cfg = config_get(px->cfg);
-	s->listener = listener;
+	snprintf(s->listener, sizeof(s->listener), "%s", listener);
 	s->client.fd = fd;
 	s->client.on_event = on_client;
 	s->upstream.fd = -1;
@@ -138,6 +146,7 @@ void session_start(struct proxy *px, int fd, const char *listener, const struct 
 	px->sessions_open++;
 	metrics_inc(M_SESSIONS_OPEN);
 	conn_link_add(&px->sessions, &s->link);
+	s->requests = answered; /* past its first request: the keep-alive timeout */
 	await_request(s);
 	drive(s);
 }
@@ -287,6 +296,28 @@ void session_drain(struct proxy *px)
 			session_close(s);
 		else
 			s->close_after = true;
+	}
+}
+
+void session_hand_over(struct proxy *px, session_leave_fn fn, void *ctx)
+{
+	struct conn_link *l = px->sessions.next;
+
+	px->draining = true;
+	while (l != &px->sessions) {
+		struct session *s = (struct session *)l;
+
+		l = l->next;
+		/* Between requests, or not begun: nothing of it is in this
+		 * process but the socket, so the new one goes on with it. The
+		 * others finish here, and close after their answer (or become
+		 * tunnels, which leave then). */
+		if (s->state == S_REQ_HEAD && !buf_len(&s->cin) && !buf_len(&s->cout)) {
+			fn(ctx, s->client.fd, s->listener, &s->peer, s->requests);
+			session_close(s);
+		} else {
+			s->close_after = true;
+		}
 	}
 }
 
@@ -714,6 +745,7 @@ static void hand_off(struct session *s)
 		.payload_from = { s->payload_from[WS_DIR_C2U], s->payload_from[WS_DIR_U2C] },
 		.route_st = s->tunnel_slot,
 		.server_st = s->server ? s->server->st : NULL,
+		.mode = s->route->mode,
 	};
 
 	uint64_t tunnel;

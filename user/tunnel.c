@@ -44,6 +44,9 @@ struct tunnel_set {
 	struct ev_loop *loop;
 	const struct engine_ops *eng; /* new tunnels start here */
 	void *ctx[MODE_COUNT];        /* each open engine's context */
+	bool running[MODE_COUNT];     /* the engines tunnels may start on */
+	tunnel_transfer_fn leave;     /* an upgrade: tunnels go to the new process */
+	void *leave_ctx;
 };
 
 /* tunnel_close's reset_end when no end saw an RST but both get one. */
@@ -258,16 +261,82 @@ static void tunnel_close(struct tunnel *t, int reset_end, enum metric cause)
 	ev_defer(ts->loop, free, t);
 }
 
-uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
+/* Where a new tunnel of a route with this mode starts. */
+static const struct engine_ops *engine_for(const struct tunnel_set *ts, enum tunnel_mode mode)
+{
+	return mode != MODE_AUTO && mode < MODE_COUNT && ts->running[mode] ? engine_table[mode] : ts->eng;
+}
+
+/* The transfer's names of what the tunnel counts against. */
+static void transfer_names(struct tunnel_transfer *x, const struct route_state *rs, const struct server_state *ss)
+{
+	snprintf(x->route, sizeof(x->route), "%s", rs ? rs->name : "");
+	snprintf(x->server, sizeof(x->server), "%s", ss ? ss->key : "");
+}
+
+/* An upgrade: the tunnel leaves this process with what its engine keeps;
+ * its sockets, not closed here, go with it. */
+static void tunnel_leave(struct tunnel *t)
+{
+	struct tunnel_set *ts = t->ts;
+	struct tunnel_transfer x = { .h.fd = { t->ep[0].fd, t->ep[1].fd } };
+
+	if (t->eng->hand_over)
+		t->eng->hand_over(t->st, &x.h, &x.saved);
+	else
+		t->eng->stop(t->st, &x.h);
+	metrics_engine_tunnels(t->eng->name, -1);
+	snprintf(x.engine, sizeof(x.engine), "%s", t->eng->name);
+	transfer_names(&x, t->route_st, t->server_st);
+	x.serial = t->serial;
+	x.age_ms = ev_now_ms() - t->started_ms;
+	t->closed = true;
+	ev_ticker_stop(ts->loop, &t->ticker);
+	for (int e = 0; e < 2; e++)
+		ev_watch(ts->loop, &t->ep[e], 0);
+	route_tunnel_done(t->route_st);
+	pool_server_done(t->server_st);
+	free(t->peers);
+	t->peers = NULL;
+	ts->count--;
+	TAILQ_REMOVE(&ts->all, t, link);
+	ev_defer(ts->loop, free, t);
+	ts->leave(ts->leave_ctx, &x);
+}
+
+void tunnel_set_hand_over(struct tunnel_set *ts, tunnel_transfer_fn fn, void *ctx)
+{
+	ts->leave = fn;
+	ts->leave_ctx = ctx;
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (ts->ctx[m] && engine_table[m]->upgrade)
+			engine_table[m]->upgrade(ts->ctx[m], ENGINE_UPGRADE_LEAVING);
+	while (!TAILQ_EMPTY(&ts->all))
+		tunnel_leave(TAILQ_FIRST(&ts->all));
+}
+
+void tunnel_set_upgrade(struct tunnel_set *ts, enum engine_upgrade phase)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (ts->ctx[m] && engine_table[m]->upgrade)
+			engine_table[m]->upgrade(ts->ctx[m], phase);
+}
+
+/* Both kinds of start: a hand-off from the session (x NULL), or a tunnel
+ * the old process handed over. */
+static uint64_t tunnel_begin(struct tunnel_set *ts, const struct engine_ops *eng, struct tunnel_handoff *h,
+			     struct tunnel_transfer *x)
 {
 	struct tunnel *t = calloc(1, sizeof(*t));
 	struct engine_io io;
 
 	if (t) {
 		t->ts = ts;
-		t->eng = ts->eng;
-		t->serial = (ts->serial += ts->serial_step);
-		t->started_ms = ev_now_ms();
+		t->eng = eng;
+		if (x && x->serial > ts->serial) /* the same worker's series: this one goes on after it */
+			ts->serial = x->serial;
+		t->serial = x ? x->serial : (ts->serial += ts->serial_step);
+		t->started_ms = ev_now_ms() - (x ? x->age_ms : 0);
 		if (access_log_enabled() && (t->peers = calloc(2, sizeof(*t->peers))))
 			for (int e = 0; e < 2; e++)
 				peer_address(h->fd[e], t->peers[e], sizeof(t->peers[e]));
@@ -277,10 +346,15 @@ uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 		t->route_st = h->route_st;
 		t->server_st = h->server_st;
 		io = io_now(t);
-		t->st = t->eng->start(engine_ctx(ts, t->eng), h, t, &io);
+		/* A tunnel that began in the old process while it left has no
+		 * engine state yet: it starts here. */
+		if (x && eng->take_over && (x->saved.len || x->saved.nfds))
+			t->st = eng->take_over(engine_ctx(ts, eng), h, &x->saved, t, &io);
+		else
+			t->st = eng->start(engine_ctx(ts, eng), h, t, &io);
 	}
 	if (!t || !t->st) {
-		log_warn("tunnel: out of memory: closing the connection");
+		log_warn("tunnel: %s: closing the connection", x ? "cannot take it over" : "out of memory");
 		if (t)
 			free(t->peers);
 		free(t);
@@ -297,6 +371,49 @@ uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
 	metrics_engine_tunnels(t->eng->name, 1);
 	apply(t, &io);
 	return t->serial;
+}
+
+uint64_t tunnel_take_over(struct tunnel_set *ts, struct tunnel_transfer *x, struct route_state *rs,
+			  struct server_state *ss)
+{
+	const struct engine_ops *eng = x->engine[0] ? NULL : engine_for(ts, x->h.mode);
+
+	for (int m = 0; !eng && m < MODE_COUNT; m++)
+		if (ts->running[m] && !strcmp(engine_table[m]->name, x->engine))
+			eng = engine_table[m];
+	if (!eng || (x->saved.len && !eng->take_over)) {
+		log_error("tunnel %llu came on engine %s, which this process does not run: closing it",
+			  (unsigned long long)x->serial, x->engine);
+		for (uint32_t i = 0; i < x->saved.nfds; i++)
+			close(x->saved.fd[i]);
+		for (int e = 0; e < 2; e++)
+			close(x->h.fd[e]);
+		for (int d = 0; d < 2; d++)
+			buf_release(&x->h.queue[d]);
+		route_tunnel_done(rs);
+		pool_server_done(ss);
+		return 0;
+	}
+	x->h.route_st = rs;
+	x->h.server_st = ss;
+	return tunnel_begin(ts, eng, &x->h, x);
+}
+
+uint64_t tunnel_start(struct tunnel_set *ts, struct tunnel_handoff *h)
+{
+	if (ts->leave) {
+		/* Upgrading: it starts in the new process, as a new tunnel there. */
+		struct tunnel_transfer x = { .h = *h, .serial = (ts->serial += ts->serial_step) };
+
+		transfer_names(&x, h->route_st, h->server_st);
+		route_tunnel_done(h->route_st);
+		pool_server_done(h->server_st);
+		x.h.route_st = NULL;
+		x.h.server_st = NULL;
+		ts->leave(ts->leave_ctx, &x);
+		return x.serial;
+	}
+	return tunnel_begin(ts, engine_for(ts, h->mode), h, NULL);
 }
 
 void tunnel_timeouts(struct tunnel_set *ts, const struct timeouts *to, uint64_t now_ms)
@@ -382,11 +499,21 @@ struct tunnel_shared {
 	enum tunnel_mode mode;
 	void *shared[MODE_COUNT]; /* each prepared engine's */
 	bool prepared[MODE_COUNT];
+	bool routes[MODE_COUNT];  /* a route's own mode */
 };
 
 static bool engine_used(const struct tunnel_shared *sh, enum tunnel_mode m)
 {
-	return engine_table[m] && (m == sh->mode || engine_table[m] == engine_fallback);
+	/* An engine without a daemon-wide part costs nothing to have ready:
+	 * an upgrade may bring tunnels on it whatever this configuration says. */
+	return engine_table[m] && (m == sh->mode || engine_table[m] == engine_fallback || sh->routes[m] ||
+				   sh->prepared[m] || !engine_table[m]->prepare);
+}
+
+static void route_modes(struct tunnel_shared *sh, const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_routes; i++)
+		sh->routes[cfg->routes[i].mode] = cfg->routes[i].mode != MODE_AUTO;
 }
 
 static int prepare_engine(struct tunnel_shared *sh, enum tunnel_mode m, const struct config *cfg, char *why,
@@ -427,6 +554,7 @@ struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t
 		return NULL;
 	}
 	sh->mode = cfg->mode == MODE_AUTO ? resolve_auto(sh, cfg) : cfg->mode;
+	route_modes(sh, cfg);
 	for (int m = 0; m < MODE_COUNT; m++) {
 		if (!engine_used(sh, m))
 			continue;
@@ -436,6 +564,74 @@ struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t
 			return NULL;
 		}
 	}
+	return sh;
+}
+
+/* One engine at most has a shared part (the sockmap's data plane). */
+int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->export_shared)
+			return engine_table[m]->export_shared(sh->shared[m], fds, cap);
+	return 0;
+}
+
+void tunnel_shared_disown(struct tunnel_shared *sh)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->disown)
+			engine_table[m]->disown(sh->shared[m]);
+}
+
+void tunnel_shared_own(struct tunnel_shared *sh)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->own)
+			engine_table[m]->own(sh->shared[m]);
+}
+
+struct tunnel_shared *tunnel_adopt(const struct config *cfg, const char *engine, const int *fds, size_t n,
+				   char *why, size_t whylen)
+{
+	struct tunnel_shared *sh = calloc(1, sizeof(*sh));
+	const struct engine_ops *e = NULL;
+	char reason[300];
+	int m;
+
+	int owner = -1; /* the engine whose shared part the descriptors are */
+
+	for (m = 0; m < MODE_COUNT && !e; m++)
+		if (engine_table[m] && !strcmp(engine_table[m]->name, engine))
+			e = engine_table[m];
+	for (int k = 0; k < MODE_COUNT && n && owner < 0; k++)
+		if (engine_table[k] && engine_table[k]->adopt)
+			owner = k;
+	if (!sh || !e || (n && owner < 0)) {
+		snprintf(why, whylen, !sh ? "out of memory" : "the running engine %s cannot be adopted", engine);
+		for (size_t i = 0; i < n; i++)
+			close(fds[i]);
+		free(sh);
+		return NULL;
+	}
+	sh->mode = m - 1;
+	route_modes(sh, cfg);
+	/* Whatever this configuration says, a running data plane is adopted:
+	 * its tunnels are coming. */
+	if (owner >= 0) {
+		sh->shared[owner] = engine_table[owner]->adopt(cfg, fds, n, reason, sizeof(reason));
+		if (!sh->shared[owner]) {
+			snprintf(why, whylen, "%s: %s", engine_table[owner]->name, reason);
+			free(sh);
+			return NULL;
+		}
+		sh->prepared[owner] = true;
+	}
+	for (m = 0; m < MODE_COUNT; m++)
+		if (engine_used(sh, m) && prepare_engine(sh, m, cfg, reason, sizeof(reason))) {
+			snprintf(why, whylen, "--mode %s: %s", engine_table[m]->name, reason);
+			tunnel_release(sh);
+			return NULL;
+		}
 	return sh;
 }
 
@@ -480,7 +676,10 @@ struct tunnel_set *tunnel_set_open(const struct tunnel_shared *sh, const struct 
 	for (int m = 0; m < MODE_COUNT; m++) {
 		const struct engine_ops *e = engine_table[m];
 
-		if (!engine_used(sh, m) || !e->open)
+		if (!engine_used(sh, m))
+			continue;
+		ts->running[m] = true;
+		if (!e->open)
 			continue;
 		ts->ctx[m] = e->open(cfg, sh->shared[m], worker, loop, kick, reason, sizeof(reason));
 		if (!ts->ctx[m]) {
@@ -494,6 +693,10 @@ struct tunnel_set *tunnel_set_open(const struct tunnel_shared *sh, const struct 
 
 void tunnel_set_reload(struct tunnel_set *ts, const struct config *cfg)
 {
+	for (size_t i = 0; i < cfg->n_routes; i++)
+		if (cfg->routes[i].mode != MODE_AUTO && !ts->running[cfg->routes[i].mode])
+			log_warn("reload: route %s: mode %s applies at the next restart (its tunnels take %s until then)",
+				 cfg->routes[i].name, mode_name(cfg->routes[i].mode), ts->eng->name);
 	for (int m = 0; m < MODE_COUNT; m++)
 		if (ts->ctx[m] && engine_table[m]->reload)
 			engine_table[m]->reload(ts->ctx[m], cfg);
@@ -516,6 +719,21 @@ void tunnel_set_close(struct tunnel_set *ts)
 const char *tunnel_set_engine(const struct tunnel_set *ts)
 {
 	return ts->eng->name;
+}
+
+uint64_t tunnel_set_last_id(const struct tunnel_set *ts)
+{
+	return ts->serial;
+}
+
+void tunnel_set_ids_after(struct tunnel_set *ts, uint64_t id)
+{
+	/* The same worker's series (congruent), 65 536 ids on: the old
+	 * process's tunnels that begin while it drains take those. */
+	uint64_t next = id + 65536 * ts->serial_step;
+
+	if (next > ts->serial)
+		ts->serial = next;
 }
 
 uint64_t tunnel_set_next_id(const struct tunnel_set *ts)

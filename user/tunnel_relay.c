@@ -268,7 +268,8 @@ static void relay_event(void *st, int end, uint32_t events, struct engine_io *io
 	relay_run(r, io);
 }
 
-static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io *io)
+/* The relay of a hand-off's sockets, queues and counts. */
+static struct relay *relay_new(struct tunnel_handoff *h, bool splice)
 {
 	struct relay *r = calloc(1, sizeof(*r));
 
@@ -294,7 +295,15 @@ static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io
 		 * no frame count: where it left the stream is unknown. */
 		dd->frames_known = !splice && dd->written <= dd->payload_from;
 	}
-	relay_run(r, io);
+	return r;
+}
+
+static void *relay_start(struct tunnel_handoff *h, bool splice, struct engine_io *io)
+{
+	struct relay *r = relay_new(h, splice);
+
+	if (r)
+		relay_run(r, io);
 	return r;
 }
 
@@ -310,8 +319,8 @@ static void *splice_start(void *ctx, struct tunnel_handoff *h, void *owner, stru
 	return relay_start(h, true, io);
 }
 
-/* Nothing hands a relay over to another engine yet, so h is always NULL:
- * bytes in a pipe could not be handed back. */
+/* With h (an upgrade's, through relay_hand_over, which takes the pipes
+ * first): the queues and counts go back. */
 static void relay_stop(void *st, struct tunnel_handoff *h)
 {
 	struct relay *r = st;
@@ -333,6 +342,82 @@ static void relay_stop(void *st, struct tunnel_handoff *h)
 		}
 	}
 	free(r);
+}
+
+/* An upgrade: what relay_stop() hands back, plus each direction's flags,
+ * frame position and pipe (its bytes stay in it, in the kernel). */
+struct relay_saved_dir {
+	struct ws_frames frames;
+	uint32_t in_pipe;
+	bool frames_known, src_eof, dst_shut, has_pipe;
+};
+
+static void relay_hand_over(void *st, struct tunnel_handoff *h, struct engine_saved *saved)
+{
+	struct relay *r = st;
+	struct relay_saved_dir sd[2];
+
+	memset(sd, 0, sizeof(sd));
+	saved->nfds = 0;
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *dd = &r->dir[d];
+
+		sd[d] = (struct relay_saved_dir){ .frames = dd->frames, .in_pipe = dd->in_pipe,
+						  .frames_known = dd->frames_known, .src_eof = dd->src_eof,
+						  .dst_shut = dd->dst_shut, .has_pipe = dd->pipe_rd >= 0 };
+		if (dd->pipe_rd >= 0) {
+			saved->fd[saved->nfds++] = dd->pipe_rd;
+			saved->fd[saved->nfds++] = dd->pipe_wr;
+			dd->pipe_rd = dd->pipe_wr = -1;
+		}
+	}
+	memcpy(saved->state, sd, sizeof(sd));
+	saved->len = sizeof(sd);
+	relay_stop(r, h);
+}
+
+static void *relay_take_over(struct tunnel_handoff *h, bool splice, struct engine_saved *saved,
+			     struct engine_io *io)
+{
+	struct relay_saved_dir sd[2];
+	struct relay *r;
+	uint32_t next_fd = 0;
+
+	if (saved->len != sizeof(sd) || !(r = relay_new(h, splice))) {
+		for (uint32_t i = 0; i < saved->nfds; i++)
+			close(saved->fd[i]);
+		return NULL;
+	}
+	memcpy(sd, saved->state, sizeof(sd));
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *dd = &r->dir[d];
+
+		dd->frames = sd[d].frames;
+		dd->frames_known = sd[d].frames_known;
+		dd->src_eof = sd[d].src_eof;
+		dd->dst_shut = sd[d].dst_shut;
+		dd->in_pipe = sd[d].in_pipe;
+		if (sd[d].has_pipe && next_fd + 2 <= saved->nfds) {
+			dd->pipe_rd = saved->fd[next_fd++];
+			dd->pipe_wr = saved->fd[next_fd++];
+		}
+	}
+	relay_run(r, io);
+	return r;
+}
+
+static void *copy_take_over(void *ctx, struct tunnel_handoff *h, struct engine_saved *saved, void *owner,
+			    struct engine_io *io)
+{
+	(void)ctx, (void)owner;
+	return relay_take_over(h, false, saved, io);
+}
+
+static void *splice_take_over(void *ctx, struct tunnel_handoff *h, struct engine_saved *saved, void *owner,
+			      struct engine_io *io)
+{
+	(void)ctx, (void)owner;
+	return relay_take_over(h, true, saved, io);
 }
 
 /* 1001 "going away": unmasked to the client, masked (RFC 6455 section
@@ -399,6 +484,8 @@ const struct engine_ops engine_copy = {
 	.event = relay_event,
 	.stop = relay_stop,
 	.going_away = relay_going_away,
+	.hand_over = relay_hand_over,
+	.take_over = copy_take_over,
 	.stats = relay_stats,
 	.describe = relay_describe,
 };
@@ -408,6 +495,8 @@ const struct engine_ops engine_splice = {
 	.start = splice_start,
 	.event = relay_event,
 	.stop = relay_stop,
+	.hand_over = relay_hand_over,
+	.take_over = splice_take_over,
 	.stats = relay_stats,
 	.describe = relay_describe,
 };

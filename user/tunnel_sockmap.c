@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 #include "dataplane.h"
 #include "engine.h"
 #include "log.h"
@@ -65,6 +66,11 @@ struct sockmap {
 	uint32_t max_tunnels;
 	uint32_t id_base;         /* worker * max_tunnels: the ids are the worker's own */
 	uint32_t next_id;
+	/* An upgrade brings tunnels the old process inserted: until they all
+	 * came, an id may be held in the kernel's map by one still on its way,
+	 * and the old process may still read the event ring (an event about a
+	 * tunnel of this one would be lost). */
+	bool arriving;
 };
 
 static const char *dir_name(int d)
@@ -306,6 +312,10 @@ static void insert(struct sm_tunnel *t, struct engine_io *io)
 	struct sockmap *sm = t->sm;
 	bool flowing[2];
 
+	if (sm->arriving) { /* the copy relay carries it: an upgrade is bringing the old process's tunnels */
+		errno = EAGAIN;
+		goto fallback;
+	}
 	if (alloc_id(sm, &t->id) < 0)
 		goto fallback;
 	for (int e = 0; e < 2; e++) {
@@ -341,8 +351,11 @@ fallback:
 	/* EOPNOTSUPP: a FIN arrived since the drain (a client that closes
 	 * right after the 101), not worth a line. */
 	metrics_inc(errno == EOPNOTSUPP ? M_FALLBACK_FIN_DURING_INSERTION
-				: errno == ENOSPC ? M_FALLBACK_NO_TUNNEL_ID : M_FALLBACK_ERROR);
-	if (errno == EOPNOTSUPP)
+				: errno == ENOSPC ? M_FALLBACK_NO_TUNNEL_ID
+				: errno == EAGAIN ? M_FALLBACK_UPGRADE : M_FALLBACK_ERROR);
+	if (errno == EAGAIN)
+		log_info("tunnel falls back to the copy relay: an upgrade is taking the old process's tunnels over");
+	else if (errno == EOPNOTSUPP)
 		log_debug("tunnel falls back to the copy relay: %s", strerror(errno));
 	else
 		log_warn("tunnel falls back to the copy relay: %s", strerror(errno));
@@ -510,6 +523,101 @@ static void sockmap_stop(void *st, struct tunnel_handoff *h)
 		}
 	}
 	free(t);
+}
+
+/* An upgrade: what the new process needs besides the hand-off. */
+struct sm_saved {
+	uint32_t id;
+	bool in_kernel, broken;
+	uint64_t cookie[2], queued_base[2];
+	bool src_eof[2], dst_shut[2], paused[2], user_finish[2];
+};
+
+/* The tunnel leaves this process; its map entries stay, and so does the
+ * kernel's work on it. */
+static void sockmap_hand_over(void *st, struct tunnel_handoff *h, struct engine_saved *saved)
+{
+	struct sm_tunnel *t = st;
+	struct sm_saved ss = { .id = t->id, .in_kernel = t->in_kernel, .broken = t->broken };
+
+	saved->nfds = 0;
+	saved->len = 0;
+	if (t->in_kernel) {
+		for (int i = 0; i < 2; i++) {
+			ss.cookie[i] = t->cookie[i];
+			ss.queued_base[i] = t->queued_base[i];
+			ss.src_eof[i] = t->dir[i].src_eof;
+			ss.dst_shut[i] = t->dir[i].dst_shut;
+			ss.paused[i] = t->dir[i].paused;
+			ss.user_finish[i] = t->dir[i].user_finish;
+		}
+		memcpy(saved->state, &ss, sizeof(ss));
+		saved->len = sizeof(ss);
+		*slot(t->sm, t->id) = NULL;
+		t->in_kernel = false; /* so stop() leaves the maps alone */
+	}
+	sockmap_stop(t, h);
+}
+
+/* Not inserted yet: it starts here as a new one (the drain, then the first
+ * byte inserts it). Inserted: it goes on where it stood. */
+static void *sockmap_take_over(void *ctx, struct tunnel_handoff *h, struct engine_saved *saved, void *owner,
+			       struct engine_io *io)
+{
+	struct sockmap *sm = ctx;
+	struct sm_tunnel *t, **at;
+	struct sm_saved ss;
+
+	if (!saved->len)
+		return sockmap_start(ctx, h, owner, io);
+	memcpy(&ss, saved->state, sizeof(ss));
+	at = saved->len == sizeof(ss) ? slot(sm, ss.id) : NULL;
+	if (!at || *at) {
+		log_error("sockmap: a tunnel came with id %u, %s", ss.id, at ? "which is in use" : "not this worker's");
+		return NULL;
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->sm = sm;
+	t->owner = owner;
+	t->id = ss.id;
+	t->in_kernel = true;
+	t->broken = ss.broken;
+	t->last_active_ms = ev_now_ms();
+	for (int i = 0; i < 2; i++) {
+		struct sm_dir *dd = &t->dir[i];
+
+		t->fd[i] = h->fd[i];
+		t->cookie[i] = ss.cookie[i];
+		t->queued_base[i] = ss.queued_base[i];
+		dd->buf = h->queue[i];
+		buf_init(&h->queue[i], 0);
+		dd->user_read = h->read[i];
+		dd->user_written = h->written[i];
+		dd->payload_from = h->payload_from[i];
+		dd->src_eof = ss.src_eof[i];
+		dd->dst_shut = ss.dst_shut[i];
+		dd->paused = ss.paused[i];
+		dd->user_finish = ss.user_finish[i];
+	}
+	*at = t;
+	for (int e = 0; e < 2; e++)
+		io->want[e] = t->dir[end_dir(e)].src_eof ? EPOLLERR : EPOLLRDHUP;
+	sockmap_progress(t, io);
+	return t;
+}
+
+static void sockmap_upgrade(void *ctx, enum engine_upgrade phase)
+{
+	struct sockmap *sm = ctx;
+
+	sm->arriving = phase == ENGINE_UPGRADE_ARRIVING;
+	/* One reader of the ring at a time: the old process until its
+	 * tunnels leave, then the new one, which finds what came meanwhile. */
+	ev_watch(sm->loop, &sm->events, phase == ENGINE_UPGRADE_ARRIVED ? EPOLLIN : 0);
+	if (phase == ENGINE_UPGRADE_ARRIVED)
+		dataplane_events_poll(sm->de);
 }
 
 /* The kernel stamps last_active with the coarse monotonic clock. */
@@ -698,6 +806,39 @@ static void *sockmap_prepare(const struct config *cfg, char *why, size_t whylen)
 	return dp;
 }
 
+static int sockmap_export(void *shared, int *fds, size_t cap)
+{
+	return dataplane_export(shared, fds, cap);
+}
+
+static void sockmap_disown(void *shared)
+{
+	dataplane_disown(shared);
+}
+
+static void sockmap_own(void *shared)
+{
+	dataplane_own(shared);
+}
+
+/* The new process of an upgrade: the running data plane, as it is. */
+static void *sockmap_adopt(const struct config *cfg, const int *fds, size_t n, char *why, size_t whylen)
+{
+	struct dataplane *dp =
+		dataplane_adopt(cfg->bpffs, cfg->tunnel_buffer, cfg->max_tunnels, cfg->workers, fds, n, why, whylen);
+
+	if (!dp) {
+		for (size_t i = 0; i < n; i++)
+			close(fds[i]);
+		return NULL;
+	}
+	if (flag_ports(dp, cfg))
+		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
+	metrics_collector_add(sockmap_metrics, dp);
+	log_info("sockmap: the running data plane adopted (maps pinned in %s)", cfg->bpffs);
+	return dp;
+}
+
 static void sockmap_release(void *shared)
 {
 	metrics_collector_del(sockmap_metrics, shared);
@@ -761,6 +902,10 @@ const struct engine_ops engine_sockmap = {
 	.name = "sockmap",
 	.prepare = sockmap_prepare,
 	.release = sockmap_release,
+	.export_shared = sockmap_export,
+	.disown = sockmap_disown,
+	.own = sockmap_own,
+	.adopt = sockmap_adopt,
 	.worker_gone = sockmap_worker_gone,
 	.open = sockmap_open,
 	.close = sockmap_close,
@@ -769,6 +914,9 @@ const struct engine_ops engine_sockmap = {
 	.event = sockmap_event,
 	.tick = sockmap_tick,
 	.stop = sockmap_stop,
+	.hand_over = sockmap_hand_over,
+	.take_over = sockmap_take_over,
+	.upgrade = sockmap_upgrade,
 	.stats = sockmap_stats,
 	.describe = sockmap_describe,
 };

@@ -203,6 +203,17 @@ void workers_tell(struct workers *ws, const char *request, int fd)
 			log_warn("worker %u: cannot pass on '%s': %s", i, request, strerror(errno));
 }
 
+void workers_hand_over(struct workers *ws, const char *request, const int *fds)
+{
+	char line[64];
+
+	ws->stopping = true; /* they end when their tunnels have left: none is started again */
+	snprintf(line, sizeof(line), "%s\n", request);
+	for (uint32_t i = 0; i < ws->n; i++)
+		if (ws->w[i].channel >= 0 && send_request(ws->w[i].channel, line, fds[i]))
+			log_warn("worker %u: cannot pass on '%s': %s", i, request, strerror(errno));
+}
+
 /* The worker that was pid: its slot is free again. */
 static int forget_pid(struct workers *ws, pid_t pid)
 {

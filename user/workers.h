@@ -32,6 +32,9 @@ struct workers *workers_start(uint32_t n, worker_main_fn run, worker_forget_fn f
 /* A request line every worker's channel gets ("reload", "reopen"), with fd
  * (or -1) passed along. */
 void workers_tell(struct workers *ws, const char *request, int fd);
+/* An upgrade: worker i gets request with fds[i], and none is started
+ * again from now on. */
+void workers_hand_over(struct workers *ws, const char *request, const int *fds);
 /* In a worker: re-arms the parent-death signal (a new uid clears it);
  * -1 when the master is gone already. */
 int workers_parent_death(void);

@@ -20,6 +20,7 @@ struct xdp_guard {
 	size_t n_links;
 	int lock_fd;
 	bool made_bpffs; /* --bpffs did not exist: the guard made it, and removes it */
+	bool disowned;   /* an upgrade's new process has it: closing leaves it in place */
 	char pin_dir[300];
 };
 
@@ -140,6 +141,11 @@ static int fill_ports(struct xdp_guard *g, const struct config *cfg, char *why, 
 
 int xdp_guard_apply(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen)
 {
+	if (!g->skel) { /* an upgrade's guard that could not be taken over: the old program's maps */
+		snprintf(why, whylen, "the XDP guard was not taken over at the upgrade: a restart applies xdp_deny and "
+				      "the SYN rate");
+		return -1;
+	}
 	struct guard_config gc = { 0 };
 	uint32_t zero = 0;
 
@@ -260,6 +266,109 @@ fail:
 	return NULL;
 }
 
+bool xdp_guard_made_bpffs(const struct xdp_guard *g)
+{
+	return g && g->made_bpffs;
+}
+
+int xdp_guard_export(struct xdp_guard *g, int *fds, size_t cap)
+{
+	if (!g)
+		return 0;
+	if (cap < 1 + g->n_links) {
+		errno = ENOBUFS;
+		return -1;
+	}
+	fds[0] = g->lock_fd;
+	memcpy(fds + 1, g->link, g->n_links * sizeof(int));
+	return 1 + (int)g->n_links;
+}
+
+void xdp_guard_disown(struct xdp_guard *g)
+{
+	if (g)
+		g->disowned = true;
+}
+
+struct xdp_guard *xdp_guard_adopt(const struct config *cfg, const int *fds, size_t n, bool made_bpffs, char *why,
+				  size_t whylen)
+{
+	struct xdp_guard *g = calloc(1, sizeof(*g));
+
+	if (!g) {
+		snprintf(why, whylen, "out of memory");
+		for (size_t i = 0; i < n; i++)
+			close(fds[i]);
+		return NULL;
+	}
+	/* The old process's until xdp_guard_take: a new process that fails
+	 * before leaves it as it found it. */
+	g->disowned = true;
+	g->made_bpffs = made_bpffs;
+	xdp_guard_pin_dir(cfg->bpffs, g->pin_dir, sizeof(g->pin_dir));
+	g->lock_fd = n ? fds[0] : -1;
+	for (size_t i = 1; i < n; i++) {
+		if (g->n_links < XDP_IFACES_MAX)
+			g->link[g->n_links++] = fds[i];
+		else
+			close(fds[i]);
+	}
+	if (n < 1 || n - 1 != cfg->xdp.n_ifaces) {
+		snprintf(why, whylen, "the running XDP guard is on %zu interfaces, the new configuration names %zu: a "
+				      "restart applies that", n ? n - 1 : 0, cfg->xdp.n_ifaces);
+		goto fail;
+	}
+	for (size_t i = 0; i < g->n_links; i++) {
+		struct bpf_link_info info = { 0 };
+		uint32_t len = sizeof(info);
+
+		if (bpf_obj_get_info_by_fd(g->link[i], &info, &len) ||
+		    info.xdp.ifindex != if_nametoindex(cfg->xdp.ifaces[i])) {
+			snprintf(why, whylen, "the running XDP guard is not on %s: a restart applies that",
+				 cfg->xdp.ifaces[i]);
+			goto fail;
+		}
+	}
+	return g;
+fail:
+	xdp_guard_close(g);
+	return NULL;
+}
+
+int xdp_guard_take(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen)
+{
+	int err;
+
+	/* The pinned maps are reused as they are (the deny list, `wsplice
+	 * deny`'s entries included, and the counters); libbpf refuses maps of
+	 * another layout. */
+	g->skel = xdp_guard_bpf__open_opts(&(struct bpf_object_open_opts){ .sz = sizeof(struct bpf_object_open_opts),
+									  .pin_root_path = g->pin_dir });
+	if (!g->skel) {
+		snprintf(why, whylen, "cannot open the XDP guard: %s", strerror(errno));
+		return -1;
+	}
+	err = xdp_guard_bpf__load(g->skel);
+	if (err) {
+		snprintf(why, whylen, "cannot adopt the running XDP guard's maps: %s", strerror(-err));
+		return -1;
+	}
+	if (fill_ports(g, cfg, why, whylen) || xdp_guard_apply(g, cfg, why, whylen))
+		return -1;
+	/* This binary's program takes over each link at once: no packet goes
+	 * unguarded. */
+	for (size_t i = 0; i < g->n_links; i++)
+		if (bpf_link_update(g->link[i], bpf_program__fd(g->skel->progs.xdp_guard), NULL)) {
+			snprintf(why, whylen, "xdp %s: cannot replace the running guard's program: %s", cfg->xdp.ifaces[i],
+				 strerror(errno));
+			return -1;
+		}
+	g->disowned = false;
+	metrics_collector_add(guard_metrics, g);
+	log_info("xdp guard: the running one taken over on %zu interfaces (its pinned maps kept)", g->n_links);
+	return 0;
+}
+
 void xdp_guard_forget(struct xdp_guard *g)
 {
 	if (!g)
@@ -278,7 +387,7 @@ void xdp_guard_close(struct xdp_guard *g)
 {
 	if (!g)
 		return;
-	if (g->lock_fd >= 0) {
+	if (g->lock_fd >= 0 && !g->disowned) {
 		if (g->skel)
 			unpin_all(g);
 		rmdir(g->pin_dir);

@@ -4,6 +4,7 @@
 #ifndef WSPLICE_XDP_GUARD_H
 #define WSPLICE_XDP_GUARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include "config.h"
 #include "wsplice_guard.h"
@@ -18,6 +19,23 @@ struct xdp_guard *xdp_guard_open(const struct config *cfg, char *why, size_t why
 int xdp_guard_apply(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen);
 /* Detaches from every interface and removes the pins. */
 void xdp_guard_close(struct xdp_guard *g);
+/* An upgrade. The old process: the guard's descriptors (its lock, then a
+ * link per interface; -1 when more than cap), and once the new process
+ * has them, disown: closing then leaves it attached and pinned. The new
+ * process adopts them (the same interfaces, in order): its program takes
+ * over each link atomically, over the same pinned maps, the deny list
+ * included. NULL with the reason (the descriptors closed). */
+int xdp_guard_export(struct xdp_guard *g, int *fds, size_t cap);
+void xdp_guard_disown(struct xdp_guard *g);
+struct xdp_guard *xdp_guard_adopt(const struct config *cfg, const int *fds, size_t n, bool made_bpffs, char *why,
+				  size_t whylen);
+/* Whether the guard made --bpffs (and removes it at the end): the new
+ * process of an upgrade inherits that. */
+bool xdp_guard_made_bpffs(const struct xdp_guard *g);
+/* Once the new process serves: its program on the links, its ports and
+ * deny entries in the maps. Until then (and when this fails, with the
+ * reason) the old program guards, and closing leaves it all in place. */
+int xdp_guard_take(struct xdp_guard *g, const struct config *cfg, char *why, size_t whylen);
 /* In a worker: its copies of the guard's descriptors go, nothing else. */
 void xdp_guard_forget(struct xdp_guard *g);
 
