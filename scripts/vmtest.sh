@@ -21,15 +21,16 @@ WORK=$(pwd)
 KERNELS=${KERNELS:-"6.1 6.12"}
 # Everything that exercises the BPF path: all sockmap-mode tests (the stress
 # ones too), bpftool, two instances, the veth hosts with native XDP, and the
-# bulk integrity test in every mode, and the XDP guard (which needs no kfunc:
-# it runs on 6.1 too). On a kernel without the kfuncs the
+# bulk integrity test in every mode, the XDP guard (which needs no kfunc:
+# it runs on 6.1 too) and the binary upgrades (their copy and splice tunnels
+# on 6.1). On a kernel without the kfuncs the
 # verdict needs (before 6.2, docs/KERNEL.md, the trim) wsplice refuses sockmap mode
 # (and the suite would fail loudly), so there the splice relay's tests run
 # instead, with WSPLICE_TEST_NO_BPF=1 saying so.
 # The Vite HMR test is left out: a browser under TCG takes minutes per page.
 # So is the fault-injection test: the initramfs has no sch_ingress for its
 # clsact qdisc (it runs on the host in every CI run).
-CMD=${CMD:-"if grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then sel='(sockmap or bpftool or instances or netns or integrity or xdp) and not vite and not faults'; else sel='(splice or integrity or xdp) and not vite and not test_stress'; export WSPLICE_TEST_NO_BPF=1; fi; tests/integration/run.sh build/wsplice -k \"\$sel\""}
+CMD=${CMD:-"if grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then sel='(sockmap or bpftool or instances or netns or integrity or xdp or upgrade) and not vite and not faults'; else sel='(splice or integrity or xdp or upgrade) and not vite and not test_stress'; export WSPLICE_TEST_NO_BPF=1; fi; tests/integration/run.sh build/wsplice -k \"\$sel\""}
 VM_TIMEOUT=${VM_TIMEOUT:-1800}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}

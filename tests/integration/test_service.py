@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, WSPLICE, free_port
-from wsutil import one_route_config
+from wsutil import one_route_config, wait_for
 
 
 def make_install(**env):
@@ -105,4 +105,69 @@ def test_sd_notify_ready_reloading_and_stopping(upstream, tmp_path):
         if p.poll() is None:
             p.kill()
         p.wait()
+        notify.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sd_notify_follows_an_upgrade_to_the_new_process(upstream, tmp_path, workers):
+    """What systemd sees of `wsplice upgrade` under the shipped unit
+    (NotifyAccess=main: only the main process is heard): the old process
+    names the new one MAINPID, never says STOPPING=1, and the new one says
+    READY=1 once it serves alone, and STOPPING=1 at its own stop."""
+    up = upstream(lambda conn, head, rest: None)
+    sock_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    notify.bind(sock_path)
+    notify.settimeout(10)
+    conf = tmp_path / "w.conf"
+    port = free_port()
+    conf.write_text(one_route_config(up.port).replace("{port}", str(port)) +
+                    "\n[global]\nmode = copy\nworkers = %d\n" % workers)
+    bpffs = "/sys/fs/bpf/wsplice-notify-up-%d" % os.getpid()
+    main = {"pid": None}
+    heard = []
+
+    def message():
+        """The next message systemd would act on: one from the main process."""
+        while True:
+            data, anc, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+            pid = int.from_bytes([a for a in anc if a[1] == socket.SCM_CREDENTIALS][0][2][:4], "little")
+            text = data.decode()
+            heard.append((pid, text))
+            if pid == main["pid"]:
+                for field in text.split("\n"):
+                    if field.startswith("MAINPID="):
+                        main["pid"] = int(field[8:])
+                return text
+
+    p = subprocess.Popen([WSPLICE, "-c", str(conf), "--bpffs", bpffs],
+                         env=dict(os.environ, NOTIFY_SOCKET=sock_path), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    main["pid"] = p.pid
+    new = None
+    try:
+        assert "READY=1" in message()
+        p.send_signal(signal.SIGUSR2)
+        handed = message()
+        new = main["pid"]
+        assert new != p.pid and "MAINPID=%d" % new in handed, handed
+        ready = message()
+        assert "READY=1" in ready and "MAINPID=%d" % new in ready, heard
+        assert p.wait(10) == 0
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        os.kill(new, signal.SIGTERM)
+        assert "STOPPING=1" in message(), heard
+        assert not any("STOPPING=1" in text for pid, text in heard if pid == p.pid), heard
+        assert wait_for(lambda: not os.path.exists("/proc/%d/exe" % new), timeout=10)
+        new = None
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if new:
+            try:
+                os.kill(new, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         notify.close()

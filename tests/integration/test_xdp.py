@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -333,3 +334,69 @@ def test_xdp_configuration_errors_name_the_line(tmp_path):
     assert r.returncode == 2 and "--xdp 'nosuch0': no such network interface" in r.stderr, r.stderr
     r = sh(WSPLICE, "deny", "list", "--bpffs", "/sys/fs/bpf/wsplice-none-%d" % os.getpid(), check=False)
     assert r.returncode == 1 and "is a wsplice with xdp = running" in r.stderr, r.stderr
+
+
+def exited(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def xdp_prog_id(hosts, ifname):
+    link = json.loads(sh("ip", "-n", hosts["proxy"], "-d", "-j", "link", "show", "dev", ifname).stdout)[0]
+    return link.get("xdp", {}).get("prog", {}).get("id")
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy"])
+def test_an_upgrade_keeps_the_guard_its_deny_list_and_its_figures(hosts, tmp_path, mode):
+    """`wsplice upgrade`: the new process's program takes over the running
+    links (never a moment unguarded: a denied source keeps trying throughout),
+    over the same pinned maps, `wsplice deny`'s entries and the counters
+    included."""
+    # In copy mode nothing else pins under --bpffs: the guard made it, and
+    # the new process removes it at the end.
+    g = Guarded(hosts, tmp_path, "xdp = pa, pb\nxdp_deny = 10.78.1.2\nxdp_syn_rate = off\nmode = %s" % mode)
+    new_pid = None
+    try:
+        assert g.started(), g.read_log()
+        assert g.deny("add", "fd78:1::/64").returncode == 0
+        assert g.refused("a", "10.78.1.1") and g.upgrade("b", "10.78.2.1")
+        before = {i: xdp_prog_id(hosts, i) for i in ("pa", "pb")}
+        denied = g.stats()["denied"]
+        got_through = []
+        stop = threading.Event()
+
+        def knock():
+            while not stop.is_set():
+                if g.upgrade("a", "10.78.1.1", 0.3):
+                    got_through.append(time.monotonic())
+
+        knocker = threading.Thread(target=knock, daemon=True)
+        knocker.start()
+        time.sleep(0.5)
+        r = sh(WSPLICE, "upgrade", "--bpffs", g.pin, check=False)
+        assert r.returncode == 0, r.stderr
+        assert wait_for(lambda: "the old process is gone" in g.read_log(), timeout=30), g.read_log()
+        time.sleep(0.5)
+        stop.set()
+        knocker.join(10)
+        new_pid = json.loads(sh(WSPLICE, "status", "--json", "--bpffs", g.pin).stdout)["pid"]
+        assert new_pid != g.proc.pid and g.proc.wait(10) == 0
+        assert not got_through, "a denied source connected during the upgrade"
+        after = {i: xdp_prog_id(hosts, i) for i in ("pa", "pb")}
+        assert all(after.values()) and all(after[i] != before[i] for i in after), (before, after)
+        assert "xdp guard: the running one taken over on 2 interfaces" in g.read_log(), g.read_log()
+        assert sorted(g.deny("list").stdout.splitlines()) == ["10.78.1.2/32 config", "fd78:1::/64 cli"]
+        assert g.stats()["denied"] > denied  # the same counters, and the knocks went on being counted
+        assert g.refused("a", "10.78.1.1") and g.refused("a", "fd78:1::1")
+        assert g.upgrade("b", "10.78.2.1") and g.upgrade("b", "fd78:2::1")
+        assert "wsplice error:" not in g.read_log(), g.read_log()
+    finally:
+        if new_pid:
+            os.kill(new_pid, signal.SIGTERM)
+            wait_for(lambda: exited(new_pid), timeout=15)
+        g.stop()
+    assert not xdp_attached(hosts, "pa") and not xdp_attached(hosts, "pb")
+    assert not os.path.exists(g.pin)
