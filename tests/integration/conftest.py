@@ -2,6 +2,7 @@
 own pin directory so tests never share BPF maps."""
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,12 @@ class Proxy:
                 if time.monotonic() > deadline:
                     raise AssertionError("wsplice did not listen:\n" + self.read_log())
                 time.sleep(0.02)
+        # The listening sockets take connections from the moment they are
+        # bound, before every worker runs: the daemon serves once it says so
+        # (announce(): all workers started). Under emulation the second
+        # worker came after the first connection (CI, 6.12 VM).
+        assert wait_for(lambda: re.search(r"(listening on|configuration) .*, mode \w+, \d+ workers?", self.read_log())
+                        or self.proc.poll() is not None, timeout=20), "wsplice did not say it serves:\n" + self.read_log()
         if mode == "auto":
             # What auto chose decides what the test may assert; a run that
             # can use BPF must have got the kernel path.
