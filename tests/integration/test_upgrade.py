@@ -22,7 +22,7 @@ import pytest
 
 import conftest
 from conftest import NO_BPF, free_port, report
-from wsutil import (echo_after_101, open_tunnel, recv_exact, recv_head, status_of, upgrade_request,
+from wsutil import (echo_after_101, exited, open_tunnel, recv_exact, recv_head, status_of, upgrade_request,
                     wait_for)
 
 # The binary the commands run; the daemon runs from a copy of it, which a
@@ -95,15 +95,6 @@ def conns(pin_dir):
                        timeout=10)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)["tunnels"]
-
-
-def gone(pid):
-    """Exited (a zombie counts: its parent has not reaped it yet)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 class Streams(threading.Thread):
@@ -346,7 +337,7 @@ def upgrade(px, how, n, streams=None, keep_holding=False):
     else:
         r = subprocess.run([CLI, "upgrade", "--bpffs", px.pin_dir], capture_output=True, text=True, timeout=10)
         assert r.returncode == 0 and "upgrade" in r.stdout, (r.stdout, r.stderr)
-    assert wait_for(lambda: px.read_log().count("the old process is gone") > before and gone(old), timeout=90), \
+    assert wait_for(lambda: px.read_log().count("the old process is gone") > before and exited(old), timeout=90), \
         "upgrade %d did not complete:\n%s" % (n, px.read_log())
     st = status(px.pin_dir)
     assert st and st["pid"] != old, st
@@ -359,7 +350,7 @@ def upgrade(px, how, n, streams=None, keep_holding=False):
 
 def stop_master(pid):
     os.kill(pid, signal.SIGTERM)
-    assert wait_for(lambda: gone(pid), timeout=30), "the last master (pid %d) did not stop" % pid
+    assert wait_for(lambda: exited(pid), timeout=30), "the last master (pid %d) did not stop" % pid
 
 
 def engines_by_port(px):

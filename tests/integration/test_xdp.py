@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import WSPLICE
-from wsutil import wait_for
+from wsutil import exited, wait_for
 
 BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
 
@@ -334,14 +334,6 @@ def test_xdp_configuration_errors_name_the_line(tmp_path):
     assert r.returncode == 2 and "--xdp 'nosuch0': no such network interface" in r.stderr, r.stderr
     r = sh(WSPLICE, "deny", "list", "--bpffs", "/sys/fs/bpf/wsplice-none-%d" % os.getpid(), check=False)
     assert r.returncode == 1 and "is a wsplice with xdp = running" in r.stderr, r.stderr
-
-
-def exited(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def xdp_prog_id(hosts, ifname):

@@ -229,6 +229,15 @@ def wait_for(pred, timeout=5.0, interval=0.01):
     return pred()
 
 
+def exited(pid):
+    """The process has exited (a zombie counts: its parent has not reaped it yet)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def mem_available():
     with open("/proc/meminfo") as f:
         for line in f:
