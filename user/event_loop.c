@@ -165,6 +165,12 @@ void ev_loop_run(struct ev_loop *loop)
 		for (int i = 0; i < n; i++) {
 			struct ev_handler *h = events[i].data.ptr;
 
+			/* Stale: its handler stopped watching earlier in this
+			 * batch. A tunnel's end that left epoll has nothing to
+			 * do, and an event ring an upgrade stopped reading is
+			 * the next process's: a pause read here would be lost. */
+			if (!h->events)
+				continue;
 			h->on_event(h, events[i].events);
 		}
 		ev_run_deferred(loop);

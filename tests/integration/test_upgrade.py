@@ -234,6 +234,7 @@ class Streams(threading.Thread):
                 sum(1 for t in self.tunnels if t.get("fin") and t["sock"] is not None)))
         self.failures += ["tunnel %d: half-closed, never saw the FIN back" % t["i"]
                           for t in self.tunnels if t.get("fin") and not t.get("eof")]
+        self.stuck = [t for t in self.tunnels if t["sock"] and (t["recv"] != t["sent"] or t.get("fin"))]
 
     def close(self):
         self.done.set()
@@ -389,12 +390,27 @@ def streaming(upstream, start_proxy, request, monkeypatch, tmp_path):
             stop_master(pid)
 
 
+def where_stuck(px, streams):
+    """For a failure: what the proxy and the kernel hold of each tunnel
+    that did not finish (its relay's detail, both sockets' queues)."""
+    lines = []
+    by_port = {int(t["client"].rsplit(":", 1)[1]): t for t in conns(px.pin_dir)}
+    for t in getattr(streams, "stuck", [])[:5]:
+        lines.append("tunnel %d (%s): sent %d, received %d; proxy: %s" % (
+            t["i"], t["engine"], t["sent"], t["recv"], json.dumps(by_port.get(t["port"]))))
+        ss = subprocess.run(["ss", "-tnoiH", "sport = :%d or dport = :%d" % (t["port"], t["port"])],
+                            capture_output=True, text=True)
+        lines.append(ss.stdout)
+    return "\n".join(lines)
+
+
 def check_intact(px, streams, connector, what):
     connector.done.set()
     connector.join(10)
     streams.finish()
-    assert not streams.failures, "%s: %d failures:\n%s\n%s" % (what, len(streams.failures),
-                                                                "\n".join(streams.failures[:20]), px.read_log())
+    assert not streams.failures, "%s: %d failures:\n%s\n%s\n%s" % (what, len(streams.failures),
+                                                                    "\n".join(streams.failures[:20]),
+                                                                    where_stuck(px, streams), px.read_log())
     assert not connector.failures, "%s: refused or failed connections:\n%s\n%s" % (
         what, "\n".join(connector.failures[:20]), px.read_log())
     assert connector.ok > 0 and streams.echoed == streams.sent > 0
