@@ -9,6 +9,7 @@ that fails (it cannot run, it crashes, its configuration is bad or differs
 in what it cannot adopt) leaves the old one serving, with one line saying why."""
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -44,6 +45,14 @@ HELD_WINDOW = 256 << 20
 PERIOD = 1000003
 _BASE = os.urandom(PERIOD)
 PATTERN = _BASE + _BASE[:1 << 17]
+# How long a held tunnel may take to finish. A receiver whose queue is not
+# empty drops a segment that ends beyond its window (Linux 6.17 and later,
+# TcpExtBeyondWindow), and a sender whose retransmissions keep meeting that
+# backs off up to TCP_RTO_MAX (120 s): seen here as a held tunnel's echo
+# server with 8 retransmissions and its next one 45 s away, the proxy's
+# socket already empty. TCP's own recovery, not a lost byte: a byte wsplice
+# lost never comes, however long the wait (docs/KERNEL-LOG.md).
+TCP_RECOVERY = 150
 # Connections accepted before an upgrade whose request comes after it.
 PENDING = 10
 
@@ -218,14 +227,16 @@ class Streams(threading.Thread):
         t["sock"].close()
         t["sock"] = None
 
-    def finish(self, timeout=60):
+    def finish(self, timeout=TCP_RECOVERY):
         """Stops sending and waits for every byte to come back."""
         self.hold.clear()
         self.stop_sending.set()
         time.sleep(0.1)
+        t0 = time.monotonic()
         ok = wait_for(lambda: all(t["recv"] == t["sent"] for t in self.tunnels if t["sock"]) and
                       all(t.get("eof") for t in self.tunnels if t.get("fin") and t["sock"] is not None),
                       timeout=timeout)
+        self.finish_seconds = time.monotonic() - t0
         self.done.set()
         self.join(5)
         if not ok:
@@ -371,6 +382,8 @@ def streaming(upstream, start_proxy, request, monkeypatch, tmp_path):
     monkeypatch.setattr(conftest, "WSPLICE", exe)
     px = start_proxy(0, "auto", config=mixed_config(echo.port, plain.port, workers))
     streams = Streams(px.port)
+    streams.echo_port = echo.port
+    streams.drops = tcp_drops()
     connector = Connector(px.port)
     streams.start()
     connector.start()
@@ -390,6 +403,16 @@ def streaming(upstream, start_proxy, request, monkeypatch, tmp_path):
             stop_master(pid)
 
 
+def tcp_drops(since=None):
+    """The kernel's counts of segments a receiver dropped or pruned."""
+    out = subprocess.run(["nstat", "-az"], capture_output=True, text=True).stdout.split("\n")
+    now = {l.split()[0]: int(l.split()[1]) for l in out if l.split() and
+           any(k in l for k in ("Drop", "Prune", "Memory", "Collapsed", "Retrans", "BeyondWindow"))}
+    if since is None:
+        return now
+    return ", ".join("%s +%d" % (k, v - since.get(k, 0)) for k, v in sorted(now.items()) if v != since.get(k, 0))
+
+
 def where_stuck(px, streams):
     """For a failure: what the proxy and the kernel hold of each tunnel
     that did not finish (its relay's detail, both sockets' queues)."""
@@ -398,9 +421,36 @@ def where_stuck(px, streams):
     for t in getattr(streams, "stuck", [])[:5]:
         lines.append("tunnel %d (%s): sent %d, received %d; proxy: %s" % (
             t["i"], t["engine"], t["sent"], t["recv"], json.dumps(by_port.get(t["port"]))))
-        ss = subprocess.run(["ss", "-tnoiH", "sport = :%d or dport = :%d" % (t["port"], t["port"])],
+        ss = subprocess.run(["ss", "-tnoieH", "sport = :%d or dport = :%d" % (t["port"], t["port"])],
                             capture_output=True, text=True)
         lines.append(ss.stdout)
+    if getattr(streams, "stuck", None):
+        # The upstream side: the echo server's connections with bytes
+        # queued, and which of them the workers' epoll sets watch, and for
+        # what (fdinfo's tfd lines, matched by socket inode).
+        ss = subprocess.run(["ss", "-tnoiemH", "state", "established", "( sport = :%d or dport = :%d )"
+                             % (streams.echo_port, streams.echo_port)], capture_output=True, text=True)
+        queued = False
+        for l in ss.stdout.splitlines():
+            if not l.startswith("\t"):
+                queued = l.split()[:2] != ["0", "0"]
+            if queued:
+                lines.append(l)
+        lines.append("TCP drops since the test began: " + tcp_drops(streams.drops))
+        inodes = set(re.findall(r"ino:(\d+)", "\n".join(lines)))
+        for pid in subprocess.run(["pgrep", "-f", conftest.WSPLICE], capture_output=True,
+                                  text=True).stdout.split():
+            try:
+                fds = {f: os.readlink("/proc/%s/fd/%s" % (pid, f)) for f in os.listdir("/proc/%s/fd" % pid)}
+                for f, target in fds.items():
+                    if target == "anon_inode:[eventpoll]":
+                        with open("/proc/%s/fdinfo/%s" % (pid, f)) as fi:
+                            watched = [l.split() for l in fi if l.startswith("tfd:")]
+                        lines.append("pid %s epoll fd %s: %s" % (pid, f, "; ".join(
+                            "%s=%s events %s" % (w[1], fds.get(w[1], "?"), w[3]) for w in watched
+                            if fds.get(w[1], "")[8:-1] in inodes)))
+            except OSError as e:
+                lines.append("pid %s: %s" % (pid, e))
     return "\n".join(lines)
 
 
@@ -408,6 +458,9 @@ def check_intact(px, streams, connector, what):
     connector.done.set()
     connector.join(10)
     streams.finish()
+    if streams.finish_seconds > 10:
+        report("%s: the held tunnels took %.0f s to finish (TCP since the test began: %s)"
+               % (what, streams.finish_seconds, tcp_drops(streams.drops)))
     assert not streams.failures, "%s: %d failures:\n%s\n%s\n%s" % (what, len(streams.failures),
                                                                     "\n".join(streams.failures[:20]),
                                                                     where_stuck(px, streams), px.read_log())
