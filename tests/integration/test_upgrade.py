@@ -403,9 +403,17 @@ def streaming(upstream, start_proxy, request, monkeypatch, tmp_path):
             stop_master(pid)
 
 
+def run_quietly(argv):
+    """A diagnostic command: its output, or none where it is missing."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True)
+    except OSError as e:
+        return subprocess.CompletedProcess(argv, 127, "", str(e))
+
+
 def tcp_drops(since=None):
     """The kernel's counts of segments a receiver dropped or pruned."""
-    out = subprocess.run(["nstat", "-az"], capture_output=True, text=True).stdout.split("\n")
+    out = run_quietly(["nstat", "-az"]).stdout.split("\n")
     now = {l.split()[0]: int(l.split()[1]) for l in out if l.split() and
            any(k in l for k in ("Drop", "Prune", "Memory", "Collapsed", "Retrans", "BeyondWindow"))}
     if since is None:
@@ -421,15 +429,14 @@ def where_stuck(px, streams):
     for t in getattr(streams, "stuck", [])[:5]:
         lines.append("tunnel %d (%s): sent %d, received %d; proxy: %s" % (
             t["i"], t["engine"], t["sent"], t["recv"], json.dumps(by_port.get(t["port"]))))
-        ss = subprocess.run(["ss", "-tnoieH", "sport = :%d or dport = :%d" % (t["port"], t["port"])],
-                            capture_output=True, text=True)
+        ss = run_quietly(["ss", "-tnoieH", "sport = :%d or dport = :%d" % (t["port"], t["port"])])
         lines.append(ss.stdout)
     if getattr(streams, "stuck", None):
         # The upstream side: the echo server's connections with bytes
         # queued, and which of them the workers' epoll sets watch, and for
         # what (fdinfo's tfd lines, matched by socket inode).
-        ss = subprocess.run(["ss", "-tnoiemH", "state", "established", "( sport = :%d or dport = :%d )"
-                             % (streams.echo_port, streams.echo_port)], capture_output=True, text=True)
+        ss = run_quietly(["ss", "-tnoiemH", "state", "established", "( sport = :%d or dport = :%d )"
+                          % (streams.echo_port, streams.echo_port)])
         queued = False
         for l in ss.stdout.splitlines():
             if not l.startswith("\t"):
@@ -438,8 +445,7 @@ def where_stuck(px, streams):
                 lines.append(l)
         lines.append("TCP drops since the test began: " + tcp_drops(streams.drops))
         inodes = set(re.findall(r"ino:(\d+)", "\n".join(lines)))
-        for pid in subprocess.run(["pgrep", "-f", conftest.WSPLICE], capture_output=True,
-                                  text=True).stdout.split():
+        for pid in run_quietly(["pgrep", "-f", conftest.WSPLICE]).stdout.split():
             try:
                 fds = {f: os.readlink("/proc/%s/fd/%s" % (pid, f)) for f in os.listdir("/proc/%s/fd" % pid)}
                 for f, target in fds.items():
