@@ -404,14 +404,17 @@ def run_quietly(argv):
         return subprocess.CompletedProcess(argv, 127, "", str(e))
 
 
-def tcp_drops(since=None):
+def tcp_drops():
     """The kernel's counts of segments a receiver dropped or pruned."""
     out = run_quietly(["nstat", "-az"]).stdout.split("\n")
-    now = {l.split()[0]: int(l.split()[1]) for l in out if l.split() and
-           any(k in l for k in ("Drop", "Prune", "Memory", "Collapsed", "Retrans", "BeyondWindow"))}
-    if since is None:
-        return now
-    return ", ".join("%s +%d" % (k, v - since.get(k, 0)) for k, v in sorted(now.items()) if v != since.get(k, 0))
+    return {l.split()[0]: int(l.split()[1]) for l in out if l.split() and
+            any(k in l for k in ("Drop", "Prune", "Memory", "Collapsed", "Retrans", "BeyondWindow"))}
+
+
+def tcp_drops_since(start):
+    """The counts of tcp_drops() that moved since start, as "name +n" text."""
+    return ", ".join("%s +%d" % (k, v - start.get(k, 0)) for k, v in sorted(tcp_drops().items())
+                     if v != start.get(k, 0))
 
 
 def where_stuck(px, streams):
@@ -436,7 +439,7 @@ def where_stuck(px, streams):
                 queued = l.split()[:2] != ["0", "0"]
             if queued:
                 lines.append(l)
-        lines.append("TCP drops since the test began: " + tcp_drops(streams.drops))
+        lines.append("TCP drops since the test began: " + tcp_drops_since(streams.drops))
         inodes = set(re.findall(r"ino:(\d+)", "\n".join(lines)))
         for pid in run_quietly(["pgrep", "-f", conftest.WSPLICE]).stdout.split():
             lines += epoll_watches(pid, inodes)
@@ -466,7 +469,7 @@ def check_intact(px, streams, connector, what):
     streams.finish()
     if streams.finish_seconds > 10:
         report("%s: the held tunnels took %.0f s to finish (TCP since the test began: %s)"
-               % (what, streams.finish_seconds, tcp_drops(streams.drops)))
+               % (what, streams.finish_seconds, tcp_drops_since(streams.drops)))
     assert not streams.failures, "%s: %d failures:\n%s\n%s\n%s" % (what, len(streams.failures),
                                                                     "\n".join(streams.failures[:20]),
                                                                     where_stuck(px, streams), px.read_log())

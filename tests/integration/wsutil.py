@@ -195,7 +195,6 @@ def reading_echo(conn, head, rest):
                     out[0] = out[0][n:]
                     if not out[0]:
                         out.popleft()
-        conn.setblocking(True)
         conn.shutdown(socket.SHUT_WR)
     except OSError as e:
         if not _reset_after_close_frame(e, last):
