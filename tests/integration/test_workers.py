@@ -146,10 +146,14 @@ def test_a_worker_that_dies_is_started_again_and_the_others_keep_theirs(upstream
     # Nothing of the dead worker stays in the kernel's maps, or in the gauges.
     assert wait_for(lambda: len(bpf_tunnels(px.pin_dir)) == survivors, timeout=5), bpf_tunnels(px.pin_dir)
     assert wait_for(lambda: status(px)["tunnels_open"] == survivors, timeout=5), status(px)
-    for _ in range(20):  # the new worker serves
+    for i in range(20):  # the new worker serves
         s, _ = open_tunnel(px.port)
         s.sendall(b"again")
-        assert recv_exact(s, 5) == b"again"
+        try:
+            got = recv_exact(s, 5)
+        except TimeoutError:
+            got = None
+        assert got == b"again", "tunnel %d after the respawn got %r\n%s\n%s" % (i, got, conns(px), px.read_log())
         s.close()
     for s in socks:
         s.close()
