@@ -1,0 +1,413 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The tc express lane (docs/DESIGN-TC-SPLICE.md). Attached at tc ingress of
+ * the interfaces a tunnel's two legs use. A segment a peer sends to one of
+ * the proxy's frozen sockets is rewritten into the segment the proxy would
+ * have sent on the other leg: addresses and ports, seq and ack (SACK edges
+ * too), the timestamps, the window across both legs' scales; checksums are
+ * fixed by difference. Then it goes on, without the proxy's stack, its
+ * queues or its worker: retransmission and flow control run end to end, and
+ * the proxy holds no byte. Everything else passes untouched. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "wsplice_tc.h"
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define PROTO_TCP 6
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_SACK 5
+#define TCPOPT_TIMESTAMP 8
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+/* Offsets inside the TCP header. */
+#define TH_SEQ 4
+#define TH_ACK_SEQ 8
+#define TH_FLAGS 13
+#define TH_WIN 14
+#define TH_CSUM 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WS_TC_MAX_FLOWS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ws_tc_key);
+	__type(value, struct ws_tc_flow);
+} tc_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WS_TC_MAX_TUNNELS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct ws_tc_tunnel);
+} tc_tunnels SEC(".maps");
+
+/* The same per-tunnel figures as the sockmap path's (bpf/splice.bpf.c), so
+ * `wsplice conns`, the metrics and bpftool read a spliced tunnel the same
+ * way in either engine; the daemon shares one map between both programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WSPLICE_MAX_TUNNELS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct ws_tunnel);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WS_TCC_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} tc_counters SEC(".maps");
+
+static __always_inline void count(__u32 i, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&tc_counters, &i);
+
+	if (v)
+		*v += n;
+}
+
+/* Where the headers are, and what the segment is. */
+struct seg {
+	__u32 l3, l4;      /* offsets of the IP and TCP headers */
+	__u32 optlen;      /* TCP options' bytes */
+	__u32 payload;     /* bytes after the TCP header (a GSO skb's whole) */
+	__u32 seq, ack;    /* host order */
+	__u16 win;         /* host order */
+	__u8 flags;
+	__u8 family;
+};
+
+/* Reads the headers into key and s; 0 for a TCP segment the program may
+ * look up, -1 for anything else (which passes untouched), 1 for a TCP
+ * segment with IP options or IPv6 extension headers. */
+static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, struct seg *s)
+{
+	struct tcphdr th;
+	__u32 hdr_end;
+	int options = 0;
+
+	s->l3 = ETH_HLEN;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, s->l3, &ip, sizeof(ip)) || ip.protocol != PROTO_TCP)
+			return -1;
+		if (ip.frag_off & bpf_htons(0x3fff))
+			return -1; /* a fragment: TCP segments never are (DF, PMTU) */
+		key->family = s->family = 4;
+		key->saddr[0] = ip.saddr;
+		key->daddr[0] = ip.daddr;
+		s->l4 = s->l3 + ip.ihl * 4;
+		options = ip.ihl != 5;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, s->l3, &ip6, sizeof(ip6)))
+			return -1;
+		if (ip6.nexthdr != PROTO_TCP)
+			return -1; /* extension headers: not an express flow's */
+		key->family = s->family = 6;
+		__builtin_memcpy(key->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(key->daddr, &ip6.daddr, 16);
+		s->l4 = s->l3 + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, s->l4, &th, sizeof(th)))
+		return -1;
+	key->sport = th.source;
+	key->dport = th.dest;
+	s->seq = bpf_ntohl(th.seq);
+	s->ack = bpf_ntohl(th.ack_seq);
+	s->win = bpf_ntohs(th.window);
+	s->flags = ((__u8 *)&th)[TH_FLAGS];
+	if (th.doff < 5)
+		return -1;
+	s->optlen = th.doff * 4 - sizeof(th);
+	hdr_end = s->l4 + th.doff * 4;
+	s->payload = skb->len > hdr_end ? skb->len - hdr_end : 0;
+	return options;
+}
+
+static __always_inline int store32(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u32 old, __u32 new)
+{
+	if (old == new)
+		return 0;
+	if (bpf_skb_store_bytes(skb, off, &new, 4, 0))
+		return -1;
+	return bpf_l4_csum_replace(skb, csum_off, old, new, 4);
+}
+
+/* Adds delta (host order) to the 32-bit field at off. */
+static __always_inline int add32(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u32 delta)
+{
+	__u32 old;
+
+	if (!delta)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, &old, 4))
+		return -1;
+	return store32(skb, off, csum_off, old, bpf_htonl(bpf_ntohl(old) + delta));
+}
+
+/* The timestamps' deltas, set at a tunnel's first segment with the clocks
+ * of the proxy's two frozen sockets: a peer's TSval moves onto the clock of
+ * the proxy's socket on the other leg, past the last TSval that socket sent
+ * (so PAWS takes it), and a TSecr comes back onto the clock it echoes. The
+ * daemon cannot read ts_recent, the peer's last TSval, so this is done
+ * here. Returns 0, or -1 when a proxy socket is gone. */
+static __always_inline int arm_timestamps(struct __sk_buff *skb, struct ws_tc_tunnel *t)
+{
+	__u32 now_ms = (__u32)(bpf_ktime_get_ns() / 1000000);
+	__u32 recent[2], offset[2];
+
+	for (int d = 0; d < 2; d++) {
+		/* The proxy's socket that receives direction d, looked up
+		 * from the other direction's out leg: a segment its peer
+		 * would send it. */
+		struct ws_tc_dir *o = &t->dir[1 - d];
+		struct bpf_sock_tuple tuple = {};
+		struct bpf_sock *sk;
+		struct tcp_sock *tp;
+		__u32 len;
+
+		if (t->family == 4) {
+			tuple.ipv4.saddr = o->daddr[0];
+			tuple.ipv4.daddr = o->saddr[0];
+			tuple.ipv4.sport = o->dport;
+			tuple.ipv4.dport = o->sport;
+			len = sizeof(tuple.ipv4);
+		} else {
+			__builtin_memcpy(tuple.ipv6.saddr, o->daddr, 16);
+			__builtin_memcpy(tuple.ipv6.daddr, o->saddr, 16);
+			tuple.ipv6.sport = o->dport;
+			tuple.ipv6.dport = o->sport;
+			len = sizeof(tuple.ipv6);
+		}
+		sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (tp) {
+			recent[d] = tp->rx_opt.ts_recent;
+			offset[d] = tp->tsoffset;
+		}
+		bpf_sk_release(sk);
+		if (!tp)
+			return -1;
+	}
+	/* Direction d leaves through the socket that receives 1 - d. */
+	for (int d = 0; d < 2; d++) {
+		__u32 delta = now_ms + offset[1 - d] + 1 - recent[d];
+
+		t->dir[d].tsval_delta = delta;
+		t->dir[1 - d].tsecr_delta = -delta;
+	}
+	t->armed = 1;
+	return 0;
+}
+
+/* The options: TSval/TSecr and SACK edges. One field at a time, each
+ * with its checksum difference. */
+static __always_inline int rewrite_options(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+{
+	__u32 at = s->l4 + sizeof(struct tcphdr), csum = s->l4 + TH_CSUM;
+	__u32 i = 0;
+
+	for (int n = 0; n < 40; n++) {
+		__u8 kl[2];
+
+		if (i >= s->optlen || i >= 40)
+			break;
+		if (bpf_skb_load_bytes(skb, at + i, kl, 1))
+			return -1;
+		if (kl[0] == TCPOPT_EOL)
+			break;
+		if (kl[0] == TCPOPT_NOP) {
+			i++;
+			continue;
+		}
+		if (i + 2 > s->optlen || bpf_skb_load_bytes(skb, at + i, kl, 2) || kl[1] < 2)
+			return -1;
+		if (kl[0] == TCPOPT_TIMESTAMP && kl[1] == 10) {
+			if (add32(skb, at + i + 2, csum, o->tsval_delta) ||
+			    add32(skb, at + i + 6, csum, o->tsecr_delta))
+				return -1;
+		} else if (kl[0] == TCPOPT_SACK) {
+			for (__u32 e = 0; e < 8; e++) {
+				if (2 + 4 * (e + 1) > kl[1])
+					break;
+				if (add32(skb, at + i + 2 + 4 * e, csum, o->ack_delta))
+					return -1;
+			}
+		}
+		i += kl[1];
+	}
+	return 0;
+}
+
+/* Addresses, then ports: the out leg's. */
+static __always_inline int rewrite_addresses(struct __sk_buff *skb, const struct seg *s,
+					     const struct ws_tc_key *key, const struct ws_tc_dir *o)
+{
+	__u32 csum = s->l4 + TH_CSUM, old_ports, new_ports;
+	__s64 diff;
+
+	if (s->family == 4) {
+		__u32 old[2] = { key->saddr[0], key->daddr[0] }, new[2] = { o->saddr[0], o->daddr[0] };
+
+		diff = bpf_csum_diff(old, 8, new, 8, 0);
+		if (diff < 0 || bpf_skb_store_bytes(skb, s->l3 + offsetof(struct iphdr, saddr), new, 8, 0) ||
+		    bpf_l3_csum_replace(skb, s->l3 + offsetof(struct iphdr, check), 0, diff, 0))
+			return -1;
+	} else {
+		__u32 old[8], new[8];
+
+		__builtin_memcpy(old, key->saddr, 16);
+		__builtin_memcpy(old + 4, key->daddr, 16);
+		__builtin_memcpy(new, o->saddr, 16);
+		__builtin_memcpy(new + 4, o->daddr, 16);
+		diff = bpf_csum_diff(old, 32, new, 32, 0);
+		if (diff < 0 || bpf_skb_store_bytes(skb, s->l3 + offsetof(struct ipv6hdr, saddr), new, 32, 0))
+			return -1;
+	}
+	/* The pseudo-header: with CHECKSUM_PARTIAL (lo, veth) only it is in
+	 * the field; the helper knows. */
+	if (bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR))
+		return -1;
+	old_ports = (__u32)key->sport | (__u32)key->dport << 16;
+	new_ports = (__u32)o->sport | (__u32)o->dport << 16;
+	return store32(skb, s->l4, csum, old_ports, new_ports);
+}
+
+/* Sequence space: seq, ack, the window. */
+static __always_inline int rewrite_tcp(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+{
+	__u32 csum = s->l4 + TH_CSUM, win;
+	__u16 old_win, new_win;
+
+	if (add32(skb, s->l4 + TH_SEQ, csum, o->seq_delta))
+		return -1;
+	if ((s->flags & TH_ACK) && add32(skb, s->l4 + TH_ACK_SEQ, csum, o->ack_delta))
+		return -1;
+	win = ((__u32)s->win << (o->wscale_in & 15)) >> (o->wscale_out & 15);
+	old_win = bpf_htons(s->win);
+	new_win = bpf_htons(win > 0xffff ? 0xffff : win);
+	if (old_win != new_win &&
+	    (bpf_skb_store_bytes(skb, s->l4 + TH_WIN, &new_win, 2, 0) ||
+	     bpf_l4_csum_replace(skb, csum, old_win, new_win, 2)))
+		return -1;
+	return 0;
+}
+
+/* FINs and their acknowledgements, resets, and the bytes sent on. */
+static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, const struct seg *s)
+{
+	struct ws_tc_dir *o = &t->dir[d & 1], *other = &t->dir[(d & 1) ^ 1];
+	__u32 seq = s->seq + o->seq_delta, end = seq + s->payload;
+	struct ws_tunnel *st = bpf_map_lookup_elem(&tunnels, &id);
+	__u64 sent = 0;
+
+	/* Payload past what went on before: a retransmission counts once,
+	 * and a FIN's sequence number is no byte. */
+	if (s->payload && (__s32)(end - o->nxt) > 0) {
+		sent = end - o->nxt < s->payload ? end - o->nxt : s->payload;
+		o->nxt = end;
+	}
+	if (st) {
+		st->dir[d & 1].bytes += sent;
+		st->dir[d & 1].packets++;
+		st->last_active_ns = bpf_ktime_get_coarse_ns();
+	}
+	if (s->flags & TH_FIN) {
+		o->fin_end = end + 1;
+		o->flags |= WS_TC_FIN_SEEN;
+	}
+	/* The other direction's FIN counts as acknowledged by a raw ack past
+	 * it: that ack is already in this leg's space. */
+	if ((s->flags & TH_ACK) && (other->flags & WS_TC_FIN_SEEN) && (__s32)(s->ack - other->fin_end) >= 0)
+		other->flags |= WS_TC_FIN_ACKED;
+	if (s->flags & TH_RST)
+		o->flags |= WS_TC_RST;
+	if (t->state == WS_TC_ACTIVE &&
+	    ((s->flags & TH_RST) || ((o->flags & WS_TC_FIN_ACKED) && (other->flags & WS_TC_FIN_ACKED)))) {
+		t->state = WS_TC_ENDED;
+		count(WS_TCC_ENDED, 1);
+	}
+}
+
+SEC("tc")
+int tcsplice_ingress(struct __sk_buff *skb)
+{
+	struct ws_tc_key key = {};
+	struct ws_tc_flow *f;
+	struct ws_tc_tunnel *t;
+	struct ws_tc_dir *o;
+	struct seg s = {};
+	__u32 id, d;
+	int r;
+
+	r = parse(skb, &key, &s);
+	if (r < 0)
+		return TC_ACT_OK;
+	f = bpf_map_lookup_elem(&tc_flows, &key);
+	if (!f)
+		return TC_ACT_OK;
+	if (f->role == WS_TC_GUARD) {
+		/* A frozen proxy socket spoke (a delayed ACK, a probe): its
+		 * peer hears only the other peer now. */
+		count(WS_TCC_GUARD_DROPS, 1);
+		return TC_ACT_SHOT;
+	}
+	/* A SYN on a flow's addresses is a new connection: the old one is
+	 * over. */
+	if (s.flags & TH_SYN)
+		return TC_ACT_OK;
+	id = f->tunnel_id;
+	d = f->dir & 1;
+	t = bpf_map_lookup_elem(&tc_tunnels, &id);
+	if (!t)
+		return TC_ACT_OK;
+	if (r > 0) {
+		count(WS_TCC_OPTION_DROPS, 1);
+		return TC_ACT_SHOT;
+	}
+	if (t->state == WS_TC_FROZEN) {
+		if (s.payload || (s.flags & (TH_FIN | TH_RST))) {
+			count(WS_TCC_FROZEN_DROPS, 1);
+			return TC_ACT_SHOT;
+		}
+		return TC_ACT_OK;
+	}
+	if (t->state != WS_TC_ACTIVE && t->state != WS_TC_ENDED)
+		return TC_ACT_OK;
+	if (!t->armed && arm_timestamps(skb, t)) {
+		count(WS_TCC_ARM_FAILS, 1);
+		return TC_ACT_SHOT;
+	}
+	o = &t->dir[d];
+	track(t, id, d, &s);
+	if (rewrite_addresses(skb, &s, &key, o) || rewrite_tcp(skb, &s, o) ||
+	    (s.optlen && rewrite_options(skb, &s, o))) {
+		count(WS_TCC_REWRITE_FAILS, 1);
+		return TC_ACT_SHOT;
+	}
+	count(WS_TCC_SEGMENTS, 1);
+	count(WS_TCC_BYTES, s.payload);
+	if (o->redirect == WS_TC_EGRESS)
+		return bpf_redirect(o->ifindex, 0);
+	if (o->redirect == WS_TC_TO_PEER)
+		return bpf_redirect_peer(o->ifindex, 0);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";
