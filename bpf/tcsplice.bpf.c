@@ -32,6 +32,14 @@
 #define TH_FLAGS 13
 #define TH_WIN 14
 #define TH_CSUM 16
+#define TCP_ESTABLISHED 1
+#define TCP_CLOSE_WAIT 8
+
+/* BPF_F_IPV6 for bpf_l4_csum_replace: without it the helper adjusts a
+ * CHECKSUM_COMPLETE skb's csum for an IPv6 pseudo-header as if it were
+ * IPv4's. Kernels from before the flag reject it (EINVAL): a loader for
+ * those sets this to 0. */
+const volatile __u64 l4_ipv6_flag = 1ULL << 7;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -80,6 +88,7 @@ struct seg {
 	__u32 l3, l4;      /* offsets of the IP and TCP headers */
 	__u32 optlen;      /* TCP options' bytes */
 	__u32 payload;     /* bytes after the TCP header (a GSO skb's whole) */
+	__u32 ip_end;      /* where the IP packet ends (a NIC's frame may have padding after it) */
 	__u32 seq, ack;    /* host order */
 	__u16 win;         /* host order */
 	__u8 flags;
@@ -106,6 +115,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 		key->family = s->family = 4;
 		key->saddr[0] = ip.saddr;
 		key->daddr[0] = ip.daddr;
+		s->ip_end = s->l3 + bpf_ntohs(ip.tot_len);
 		s->l4 = s->l3 + ip.ihl * 4;
 		options = ip.ihl != 5;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
@@ -119,6 +129,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 		__builtin_memcpy(key->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(key->daddr, &ip6.daddr, 16);
 		s->l4 = s->l3 + sizeof(ip6);
+		s->ip_end = s->l4 + bpf_ntohs(ip6.payload_len);
 	} else {
 		return -1;
 	}
@@ -134,7 +145,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 		return -1;
 	s->optlen = th.doff * 4 - sizeof(th);
 	hdr_end = s->l4 + th.doff * 4;
-	s->payload = skb->len > hdr_end ? skb->len - hdr_end : 0;
+	/* A length of 0 is a BIG TCP packet's: its skb is the packet. */
+	if (s->ip_end <= s->l4 || s->ip_end > skb->len)
+		s->ip_end = skb->len;
+	s->payload = s->ip_end > hdr_end ? s->ip_end - hdr_end : 0;
 	return options;
 }
 
@@ -147,16 +161,30 @@ static __always_inline int store32(struct __sk_buff *skb, __u32 off, __u32 csum_
 	return bpf_l4_csum_replace(skb, csum_off, old, new, 4);
 }
 
-/* Adds delta (host order) to the 32-bit field at off. */
+/* The bytes of each 16-bit half swapped. */
+static __always_inline __u32 swab16x2(__u32 v)
+{
+	return (v & 0x00ff00ff) << 8 | (v & 0xff00ff00) >> 8;
+}
+
+/* Adds delta (host order) to the 32-bit field at off. The checksum helper
+ * sums 16-bit words from the field's first byte; a field at an odd offset
+ * (options without NOP padding) straddles words, and its sum is the
+ * byte-swapped one, so the helper is given the values so swapped. */
 static __always_inline int add32(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u32 delta)
 {
-	__u32 old;
+	__u32 old, new;
 
 	if (!delta)
 		return 0;
 	if (bpf_skb_load_bytes(skb, off, &old, 4))
 		return -1;
-	return store32(skb, off, csum_off, old, bpf_htonl(bpf_ntohl(old) + delta));
+	new = bpf_htonl(bpf_ntohl(old) + delta);
+	if (bpf_skb_store_bytes(skb, off, &new, 4, 0))
+		return -1;
+	if ((off - csum_off) & 1)
+		return bpf_l4_csum_replace(skb, csum_off, swab16x2(old), swab16x2(new), 4);
+	return bpf_l4_csum_replace(skb, csum_off, old, new, 4);
 }
 
 /* The timestamps' deltas, set at a tunnel's first segment with the clocks
@@ -196,6 +224,13 @@ static __always_inline int arm_timestamps(struct __sk_buff *skb, struct ws_tc_tu
 		sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return -1;
+		/* The lookup falls back to a listener on the same address
+		 * and port (the daemon's own): only the frozen socket has
+		 * the clocks. */
+		if (sk->state != TCP_ESTABLISHED && sk->state != TCP_CLOSE_WAIT) {
+			bpf_sk_release(sk);
+			return -1;
+		}
 		tp = bpf_skc_to_tcp_sock(sk);
 		if (tp) {
 			recent[d] = tp->rx_opt.ts_recent;
@@ -236,7 +271,8 @@ static __always_inline int rewrite_options(struct __sk_buff *skb, const struct s
 			i++;
 			continue;
 		}
-		if (i + 2 > s->optlen || bpf_skb_load_bytes(skb, at + i, kl, 2) || kl[1] < 2)
+		if (i + 2 > s->optlen || bpf_skb_load_bytes(skb, at + i, kl, 2) || kl[1] < 2 ||
+		    i + kl[1] > s->optlen)
 			return -1;
 		if (kl[0] == TCPOPT_TIMESTAMP && kl[1] == 10) {
 			if (add32(skb, at + i + 2, csum, o->tsval_delta) ||
@@ -282,7 +318,7 @@ static __always_inline int rewrite_addresses(struct __sk_buff *skb, const struct
 	}
 	/* The pseudo-header: with CHECKSUM_PARTIAL (lo, veth) only it is in
 	 * the field; the helper knows. */
-	if (bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR))
+	if (bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR | (s->family == 6 ? l4_ipv6_flag : 0)))
 		return -1;
 	old_ports = (__u32)key->sport | (__u32)key->dport << 16;
 	new_ports = (__u32)o->sport | (__u32)o->dport << 16;
@@ -318,14 +354,21 @@ static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, con
 	__u64 sent = 0;
 
 	/* Payload past what went on before: a retransmission counts once,
-	 * and a FIN's sequence number is no byte. */
-	if (s->payload && (__s32)(end - o->nxt) > 0) {
-		sent = end - o->nxt < s->payload ? end - o->nxt : s->payload;
-		o->nxt = end;
+	 * and a FIN's sequence number is no byte. A timer's retransmission
+	 * can run on another CPU at the same time, hence the exchange. */
+	for (int tries = 0; s->payload && tries < 4; tries++) {
+		__u64 was = o->nxt;
+
+		if ((__s32)(end - (__u32)was) <= 0)
+			break;
+		if (__sync_val_compare_and_swap(&o->nxt, was, (__u64)end) == was) {
+			sent = end - (__u32)was < s->payload ? end - (__u32)was : s->payload;
+			break;
+		}
 	}
 	if (st) {
-		st->dir[d & 1].bytes += sent;
-		st->dir[d & 1].packets++;
+		__sync_fetch_and_add(&st->dir[d & 1].bytes, sent);
+		__sync_fetch_and_add(&st->dir[d & 1].packets, 1);
 		st->last_active_ns = bpf_ktime_get_coarse_ns();
 	}
 	if (s->flags & TH_FIN) {
@@ -382,6 +425,8 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (t->state == WS_TC_FROZEN) {
+		/* A reset is not sent again: the daemon sees the peer gone
+		 * when it thaws, or times the tunnel out. */
 		if (s.payload || (s.flags & (TH_FIN | TH_RST))) {
 			count(WS_TCC_FROZEN_DROPS, 1);
 			return TC_ACT_SHOT;
@@ -395,12 +440,14 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	o = &t->dir[d];
-	track(t, id, d, &s);
 	if (rewrite_addresses(skb, &s, &key, o) || rewrite_tcp(skb, &s, o) ||
 	    (s.optlen && rewrite_options(skb, &s, o))) {
 		count(WS_TCC_REWRITE_FAILS, 1);
 		return TC_ACT_SHOT;
 	}
+	/* Only what goes on counts: a dropped FIN or reset comes again, or
+	 * (a reset) ends the tunnel through the daemon's timeouts. */
+	track(t, id, d, &s);
 	count(WS_TCC_SEGMENTS, 1);
 	count(WS_TCC_BYTES, s.payload);
 	if (o->redirect == WS_TC_EGRESS)

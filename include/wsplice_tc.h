@@ -72,6 +72,9 @@ enum ws_tc_redirect {
  * leg's. Sequence numbers are the other leg's: what the proxy's socket
  * there had sent (seq) and received (ack) at the hand-over. */
 struct ws_tc_dir {
+	/* Highest end seq sent on (out leg's space), in the low 32 bits:
+	 * 64 for the compare-and-exchange of BPF's first instruction set. */
+	__u64 nxt;
 	__u32 seq_delta;   /* added to seq */
 	__u32 ack_delta;   /* added to ack and to SACK edges */
 	__u32 tsval_delta; /* added to TSval: the source's clock onto the out leg's proxy clock */
@@ -80,8 +83,8 @@ struct ws_tc_dir {
 	__u8 wscale_out; /* ... and the destination reads it scaled by this */
 	__u8 ts;         /* both legs carry timestamps */
 	__u8 flags;      /* WS_TC_* above */
-	__u32 nxt;       /* highest end seq sent on (out leg's space) */
 	__u32 fin_end;   /* the seq after this direction's FIN (out leg's space) */
+	__u32 pad;
 	/* The out leg: the proxy's socket on it is the source, its peer the
 	 * destination. Network order. */
 	__u32 saddr[4], daddr[4];
@@ -90,8 +93,10 @@ struct ws_tc_dir {
 	__u32 redirect; /* enum ws_tc_redirect */
 };
 
-/* Value of tc_tunnels, keyed by tunnel id. The daemon writes it whole; the
- * program changes state, flags, nxt, fin_end and the timestamp deltas. */
+/* Value of tc_tunnels, keyed by tunnel id. The daemon writes it whole, and
+ * only before it is ACTIVE (a whole write swaps the element, and what the
+ * program wrote to the old one would be lost); the program changes state,
+ * flags, nxt, fin_end, armed and the timestamp deltas. */
 struct ws_tc_tunnel {
 	__u32 state;  /* enum ws_tc_state */
 	__u32 family; /* 4 or 6 */
