@@ -345,29 +345,45 @@ static __always_inline int rewrite_tcp(struct __sk_buff *skb, const struct seg *
 	return 0;
 }
 
-/* FINs and their acknowledgements, resets, and the bytes sent on. */
+/* Moves a 32-bit sequence number kept in 64 bits forward to to; returns
+ * by how much (0 when it was there already). A timer's retransmission can
+ * run on another CPU at the same time, hence the exchange. */
+static __always_inline __u32 advance(__u64 *at, __u32 to)
+{
+	for (int tries = 0; tries < 4; tries++) {
+		__u64 was = *at;
+
+		if ((__s32)(to - (__u32)was) <= 0)
+			return 0;
+		if (__sync_val_compare_and_swap(at, was, (__u64)to) == was)
+			return to - (__u32)was;
+	}
+	return 0;
+}
+
+/* FINs and their acknowledgements, resets, the bytes delivered. */
 static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, const struct seg *s)
 {
 	struct ws_tc_dir *o = &t->dir[d & 1], *other = &t->dir[(d & 1) ^ 1];
 	__u32 seq = s->seq + o->seq_delta, end = seq + s->payload;
 	struct ws_tunnel *st = bpf_map_lookup_elem(&tunnels, &id);
-	__u64 sent = 0;
+	__u32 delivered = 0;
 
-	/* Payload past what went on before: a retransmission counts once,
-	 * and a FIN's sequence number is no byte. A timer's retransmission
-	 * can run on another CPU at the same time, hence the exchange. */
-	for (int tries = 0; s->payload && tries < 4; tries++) {
-		__u64 was = o->nxt;
+	advance(&o->nxt, end + !!(s->flags & TH_FIN));
+	/* This segment's raw ack is in the other direction's out leg space:
+	 * it acknowledges what the other direction delivered. Its FIN takes
+	 * a sequence number but is no byte. */
+	if (s->flags & TH_ACK) {
+		__u32 from = (__u32)other->acked;
 
-		if ((__s32)(end - (__u32)was) <= 0)
-			break;
-		if (__sync_val_compare_and_swap(&o->nxt, was, (__u64)end) == was) {
-			sent = end - (__u32)was < s->payload ? end - (__u32)was : s->payload;
-			break;
-		}
+		delivered = advance(&other->acked, s->ack);
+		if (delivered && (other->flags & WS_TC_FIN_SEEN) && (__s32)(s->ack - other->fin_end) >= 0 &&
+		    (__s32)(from - other->fin_end) < 0)
+			delivered--;
 	}
 	if (st) {
-		__sync_fetch_and_add(&st->dir[d & 1].bytes, sent);
+		if (delivered)
+			__sync_fetch_and_add(&st->dir[(d & 1) ^ 1].bytes, delivered);
 		__sync_fetch_and_add(&st->dir[d & 1].packets, 1);
 		st->last_active_ns = bpf_ktime_get_coarse_ns();
 	}
@@ -375,8 +391,6 @@ static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, con
 		o->fin_end = end + 1;
 		o->flags |= WS_TC_FIN_SEEN;
 	}
-	/* The other direction's FIN counts as acknowledged by a raw ack past
-	 * it: that ack is already in this leg's space. */
 	if ((s->flags & TH_ACK) && (other->flags & WS_TC_FIN_SEEN) && (__s32)(s->ack - other->fin_end) >= 0)
 		other->flags |= WS_TC_FIN_ACKED;
 	if (s->flags & TH_RST)

@@ -75,6 +75,10 @@ struct ws_tc_dir {
 	/* Highest end seq sent on (out leg's space), in the low 32 bits:
 	 * 64 for the compare-and-exchange of BPF's first instruction set. */
 	__u64 nxt;
+	/* The destination's cumulative ACK (out leg's space), low 32 bits:
+	 * what it acknowledged is what the tunnel counts as delivered, so a
+	 * retransmission or a reordered segment counts once. */
+	__u64 acked;
 	__u32 seq_delta;   /* added to seq */
 	__u32 ack_delta;   /* added to ack and to SACK edges */
 	__u32 tsval_delta; /* added to TSval: the source's clock onto the out leg's proxy clock */

@@ -235,8 +235,8 @@ static void put_tunnel(int family, uint32_t state, struct ws_tc_key *ck)
 	t.dir[0].wscale_out = 1;
 	t.dir[1].wscale_in = 1;
 	t.dir[1].wscale_out = 7;
-	t.dir[0].nxt = 0x10000000 + 200;
-	t.dir[1].nxt = 0x20000000 - 0x20000000u + 500;
+	t.dir[0].nxt = t.dir[0].acked = 0x10000000 + 200;
+	t.dir[1].nxt = t.dir[1].acked = 500;
 	t.dir[0].ts = t.dir[1].ts = 1;
 	assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.tc_tunnels), &id, &t, BPF_ANY), 0);
 	assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.tc_flows), ck, &f, BPF_ANY), 0);
@@ -298,7 +298,7 @@ static void translates(int family)
 	assert_memory_equal(out + l4 + 52, in + l4 + 52, len - l4 - 52); /* the payload */
 	assert_int_equal(tcp_sum(out, family, l4, len), 0xffff);
 	assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.tunnels), &id, &st), 0);
-	assert_int_equal(st.dir[WS_DIR_C2U].bytes, 1000 - 100); /* past nxt only */
+	assert_int_equal(st.dir[WS_DIR_C2U].bytes, 0); /* sent, not yet acknowledged */
 	assert_int_equal(st.dir[WS_DIR_C2U].packets, 1);
 	assert_true(st.last_active_ns > 0);
 
@@ -331,6 +331,9 @@ static void translates(int family)
 		assert_int_equal(tcp_sum(out, family, l4, len), 0xffff);
 		assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.tc_tunnels), &id, &t), 0);
 		assert_int_equal(t.state, WS_TC_ACTIVE);
+		/* Its ack delivers the client's bytes past the last one acknowledged. */
+		assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.tunnels), &id, &st), 0);
+		assert_int_equal(st.dir[WS_DIR_C2U].bytes, 1100 - 200);
 	}
 	clear_maps();
 }
@@ -774,8 +777,8 @@ static void hand_over(int family, int client_rcvbuf, size_t total, uint16_t port
 	t.dir[0].ack_delta = b_rcv - a_snd;
 	t.dir[1].seq_delta = a_snd - b_rcv;
 	t.dir[1].ack_delta = a_rcv - b_snd;
-	t.dir[0].nxt = b_snd;
-	t.dir[1].nxt = a_snd;
+	t.dir[0].nxt = t.dir[0].acked = b_snd;
+	t.dir[1].nxt = t.dir[1].acked = a_snd;
 	t.dir[0].wscale_in = ia.tcpi_snd_wscale;
 	t.dir[0].wscale_out = ib.tcpi_rcv_wscale;
 	t.dir[1].wscale_in = ib.tcpi_snd_wscale;
