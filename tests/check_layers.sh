@@ -14,7 +14,7 @@ bad() { echo "check_layers: $*"; fail=1; }
 defs=$(grep -l '^struct session {' ./*.c ./*.h)
 [ "$defs" = "./session.c" ] || bad "struct session is defined in: $defs (session.c only)"
 
-engine_headers='dataplane\.h|cgroup\.h|tunnel_[a-z_]*\.h'
+engine_headers='dataplane\.h|tc_dataplane\.h|cgroup\.h|tunnel_[a-z_]*\.h'
 grep -nE "#include \"($engine_headers)\"" tunnel.c session.c main.c && bad "tunnel.c, session.c or main.c includes an engine's header"
 grep -nE '#include "engine\.h"' session.c main.c && bad "session.c or main.c includes engine.h (the tunnel layer's side)"
 for f in tunnel_*.c; do

@@ -23,7 +23,9 @@ void args_usage(FILE *out)
 	      "  -u, --upstream ADDR:PORT    server every request is forwarded to\n"
 	      "  -c, --config FILE           listeners, routes and pools from an INI file (docs/CONFIG.md)\n"
 	      "  -t, --test-config           check the configuration, print the result, exit 0 or 1\n"
-	      "  -m, --mode MODE             sockmap (eBPF splice in the kernel) | splice | copy;\n"
+	      "  -m, --mode MODE             sockmap (eBPF splice in the kernel) | splice | copy |\n"
+	      "                              tcsplice (the express lane: copy, then a tc program\n"
+	      "                              carries the quiet tunnel; lo only, Linux 6.6+, root);\n"
 	      "                              auto (default) = sockmap where it loads (Linux 6.2+,\n"
 	      "                              BPF privileges), else copy; one log line says which\n"
 	      "      --bpffs DIR             where maps are pinned (default /sys/fs/bpf/wsplice)\n"
@@ -109,7 +111,7 @@ enum args_result args_parse(int argc, char **argv, struct cli_options *opt, char
 			break;
 		case 'm':
 			if (parse_mode(optarg, &opt->mode)) {
-				snprintf(err, errlen, "--mode '%s': expected auto, sockmap, splice or copy", optarg);
+				snprintf(err, errlen, "--mode '%s': expected auto, sockmap, splice, copy or tcsplice", optarg);
 				goto bad;
 			}
 			opt->have_mode = true;

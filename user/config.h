@@ -13,7 +13,7 @@
 #include "http_parse.h"
 
 /* The tunnel engines by name; engines.c maps each to its implementation. */
-enum tunnel_mode { MODE_AUTO, MODE_SOCKMAP, MODE_SPLICE, MODE_COPY, MODE_COUNT };
+enum tunnel_mode { MODE_AUTO, MODE_SOCKMAP, MODE_SPLICE, MODE_COPY, MODE_TCSPLICE, MODE_COUNT };
 enum lb_algo { LB_ROUND_ROBIN, LB_LEAST_CONN };
 
 #define CFG_NAME_MAX 64

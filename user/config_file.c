@@ -291,7 +291,7 @@ static void global_key(struct load *ld, const char *key, const char *value)
 
 	if (!strcmp(key, "mode")) {
 		if (parse_mode(value, &cfg->mode))
-			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice or copy", value);
+			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice, copy or tcsplice", value);
 	} else if (!strcmp(key, "bpffs")) {
 		if (value[0] != '/' || strlen(value) >= sizeof(cfg->bpffs))
 			error_at(ld, ld->line, "bpffs '%s': expected an absolute path", value);
@@ -463,7 +463,7 @@ static void route_key(struct load *ld, const char *key, const char *value)
 			r->max_tunnels = (unsigned)v;
 	} else if (!strcmp(key, "mode")) {
 		if (parse_mode(value, &r->mode))
-			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice or copy", value);
+			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice, copy or tcsplice", value);
 	} else {
 		error_at(ld, ld->line, "unknown directive '%s' in [%s]", key, ld->section);
 	}

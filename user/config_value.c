@@ -10,7 +10,7 @@
 
 const char *mode_name(enum tunnel_mode m)
 {
-	static const char *const names[MODE_COUNT] = { "auto", "sockmap", "splice", "copy" };
+	static const char *const names[MODE_COUNT] = { "auto", "sockmap", "splice", "copy", "tcsplice" };
 
 	return names[m];
 }

@@ -41,7 +41,8 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
 
 static int64_t tunnels_open(void)
 {
-	return metrics_value(M_ACTIVE_SOCKMAP) + metrics_value(M_ACTIVE_SPLICE) + metrics_value(M_ACTIVE_COPY);
+	return metrics_value(M_ACTIVE_SOCKMAP) + metrics_value(M_ACTIVE_SPLICE) + metrics_value(M_ACTIVE_COPY) +
+	       metrics_value(M_ACTIVE_TCSPLICE);
 }
 
 /* Every figure here is the daemon's: the workers count into shared memory. */
@@ -63,10 +64,11 @@ static void status_text(struct proxy *px, FILE *f, bool json)
 				cfg->listeners[i].ep.host, cfg->listeners[i].ep.port);
 		}
 		fprintf(f, "],\"sessions_open\":%lld,\"tunnels_open\":%lld,\"tunnels_by_engine\":{\"sockmap\":%lld,"
-			   "\"splice\":%lld,\"copy\":%lld}}\n",
+			   "\"splice\":%lld,\"copy\":%lld,\"tcsplice\":%lld},\"express_handovers\":%lld}\n",
 			(long long)metrics_value(M_SESSIONS_OPEN), (long long)tunnels_open(),
 			(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
-			(long long)metrics_value(M_ACTIVE_COPY));
+			(long long)metrics_value(M_ACTIVE_COPY), (long long)metrics_value(M_ACTIVE_TCSPLICE),
+			(long long)metrics_value(M_EXPRESS_HANDOVERS));
 		return;
 	}
 	fprintf(f, "wsplice %s, pid %d, up %.1f s\nengine: %s\nworkers: %u\n", WSPLICE_VERSION, (int)getpid(), up,
@@ -75,10 +77,10 @@ static void status_text(struct proxy *px, FILE *f, bool json)
 	for (size_t i = 0; i < cfg->n_listeners; i++)
 		fprintf(f, "listener %s: %s:%s\n", cfg->listeners[i].name, cfg->listeners[i].ep.host,
 			cfg->listeners[i].ep.port);
-	fprintf(f, "sessions open: %lld\ntunnels open: %lld (sockmap %lld, splice %lld, copy %lld)\n",
+	fprintf(f, "sessions open: %lld\ntunnels open: %lld (sockmap %lld, splice %lld, copy %lld, tcsplice %lld)\n",
 		(long long)metrics_value(M_SESSIONS_OPEN), (long long)tunnels_open(),
 		(long long)metrics_value(M_ACTIVE_SOCKMAP), (long long)metrics_value(M_ACTIVE_SPLICE),
-		(long long)metrics_value(M_ACTIVE_COPY));
+		(long long)metrics_value(M_ACTIVE_COPY), (long long)metrics_value(M_ACTIVE_TCSPLICE));
 }
 
 static int answer(void *ctx, const char *in, size_t len, bool full, char **out, size_t *out_len)

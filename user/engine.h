@@ -3,7 +3,9 @@
  * engine_ops; engines.c lists them. An engine never calls the tunnel layer:
  * every call returns what it wants next in a struct engine_io (interest on
  * each end, a 1 ms tick, or an end of the tunnel), and tunnel.c carries it
- * out. Engine state is the engine's own, opaque to tunnel.c. */
+ * out. Engine state is the engine's own, opaque to tunnel.c. An engine may
+ * run another as its first stage through that engine's ops (the express
+ * lane starts each tunnel on the copy relay), never through its state. */
 #ifndef WSPLICE_ENGINE_H
 #define WSPLICE_ENGINE_H
 
@@ -98,6 +100,9 @@ struct engine_ops {
 			   struct engine_io *io);
 	void (*upgrade)(void *ctx, enum engine_upgrade phase); /* NULL: nothing to do */
 	void (*stats)(void *st, struct tunnel_stats *out);
+	/* No byte held and no FIN seen: the tunnel could leave this engine
+	 * without a byte left behind (the express lane asks). NULL: never. */
+	bool (*quiet)(void *st);
 	/* One line for wsplice conns: what the engine knows of the tunnel. */
 	void (*describe)(void *st, char *out, size_t len);
 };
@@ -118,5 +123,8 @@ static inline uint64_t payload_part(uint64_t w, uint64_t n, uint64_t payload_fro
 
 /* Shared by engines: the socket error pending on fd, 0 when none. */
 int sock_error(int fd);
+/* A BPF program's activity stamp (bpf_ktime_get_coarse_ns) as an
+ * ev_now_ms() time. */
+uint64_t kernel_stamp_ms(uint64_t stamp_ns);
 
 #endif

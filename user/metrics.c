@@ -20,6 +20,8 @@ struct series {
 	"Tunnel bytes written by the daemon (the relays, and the sockmap drain), per direction."
 #define FALLBACKS "wsplice_sockmap_fallbacks_total", "counter", \
 	"Tunnels the sockmap engine handed to the copy relay, by reason."
+#define EXPRESS_REFUSED "wsplice_express_refused_total", "counter", \
+	"Tunnels the tc express lane left on the copy relay, by reason."
 
 static const struct series series[M_COUNT] = {
 	[M_CONNECTIONS_ACCEPTED] = { "wsplice_connections_accepted_total", "counter", "Client connections accepted.", "" },
@@ -45,6 +47,7 @@ static const struct series series[M_COUNT] = {
 	[M_ACTIVE_COPY] = { ACTIVE, "engine=\"copy\"" },
 	[M_ACTIVE_SPLICE] = { ACTIVE, "engine=\"splice\"" },
 	[M_ACTIVE_SOCKMAP] = { ACTIVE, "engine=\"sockmap\"" },
+	[M_ACTIVE_TCSPLICE] = { ACTIVE, "engine=\"tcsplice\"" },
 	[M_CLOSED_FIN] = { CLOSED, "cause=\"fin\"" },
 	[M_CLOSED_RESET] = { CLOSED, "cause=\"reset\"" },
 	[M_CLOSED_IDLE_TIMEOUT] = { CLOSED, "cause=\"idle_timeout\"" },
@@ -60,6 +63,13 @@ static const struct series series[M_COUNT] = {
 	[M_FALLBACK_NO_TUNNEL_ID] = { FALLBACKS, "reason=\"no_tunnel_id\"" },
 	[M_FALLBACK_UPGRADE] = { FALLBACKS, "reason=\"upgrade\"" },
 	[M_FALLBACK_ERROR] = { FALLBACKS, "reason=\"error\"" },
+	[M_EXPRESS_HANDOVERS] = { "wsplice_express_handovers_total", "counter",
+				  "Tunnels the tc express lane took over from the copy relay.", "" },
+	[M_EXPRESS_REFUSED_NOT_LO] = { EXPRESS_REFUSED, "reason=\"not_lo\"" },
+	[M_EXPRESS_REFUSED_MISMATCH] = { EXPRESS_REFUSED, "reason=\"legs_differ\"" },
+	[M_EXPRESS_REFUSED_WINDOW] = { EXPRESS_REFUSED, "reason=\"window\"" },
+	[M_EXPRESS_REFUSED_NO_REPAIR] = { EXPRESS_REFUSED, "reason=\"no_repair\"" },
+	[M_EXPRESS_REFUSED_ERROR] = { EXPRESS_REFUSED, "reason=\"error\"" },
 	[M_ACCESS_LOG_DROPPED] = { "wsplice_access_log_dropped_total", "counter",
 				   "Access log lines dropped because the writer fell 4 MiB behind.", "" },
 	[M_SESSIONS_OPEN] = { "wsplice_sessions_open", "gauge",
@@ -145,6 +155,8 @@ void metrics_engine_tunnels(const char *engine, int delta)
 		metrics_add(M_ACTIVE_SPLICE, delta);
 	else if (!strcmp(engine, "sockmap"))
 		metrics_add(M_ACTIVE_SOCKMAP, delta);
+	else if (!strcmp(engine, "tcsplice"))
+		metrics_add(M_ACTIVE_TCSPLICE, delta);
 }
 
 void metrics_handshake_seconds(double seconds)

@@ -34,6 +34,7 @@ enum metric {
 	M_ACTIVE_COPY,                  /* gauges: open tunnels by engine */
 	M_ACTIVE_SPLICE,
 	M_ACTIVE_SOCKMAP,
+	M_ACTIVE_TCSPLICE,
 	M_CLOSED_FIN,                   /* tunnels closed, by cause */
 	M_CLOSED_RESET,
 	M_CLOSED_IDLE_TIMEOUT,
@@ -48,6 +49,12 @@ enum metric {
 	M_FALLBACK_NO_TUNNEL_ID,
 	M_FALLBACK_UPGRADE,
 	M_FALLBACK_ERROR,
+	M_EXPRESS_HANDOVERS,            /* tunnels the tc express lane took over */
+	M_EXPRESS_REFUSED_NOT_LO,       /* ... and refused, by reason */
+	M_EXPRESS_REFUSED_MISMATCH,     /* the legs differ: family, timestamps, MSS */
+	M_EXPRESS_REFUSED_WINDOW,
+	M_EXPRESS_REFUSED_NO_REPAIR,
+	M_EXPRESS_REFUSED_ERROR,
 	M_ACCESS_LOG_DROPPED,           /* access log lines dropped: its queue was full */
 	M_SESSIONS_OPEN,                /* gauge: client connections not (yet) tunnels */
 	M_COUNT

@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "access_log.h"
 #include "engine.h"
@@ -62,6 +63,22 @@ int sock_error(int fd)
 
 	getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
 	return err;
+}
+
+/* The kernel stamps last_active with the coarse monotonic clock. */
+uint64_t kernel_stamp_ms(uint64_t stamp_ns)
+{
+	struct timespec now;
+	uint64_t age_ms, now_ns;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	now_ns = (uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec;
+	/* The vDSO's coarse clock can trail the kernel's by a tick: a stamp
+	 * "from the future" is activity just now, not 584 years ago. */
+	if (stamp_ns >= now_ns)
+		return ev_now_ms();
+	age_ms = (now_ns - stamp_ns) / 1000000;
+	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
 }
 
 static void *engine_ctx(const struct tunnel_set *ts, const struct engine_ops *eng)
@@ -567,13 +584,25 @@ struct tunnel_shared *tunnel_prepare(const struct config *cfg, char *why, size_t
 	return sh;
 }
 
-/* One engine at most has a shared part (the sockmap's data plane). */
+/* One engine at most has descriptors to pass (the sockmap's data plane);
+ * another may refuse the upgrade (the express lane), and then nothing
+ * goes. The descriptors are the engine's own, not copies. */
 int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap)
 {
-	for (int m = 0; m < MODE_COUNT; m++)
-		if (sh->prepared[m] && engine_table[m]->export_shared)
-			return engine_table[m]->export_shared(sh->shared[m], fds, cap);
-	return 0;
+	int n = 0;
+
+	for (int m = 0; m < MODE_COUNT; m++) {
+		int r;
+
+		if (!sh->prepared[m] || !engine_table[m]->export_shared)
+			continue;
+		r = engine_table[m]->export_shared(sh->shared[m], fds, cap);
+		if (r < 0)
+			return -1;
+		if (r > 0)
+			n = r;
+	}
+	return n;
 }
 
 void tunnel_shared_disown(struct tunnel_shared *sh)

@@ -469,6 +469,18 @@ static void relay_stats(void *st, struct tunnel_stats *out)
 	out->last_active_ms = r->last_active_ms;
 }
 
+/* Nothing held in userspace or in a pipe, and no FIN either way: the
+ * express lane may take the tunnel over from here. */
+static bool relay_quiet(void *st)
+{
+	struct relay *r = st;
+
+	for (int d = 0; d < 2; d++)
+		if (dir_pending(&r->dir[d]) || r->dir[d].src_eof || r->dir[d].dst_shut)
+			return false;
+	return true;
+}
+
 static void relay_describe(void *st, char *out, size_t len)
 {
 	struct relay *r = st;
@@ -487,6 +499,7 @@ const struct engine_ops engine_copy = {
 	.hand_over = relay_hand_over,
 	.take_over = copy_take_over,
 	.stats = relay_stats,
+	.quiet = relay_quiet,
 	.describe = relay_describe,
 };
 
@@ -498,5 +511,6 @@ const struct engine_ops engine_splice = {
 	.hand_over = relay_hand_over,
 	.take_over = splice_take_over,
 	.stats = relay_stats,
+	.quiet = relay_quiet,
 	.describe = relay_describe,
 };

@@ -620,22 +620,6 @@ static void sockmap_upgrade(void *ctx, enum engine_upgrade phase)
 		dataplane_events_poll(sm->de);
 }
 
-/* The kernel stamps last_active with the coarse monotonic clock. */
-static uint64_t kernel_last_active_ms(const struct ws_tunnel *wt)
-{
-	struct timespec now;
-	uint64_t age_ms, now_ns;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	now_ns = (uint64_t)now.tv_sec * 1000000000ull + now.tv_nsec;
-	/* The vDSO's coarse clock can trail the kernel's by a tick: a stamp
-	 * "from the future" is activity just now, not 584 years ago. */
-	if (wt->last_active_ns >= now_ns)
-		return ev_now_ms();
-	age_ms = (now_ns - wt->last_active_ns) / 1000000;
-	return ev_now_ms() > age_ms ? ev_now_ms() - age_ms : 0;
-}
-
 static void sockmap_stats(void *st, struct tunnel_stats *out)
 {
 	struct sm_tunnel *t = st;
@@ -643,7 +627,7 @@ static void sockmap_stats(void *st, struct tunnel_stats *out)
 
 	out->last_active_ms = t->last_active_ms;
 	if (t->in_kernel && !dataplane_tunnel_read(t->sm->dp, t->id, &tv) && tv.last_active_ns) {
-		uint64_t k = kernel_last_active_ms(&tv);
+		uint64_t k = kernel_stamp_ms(tv.last_active_ns);
 
 		if (k > out->last_active_ms)
 			out->last_active_ms = k;

@@ -1,6 +1,7 @@
 """Fixtures: a real wsplice process per test, in each tunnel mode, with its
 own pin directory so tests never share BPF maps."""
 import itertools
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from wsutil import ScriptedUpstream, bpf_counter, wait_for
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WSPLICE = os.environ.get("WSPLICE_BIN", os.path.join(ROOT, "build", "wsplice"))
 NO_BPF = os.environ.get("WSPLICE_TEST_NO_BPF") == "1"
-MODES = ["sockmap", "auto", "splice", "copy"]
+MODES = ["sockmap", "auto", "splice", "copy", "tcsplice"]
 # For what is each worker's own, as in nginx: an upstream connection pool,
 # a balancer's turn, a server's failure count, a process's descriptors.
 ONE_WORKER = ("--workers", "1")
@@ -169,13 +170,37 @@ class Proxy:
     def redirected(self):
         return bpf_counter(self.pin_dir, WS_CNT_REDIRECTED)
 
-    def assert_kernel_path(self, at_least=1):
-        """In sockmap mode the bytes must really have been moved by BPF."""
+    def assert_kernel_path(self, at_least=1, express=True):
+        """In sockmap mode the bytes must really have been moved by BPF; in
+        tcsplice mode a tunnel must have gone express (express=False: peers
+        that never leave their tunnel quiet for a moment, the relay's)."""
         if self.kernel:
             n = self.redirected()
             assert n >= at_least, "BPF verdict redirected only %d skbs" % n
+        if self.mode == "tcsplice" and express:
+            assert self.express_handovers() >= 1, "no tunnel went express:\n" + self.read_log()
+
+    def wait_express(self, n=1, timeout=5):
+        """In tcsplice mode, until n tunnels went express (the test's next
+        step then happens in the tc program); in other modes nothing."""
+        if self.mode == "tcsplice":
+            assert wait_for(lambda: self.express_handovers() >= n, timeout=timeout), \
+                "%d tunnels went express, not %d:\n%s" % (self.express_handovers(), n, self.read_log())
+
+    def express_handovers(self):
+        """Tunnels the tc express lane took over (`wsplice status --json`)."""
+        r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", self.pin_dir], capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["express_handovers"]
 
     def stop(self):
+        if self.mode == "tcsplice" and self.proc.poll() is None:
+            try:  # a figure: whatever it says, the daemon is stopped below
+                _EXPRESS.append((os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0],
+                                 self.express_handovers()))
+            except Exception:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -194,8 +219,10 @@ class Proxy:
 
 @pytest.fixture(params=MODES)
 def mode(request):
-    if request.param == "sockmap":
+    if request.param in ("sockmap", "tcsplice"):
         need_sockmap()
+    if request.param == "tcsplice" and os.environ.get("WSPLICE_TEST_USER"):
+        pytest.skip("tcsplice freezes sockets with TCP_REPAIR: root workers only")
     return request.param
 
 
@@ -253,6 +280,7 @@ def pytest_sessionstart(session):
 
 
 _REPORT = []
+_EXPRESS = []  # (test, handovers) of every tcsplice proxy
 
 
 def report(line):
@@ -261,6 +289,10 @@ def report(line):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _EXPRESS:
+        express = sum(1 for _, n in _EXPRESS if n)
+        report("tcsplice: %d of %d proxies handed tunnels to the express lane (%d tunnels)" %
+               (express, len(_EXPRESS), sum(n for _, n in _EXPRESS)))
     if _REPORT:
         terminalreporter.section("wsplice figures")
         for line in _REPORT:

@@ -102,7 +102,7 @@ mode = kernel
     expect = [(2, "client_header_timeout 'soon'"), (3, "unknown directive 'bogus'"), (6, "expected host:port"),
               (9, "balance 'random'"), (10, "port must be 1-65535"), (12, "unknown section [wat]"),
               (17, "max_tunnels 'lots'"), (18, "host 'a*b'"), (19, "path 'nope'"),
-              (20, "mode 'kernel': expected auto, sockmap, splice or copy")]
+              (20, "mode 'kernel': expected auto, sockmap, splice, copy or tcsplice")]
     for line, what in expect:
         assert any(l.startswith("%s:%d: " % (path, line)) and what in l for l in lines), (line, what, lines)
     assert lines[-1] == "wsplice: configuration %s test failed" % path

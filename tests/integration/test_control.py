@@ -87,7 +87,7 @@ def test_status_says_what_runs(upstream, start_proxy, kmode):
     assert st["listeners"] == [{"name": "default", "address": "127.0.0.1:%d" % px.port}]
     assert st["tunnels_open"] == 1 and st["tunnels_by_engine"]["sockmap"] == 1
     text = ask(px, "status")
-    assert "engine: sockmap" in text and "tunnels open: 1 (sockmap 1, splice 0, copy 0)" in text
+    assert "engine: sockmap" in text and "tunnels open: 1 (sockmap 1, splice 0, copy 0, tcsplice 0)" in text
     s.close()
 
 

@@ -58,6 +58,9 @@ def echoed(s, data):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_drains_until_shutdown_timeout(upstream, start_proxy, mode, workers):
+    if mode == "tcsplice":
+        pytest.skip("an express tunnel's frozen sockets cannot send a FIN: shutdown_timeout resets both "
+                    "peers (test_express.py)")
     up = upstream(echo_after_101)
     px = start_proxy(up.port, mode, extra=("--shutdown-timeout", "4s", "--workers", workers))
     tunnels = [open_tunnel(px.port)[0] for _ in range(4)]

@@ -84,13 +84,17 @@ def cycle_upstream(conn, head, rest):
         _drain_quietly(conn)
 
 
-def run_cycle(port, pattern, seed, warm):
+def run_cycle(port, pattern, seed, warm, before_ack=None):
+    """before_ack: run between the pong and the ack (the upstream waits for
+    the ack before its pattern): tcsplice waits there for the hand-over."""
     to_client, from_client = payload(seed, "up"), payload(seed, "client")
     s, rest = open_tunnel(port, "/cycle/%s/%d/%s" % (pattern, seed, "warm" if warm else "cold"))
     if warm:
         assert rest == b"", "warm %d: %d bytes before the ping" % (seed, len(rest))
         s.sendall(PING)
         assert recv_exact(s, len(PONG)) == PONG, "warm %d: no pong" % seed
+        if before_ack:
+            before_ack()
         s.sendall(ACK)
     if pattern in ("client-fin", "both-fin"):  # the upstream sends FIN first or at the same time
         s.sendall(from_client)
@@ -142,11 +146,17 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
     px = start_proxy(up.port, mode, extra=["-v"])
     base_fds = px.fd_count()
     rnd = random.Random(1)
+    warm_ones = [0]
+
+    def express():  # every warm tunnel goes express before its pattern
+        warm_ones[0] += 1
+        px.wait_express(warm_ones[0])
+
     for i in range(1000):
         pattern = rnd.choice(PATTERNS)
         started = time.monotonic()
         try:
-            run_cycle(px.port, pattern, i, warm=i % 2 == 0)
+            run_cycle(px.port, pattern, i, warm=i % 2 == 0, before_ack=express if mode == "tcsplice" else None)
         except (AssertionError, OSError) as e:
             took = time.monotonic() - started
             # Not chained, and the cause cut short: a bytes diff would push the rest out of CI's excerpt.
@@ -165,6 +175,10 @@ def test_1000_cycles_leave_nothing_behind(upstream, start_proxy, mode):
                   log.count("falls back to the copy relay")))
         # Every warm cycle's tunnel is spliced: its ping comes alone, long before any FIN.
         assert spliced >= 500, "only %d of 1000 tunnels were spliced" % spliced
+    if mode == "tcsplice":
+        express = px.express_handovers()
+        report("1000 cycles [tcsplice]: %d tunnels went express" % express)
+        assert express >= 500, "only %d of 1000 tunnels went express" % express
     px.assert_kernel_path(at_least=1000)
 
 
@@ -316,6 +330,7 @@ def test_1gib_to_a_stalled_reader_is_bounded(upstream, start_proxy, mode):
     up = upstream(handler)
     px = start_proxy(up.port, mode)
     s, _ = open_tunnel(px.port)
+    px.wait_express()  # tcsplice: the tc program carries the stream, and the stall
     # sendall's timeout covers the whole call, and one call spans the 5 s
     # stall: the connect timeout (5 s) would abort it on a slow machine.
     s.settimeout(120)

@@ -1,0 +1,247 @@
+"""The express lane (--mode tcsplice): a tunnel starts on the copy relay,
+and once both directions are quiet the tc program carries it; the proxy's
+sockets are frozen and see no byte. Each test waits until its tunnel really
+went express (wsplice conns says so, and the bytes are the tc program's
+count) before the step it is about."""
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import NO_BPF, WSPLICE
+from wsutil import one_route_config, open_tunnel, reading_echo, recv_exact, switching_protocols, key_of, wait_for
+
+pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
+
+
+def conns(px):
+    r = subprocess.run([WSPLICE, "conns", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["tunnels"]
+
+
+def status(px):
+    r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_express(px, n=1, timeout=5):
+    """Until n tunnels are carried by the tc program."""
+    ok = wait_for(lambda: sum(t["detail"].startswith("express") for t in conns(px)) >= n, timeout=timeout)
+    assert ok, "%s\n%s" % (conns(px), px.read_log())
+
+
+def proxy_queues(px):
+    """Bytes queued on the proxy's sockets, from ss (Recv-Q + Send-Q of every
+    socket of the proxy's port and of its upstream connections)."""
+    out = subprocess.run(["ss", "-tnH", "-p"], capture_output=True, text=True).stdout
+    pids = set(str(p) for p in px.pids())
+    total = 0
+    for line in out.splitlines():
+        if any("pid=%s," % p in line for p in pids):
+            f = line.split()
+            total += int(f[1]) + int(f[2])
+    return total
+
+
+def echo_until_reset(conn, head, seen):
+    """Upstream handler: echoes, and says in seen how its stream ended
+    ("fin" or "reset"; a reset is what these tests expect, not an error)."""
+    conn.sendall(switching_protocols(key_of(head)))
+    conn.settimeout(10)
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                seen.append("fin")
+                return
+            conn.sendall(data)
+    except (ConnectionResetError, socket.timeout):
+        seen.append("reset")
+
+
+def pump(s, total, seed):
+    """Sends total bytes of a pattern on s and reads as many back, at once;
+    returns the sha256 of what was sent and of what came back."""
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
+    sent, back = hashlib.sha256(), hashlib.sha256()
+    got = [0]
+
+    def reader():
+        s.settimeout(30)
+        while got[0] < total:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            back.update(data)
+            got[0] += len(data)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    left = total
+    while left:
+        chunk = block[:min(left, len(block))]
+        s.sendall(chunk)
+        sent.update(chunk)
+        left -= len(chunk)
+    th.join(60)
+    assert got[0] == total, "%d of %d bytes came back" % (got[0], total)
+    return sent.hexdigest(), back.hexdigest()
+
+
+def test_a_quiet_tunnel_goes_express_and_every_byte_passes_the_proxy_by(upstream, start_proxy):
+    up = upstream(reading_echo)
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "1"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"hello")
+    assert recv_exact(s, 5) == b"hello"
+    wait_express(px)
+    before = conns(px)[0]
+    total = 64 << 20
+    sent, back = pump(s, total, b"express")
+    assert sent == back
+    t = conns(px)[0]
+    assert t["engine"] == "tcsplice" and t["detail"].startswith("express"), t
+    # Counted by the tc program, after what the relay moved, as the
+    # receiver acknowledges them (its last ACK may be a delayed one).
+    want = (before["bytes_client_to_upstream"] + total, before["bytes_upstream_to_client"] + total)
+
+    def counted():
+        t = conns(px)[0]
+        return (t["bytes_client_to_upstream"], t["bytes_upstream_to_client"]) == want
+    assert wait_for(counted, timeout=2), (want, conns(px))
+    assert status(px)["tunnels_by_engine"]["tcsplice"] == 1
+    # Half-close end to end: the upstream answers with its own FIN, and
+    # the daemon closes the tunnel once the program saw both acknowledged.
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    assert s.recv(1) == b""
+    assert wait_for(lambda: status(px)["tunnels_open"] == 0, timeout=5), (conns(px), px.read_log())
+    s.close()
+
+
+def test_a_reset_goes_end_to_end(upstream, start_proxy):
+    seen = []
+    up = upstream(lambda conn, head, rest: echo_until_reset(conn, head, seen))
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "1"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    wait_express(px)
+    assert status(px)["tunnels_open"] == 1
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+    assert wait_for(lambda: seen, timeout=5) and seen == ["reset"], seen
+    assert wait_for(lambda: status(px)["tunnels_open"] == 0, timeout=5), (conns(px), px.read_log())
+
+
+def test_an_idle_express_tunnel_times_out_and_both_peers_are_reset(upstream, start_proxy):
+    seen = []
+    up = upstream(lambda conn, head, rest: echo_until_reset(conn, head, seen))
+    px = start_proxy(0, "tcsplice", config=one_route_config(up.port, global_="tunnel_idle_timeout = 1s\nworkers = 1"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    wait_express(px)
+    s.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        s.recv(1)
+    assert wait_for(lambda: seen, timeout=5) and seen == ["reset"], seen
+    assert "idle" in px.read_log()
+    s.close()
+
+
+def test_a_stalled_reader_blocks_its_sender_with_nothing_held_in_the_proxy(upstream, start_proxy):
+    release = threading.Event()
+    got = [0]
+
+    def handler(conn, head, rest):
+        conn.sendall(switching_protocols(key_of(head)))
+        conn.settimeout(30)
+        data = conn.recv(16)  # the first message, then a stall
+        got[0] += len(data)
+        release.wait(30)
+        while True:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            got[0] += len(data)
+
+    up = upstream(handler)
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "1"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"first")
+    assert wait_for(lambda: got[0] == 5, timeout=5)
+    wait_express(px)
+    s.setblocking(False)
+    sent = 5
+    block = b"z" * 65536
+    stalled_for = 0.0
+    while stalled_for < 1.0:
+        try:
+            sent += s.send(block)
+            stalled_for = 0.0
+        except BlockingIOError:
+            time.sleep(0.05)
+            stalled_for += 0.05
+        assert sent < (256 << 20), "the sender never blocked"
+    # The window closed end to end: what is in flight sits in the client's
+    # send queue and the upstream's receive queue, not in the proxy.
+    assert proxy_queues(px) == 0
+    held = sent - got[0]
+    release.set()
+    s.setblocking(True)
+    s.shutdown(socket.SHUT_WR)
+    assert wait_for(lambda: got[0] == sent, timeout=10), (got[0], sent)
+    print("stalled reader: the sender blocked after %d KiB, none of it in the proxy" % (held // 1024))
+    s.close()
+
+
+def test_a_stop_resets_the_peers_of_express_tunnels(upstream, start_proxy):
+    """An express tunnel's frozen sockets cannot send a FIN: at the end of
+    shutdown_timeout both peers get a reset, and the daemon exits 0."""
+    seen = []
+    up = upstream(lambda conn, head, rest: echo_until_reset(conn, head, seen))
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "1", "--shutdown-timeout", "1s"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    wait_express(px)
+    px.proc.send_signal(signal.SIGTERM)
+    s.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        while s.recv(1):
+            pass
+    assert wait_for(lambda: seen, timeout=5) and seen == ["reset"], seen
+    assert px.proc.wait(10) == 0, px.read_log()
+    s.close()
+
+
+def test_a_worker_that_dies_leaves_no_express_flow_behind(upstream, start_proxy):
+    """Its frozen sockets close without a word; the master removes its
+    entries, so the client's next segment meets a closed socket and a reset
+    instead of being carried on for nobody."""
+    seen = []
+    up = upstream(lambda conn, head, rest: echo_until_reset(conn, head, seen))
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "2"))
+    s, _ = open_tunnel(px.port)
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    wait_express(px)
+    for victim in px.pids()[1:]:
+        os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: "express tunnels are gone with it" in px.read_log(), timeout=10), px.read_log()
+    s.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        s.sendall(b"y")
+        s.recv(1)
+    s.close()

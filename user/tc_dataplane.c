@@ -1,0 +1,182 @@
+#include <errno.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "log.h"
+#include "tc_dataplane.h"
+#include "tcsplice.skel.h"
+
+/* Linux 6.6's tcx attach point; Debian 12's headers are 6.1's. */
+#define WS_BPF_TCX_INGRESS 46
+
+struct tc_dataplane {
+	struct tcsplice_bpf *skel;
+	int link_fd;
+	int flows_fd, tunnels_fd, figures_fd;
+};
+
+struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen)
+{
+	struct tc_dataplane *tp = calloc(1, sizeof(*tp));
+	unsigned lo = if_nametoindex("lo");
+	int err;
+
+	if (!tp) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	tp->link_fd = -1;
+	tp->skel = tcsplice_bpf__open();
+	if (!tp->skel) {
+		snprintf(why, whylen, "cannot open the tc program: %s", strerror(errno));
+		goto fail;
+	}
+	if (bpf_map__set_max_entries(tp->skel->maps.tc_tunnels, max_tunnels) ||
+	    bpf_map__set_max_entries(tp->skel->maps.tunnels, max_tunnels) ||
+	    bpf_map__set_max_entries(tp->skel->maps.tc_flows, 4 * max_tunnels)) {
+		snprintf(why, whylen, "cannot size the tc maps for max_tunnels %u: %s", max_tunnels, strerror(errno));
+		goto fail;
+	}
+	err = tcsplice_bpf__load(tp->skel);
+	if (err) {
+		snprintf(why, whylen, "cannot load the tc program: %s%s", strerror(-err),
+			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)" : "");
+		goto fail;
+	}
+	tp->link_fd = bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_ingress), (int)lo, WS_BPF_TCX_INGRESS,
+				      NULL);
+	if (tp->link_fd < 0) {
+		snprintf(why, whylen, "cannot attach the tc program to lo's ingress: %s (a tcx link needs Linux 6.6+)",
+			 strerror(errno));
+		goto fail;
+	}
+	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
+	tp->tunnels_fd = bpf_map__fd(tp->skel->maps.tc_tunnels);
+	tp->figures_fd = bpf_map__fd(tp->skel->maps.tunnels);
+	return tp;
+fail:
+	tc_dataplane_close(tp);
+	return NULL;
+}
+
+void tc_dataplane_close(struct tc_dataplane *tp)
+{
+	if (!tp)
+		return;
+	if (tp->link_fd >= 0)
+		close(tp->link_fd);
+	tcsplice_bpf__destroy(tp->skel);
+	free(tp);
+}
+
+int tc_express_add(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunnel *t, const struct tc_keys *k)
+{
+	struct ws_tunnel zero = { 0 };
+	int i, err;
+
+	if (bpf_map_update_elem(tp->tunnels_fd, &id, t, BPF_NOEXIST))
+		return -1;
+	if (bpf_map_update_elem(tp->figures_fd, &id, &zero, BPF_ANY))
+		goto undo;
+	for (i = 0; i < 4; i++) {
+		struct ws_tc_flow f = { .tunnel_id = id, .dir = i & 1, .role = i < 2 ? WS_TC_PEER : WS_TC_GUARD };
+
+		if (bpf_map_update_elem(tp->flows_fd, &k->key[i], &f, BPF_NOEXIST))
+			goto undo;
+	}
+	return 0;
+undo:
+	err = errno;
+	tc_express_del(tp, id, k);
+	errno = err;
+	return -1;
+}
+
+int tc_express_update(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunnel *t)
+{
+	return bpf_map_update_elem(tp->tunnels_fd, &id, t, BPF_EXIST);
+}
+
+int tc_express_read(struct tc_dataplane *tp, uint32_t id, struct ws_tc_tunnel *t)
+{
+	return bpf_map_lookup_elem(tp->tunnels_fd, &id, t);
+}
+
+int tc_express_figures(struct tc_dataplane *tp, uint32_t id, struct ws_tunnel *out)
+{
+	return bpf_map_lookup_elem(tp->figures_fd, &id, out);
+}
+
+void tc_keys_of(const struct ws_tc_tunnel *t, struct tc_keys *k)
+{
+	/* key[0]: the client's segments (reversed u2c out leg), key[1] the
+	 * upstream's (reversed c2u), then the out legs: the guard's. */
+	for (int i = 0; i < 2; i++) {
+		const struct ws_tc_dir *o = &t->dir[i == 0 ? WS_DIR_U2C : WS_DIR_C2U];
+		struct ws_tc_key *in = &k->key[i], *guard = &k->key[2 + i];
+
+		memset(in, 0, sizeof(*in));
+		memset(guard, 0, sizeof(*guard));
+		in->family = guard->family = (uint8_t)t->family;
+		memcpy(in->saddr, o->daddr, 16);
+		memcpy(in->daddr, o->saddr, 16);
+		in->sport = o->dport;
+		in->dport = o->sport;
+		memcpy(guard->saddr, o->saddr, 16);
+		memcpy(guard->daddr, o->daddr, 16);
+		guard->sport = o->sport;
+		guard->dport = o->dport;
+	}
+}
+
+int tc_dataplane_forget(struct tc_dataplane *tp, uint32_t worker, uint32_t mask)
+{
+	uint32_t key, *prev = NULL, *ids = NULL;
+	size_t n = 0, cap = 0;
+
+	/* The ids first, then the deletes: get_next_key restarts from the
+	 * first key when the one it was given has gone. */
+	while (!bpf_map_get_next_key(tp->tunnels_fd, prev, &key)) {
+		if ((key & mask) == worker) {
+			if (n == cap) {
+				uint32_t *grown = realloc(ids, (cap = cap ? 2 * cap : 64) * sizeof(*ids));
+
+				if (!grown)
+					break;
+				ids = grown;
+			}
+			ids[n++] = key;
+		}
+		prev = &key;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct ws_tc_tunnel t;
+		struct tc_keys k;
+
+		if (bpf_map_lookup_elem(tp->tunnels_fd, &ids[i], &t))
+			continue;
+		tc_keys_of(&t, &k);
+		tc_express_del(tp, ids[i], &k);
+	}
+	free(ids);
+	return (int)n;
+}
+
+/* Keys first: once they are gone no segment reaches the tunnel's entry. A
+ * key that belongs to another tunnel (an insertion that failed on it) is
+ * left alone. */
+void tc_express_del(struct tc_dataplane *tp, uint32_t id, const struct tc_keys *k)
+{
+	for (int i = 0; i < 4; i++) {
+		struct ws_tc_flow f;
+
+		if (!bpf_map_lookup_elem(tp->flows_fd, &k->key[i], &f) && f.tunnel_id == id)
+			bpf_map_delete_elem(tp->flows_fd, &k->key[i]);
+	}
+	bpf_map_delete_elem(tp->tunnels_fd, &id);
+	bpf_map_delete_elem(tp->figures_fd, &id);
+}

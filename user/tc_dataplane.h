@@ -1,0 +1,38 @@
+/* The express lane's kernel part (bpf/tcsplice.bpf.c): loaded once by the
+ * master, its program on lo's tc ingress through a tcx link (which goes
+ * with the process: a crash leaves no filter behind to translate segments
+ * for a daemon that is gone), and its maps, which every worker writes for
+ * its own tunnels. */
+#ifndef WSPLICE_TC_DATAPLANE_H
+#define WSPLICE_TC_DATAPLANE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "wsplice_tc.h"
+
+struct tc_dataplane;
+
+/* Loads and attaches; NULL with one line of why. */
+struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen);
+void tc_dataplane_close(struct tc_dataplane *tp);
+
+/* A tunnel's keys: the client's and the upstream's segments to the proxy,
+ * then the proxy sockets' own (the guard). */
+struct tc_keys {
+	struct ws_tc_key key[4];
+};
+
+/* Writes the tunnel, its keys and a zeroed figures entry; -1 with errno
+ * (EEXIST: the id is taken). */
+int tc_express_add(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunnel *t, const struct tc_keys *k);
+int tc_express_update(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunnel *t);
+int tc_express_read(struct tc_dataplane *tp, uint32_t id, struct ws_tc_tunnel *t);
+int tc_express_figures(struct tc_dataplane *tp, uint32_t id, struct ws_tunnel *out);
+void tc_express_del(struct tc_dataplane *tp, uint32_t id, const struct tc_keys *k);
+/* Removes every tunnel whose id has (id & mask) == worker, with its keys;
+ * returns how many. */
+int tc_dataplane_forget(struct tc_dataplane *tp, uint32_t worker, uint32_t mask);
+/* A tunnel's four keys, as its value's out legs give them. */
+void tc_keys_of(const struct ws_tc_tunnel *t, struct tc_keys *k);
+
+#endif

@@ -1,0 +1,678 @@
+/* The express lane (--mode tcsplice; docs/DESIGN-TC-SPLICE.md). A tunnel
+ * starts on the copy relay, which this engine drives as its first stage.
+ * Once both directions have been quiet for a moment, and every
+ * precondition holds, it is handed to the tc program: the flow entries go
+ * in FROZEN, the proxy's two sockets are frozen in TCP_REPAIR, their
+ * sequence numbers give the deltas, and the tunnel goes ACTIVE. From then
+ * on the peers' segments are rewritten into each other's and pass the
+ * proxy's stack by; this process only looks at the program's state now and
+ * then, for the end and for the timeouts. A tunnel that cannot go express
+ * stays on the relay for its life, with one debug line saying why. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+#include "engine.h"
+#include "log.h"
+#include "metrics.h"
+#include "tc_dataplane.h"
+
+extern const struct engine_ops engine_copy;
+
+#define EXPRESS_QUIET_MS 20  /* both directions this long without a byte before a hand-over */
+#define EXPRESS_SCAN_MS 10   /* how often a worker looks at its tunnels */
+#define EXPRESS_STATE_MS 100 /* how often it reads an express tunnel's state */
+#define TCPI_OPT_USEC_TS_BIT 64 /* Linux 6.7's microsecond timestamps; not in 6.1's headers */
+#define TCP_ST_ESTABLISHED 1
+
+struct tcs_tunnel;
+
+struct tcs_ctx {
+	struct tc_dataplane *tp;
+	struct ev_loop *loop;
+	engine_kick_fn kick;
+	struct ev_handler timer;
+	TAILQ_HEAD(, tcs_tunnel) all;
+	uint32_t worker, next;
+	uint64_t next_state_ms;
+	int raw[2]; /* IPv4, IPv6: for the resets a live express tunnel ends with */
+	bool told_no_repair;
+};
+
+struct tcs_tunnel {
+	TAILQ_ENTRY(tcs_tunnel) link;
+	struct tcs_ctx *c;
+	void *owner;
+	void *relay; /* the copy relay's state, until the hand-over */
+	int fd[2];
+	bool express;
+	uint8_t seen_flags[2]; /* the program's flags at the last look */
+	uint32_t id;
+	struct tc_keys keys;
+	uint64_t relay_bytes[2]; /* what the relay delivered before */
+	uint64_t relay_last_ms;
+	uint64_t next_try_ms;
+	uint64_t backoff_ms;
+};
+
+/* ---- the worker's look at its tunnels -------------------------------- */
+
+static void on_timer(struct ev_handler *h, uint32_t events)
+{
+	struct tcs_ctx *c = container_of(h, struct tcs_ctx, timer);
+	uint64_t now = ev_now_ms(), expirations;
+	bool states = now >= c->next_state_ms;
+	struct tcs_tunnel *t, *next;
+
+	(void)events;
+	if (read(h->fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+		return;
+	if (states)
+		c->next_state_ms = now + EXPRESS_STATE_MS;
+	/* kick() may close the tunnel, whose stop() takes it off the list
+	 * and frees it: the next one is read first. */
+	for (t = TAILQ_FIRST(&c->all); t; t = next) {
+		next = TAILQ_NEXT(t, link);
+		if (t->express) {
+			struct ws_tc_tunnel v;
+
+			if (states && !tc_express_read(c->tp, t->id, &v) &&
+			    (v.state == WS_TC_ENDED || v.dir[0].flags != t->seen_flags[0] ||
+			     v.dir[1].flags != t->seen_flags[1]))
+				c->kick(t->owner);
+		} else if (now >= t->next_try_ms) {
+			c->kick(t->owner);
+		}
+	}
+}
+
+static void *tcs_prepare(const struct config *cfg, char *why, size_t whylen)
+{
+	return tc_dataplane_open(cfg->max_tunnels, why, whylen);
+}
+
+static void tcs_release(void *shared)
+{
+	tc_dataplane_close(shared);
+}
+
+/* A worker died: its frozen sockets closed silently, and its entries
+ * would go on translating (and the guard dropping) for nobody. Once they
+ * are gone the peers' next segments meet closed sockets and a reset. */
+static void tcs_worker_gone(void *shared, uint32_t worker)
+{
+	int n = tc_dataplane_forget(shared, worker, 63);
+
+	if (n > 0)
+		log_info("express lane: worker %u's %d express tunnels are gone with it", worker, n);
+}
+
+/* An upgrade cannot take express tunnels yet: their sockets are frozen, and
+ * the new process's relay could not go on with them. */
+static int tcs_export(void *shared, int *fds, size_t cap)
+{
+	(void)shared;
+	(void)fds;
+	(void)cap;
+	log_error("upgrade: the express lane (tcsplice) cannot hand its tunnels to a new process yet; restart instead");
+	return -1;
+}
+
+static void *tcs_open(const struct config *cfg, void *shared, uint32_t worker, struct ev_loop *loop,
+		      engine_kick_fn kick, char *why, size_t whylen)
+{
+	struct tcs_ctx *c = calloc(1, sizeof(*c));
+	struct itimerspec its = { .it_interval = { 0, EXPRESS_SCAN_MS * 1000000L },
+				  .it_value = { 0, EXPRESS_SCAN_MS * 1000000L } };
+
+	(void)cfg;
+	if (!c) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	c->tp = shared;
+	c->loop = loop;
+	c->kick = kick;
+	c->worker = worker;
+	c->raw[0] = c->raw[1] = -1;
+	TAILQ_INIT(&c->all);
+	c->timer = (struct ev_handler){ .on_event = on_timer };
+	c->timer.fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (c->timer.fd < 0 || timerfd_settime(c->timer.fd, 0, &its, NULL) || ev_watch(loop, &c->timer, EPOLLIN)) {
+		snprintf(why, whylen, "cannot start the express lane's timer: %s", strerror(errno));
+		if (c->timer.fd >= 0)
+			close(c->timer.fd);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void tcs_close(void *ctx)
+{
+	struct tcs_ctx *c = ctx;
+
+	ev_watch(c->loop, &c->timer, 0);
+	close(c->timer.fd);
+	for (int i = 0; i < 2; i++)
+		if (c->raw[i] >= 0)
+			close(c->raw[i]);
+	free(c);
+}
+
+/* ---- the hand-over ----------------------------------------------------- */
+
+static bool on_lo(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+	if (a->ss_family == AF_INET6) {
+		const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(x) || (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/* An IPv4-mapped address is IPv4 on the wire: the key is IPv4's. */
+static int wire_family(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)a)->sin6_addr))
+		return 4;
+	return a->ss_family == AF_INET ? 4 : 6;
+}
+
+static void addr_words(const struct sockaddr_storage *a, uint32_t w[4], uint16_t *port)
+{
+	memset(w, 0, 16);
+	if (a->ss_family == AF_INET) {
+		w[0] = ((const struct sockaddr_in *)a)->sin_addr.s_addr;
+		*port = ((const struct sockaddr_in *)a)->sin_port;
+	} else {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)a;
+
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+			memcpy(&w[0], &s6->sin6_addr.s6_addr[12], 4);
+		else
+			memcpy(w, &s6->sin6_addr, 16);
+		*port = s6->sin6_port;
+	}
+}
+
+/* The segments that reach fd from its peer (peer -> me), and the out leg
+ * through fd (me -> peer). */
+static int leg_of(int fd, struct ws_tc_key *in, struct ws_tc_dir *out, int *family, const char **why)
+{
+	struct sockaddr_storage me, peer;
+	socklen_t a = sizeof(me), b = sizeof(peer);
+
+	if (getsockname(fd, (struct sockaddr *)&me, &a) || getpeername(fd, (struct sockaddr *)&peer, &b)) {
+		*why = "no peer";
+		return -1;
+	}
+	if (!on_lo(&me) || !on_lo(&peer)) {
+		*why = "a leg is not on lo";
+		return -1;
+	}
+	*family = wire_family(&peer);
+	memset(in, 0, sizeof(*in));
+	in->family = (uint8_t)*family;
+	addr_words(&peer, in->saddr, &in->sport);
+	addr_words(&me, in->daddr, &in->dport);
+	memcpy(out->saddr, in->daddr, 16);
+	memcpy(out->daddr, in->saddr, 16);
+	out->sport = in->dport;
+	out->dport = in->sport;
+	out->redirect = WS_TC_INPLACE;
+	return 0;
+}
+
+static int queued(int fd, unsigned long req)
+{
+	int n = 1;
+
+	return ioctl(fd, req, &n) ? 1 : n;
+}
+
+static bool socket_quiet(int fd, const struct tcp_info *ti)
+{
+	return ti->tcpi_state == TCP_ST_ESTABLISHED && !ti->tcpi_unacked && !queued(fd, SIOCINQ) &&
+	       !queued(fd, SIOCOUTQ);
+}
+
+static int repair(int fd, int on)
+{
+	return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof(on));
+}
+
+static int queue_seq(int fd, int queue, uint32_t *seq)
+{
+	socklen_t len = sizeof(*seq);
+
+	if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof(queue)))
+		return -1;
+	return getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, seq, &len);
+}
+
+/* Not yet: looks again after retry_ms. */
+static void later(struct tcs_tunnel *t, const char *why, uint64_t retry_ms)
+{
+	log_debug("tunnel: stays on the copy relay for now: %s", why);
+	t->next_try_ms = ev_now_ms() + retry_ms;
+}
+
+/* Refused: stays on the relay for its life. */
+static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
+{
+	log_debug("tunnel: stays on the copy relay: express refused (%s)", why);
+	metrics_inc(reason);
+	t->next_try_ms = UINT64_MAX;
+}
+
+static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
+{
+	struct tcs_ctx *c = t->c;
+	struct ws_tc_tunnel v = { .state = WS_TC_FROZEN };
+	struct tcp_info ti[2];
+	struct tunnel_stats rs;
+	struct tunnel_handoff h = { .fd = { t->fd[0], t->fd[1] } };
+	uint32_t snd[2], rcv[2];
+	int family[2], off = 0, one = 1, err;
+	const char *why = NULL;
+	uint64_t now = ev_now_ms();
+	socklen_t len;
+
+	engine_copy.stats(t->relay, &rs);
+	if (now < rs.last_active_ms + EXPRESS_QUIET_MS) {
+		t->next_try_ms = rs.last_active_ms + EXPRESS_QUIET_MS;
+		return;
+	}
+	if (!engine_copy.quiet(t->relay)) {
+		/* A FIN seen, or bytes held for a reader that does not read
+		 * yet: looked at less and less often. */
+		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
+		later(t, "not quiet: a FIN, or bytes held", t->backoff_ms);
+		return;
+	}
+	for (int e = 0; e < 2; e++) {
+		len = sizeof(ti[e]);
+		if (getsockopt(t->fd[e], IPPROTO_TCP, TCP_INFO, &ti[e], &len)) {
+			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
+			return;
+		}
+	}
+	if (!socket_quiet(t->fd[0], &ti[0]) || !socket_quiet(t->fd[1], &ti[1])) {
+		later(t, "bytes in flight", EXPRESS_QUIET_MS);
+		return;
+	}
+	/* End c's segments come in as key[e]; direction d leaves through the
+	 * other end's socket, so its out leg is that end's. */
+	if (leg_of(t->fd[TUNNEL_END_CLIENT], &t->keys.key[0], &v.dir[WS_DIR_U2C], &family[0], &why) ||
+	    leg_of(t->fd[TUNNEL_END_UPSTREAM], &t->keys.key[1], &v.dir[WS_DIR_C2U], &family[1], &why)) {
+		refuse(t, why, M_EXPRESS_REFUSED_NOT_LO);
+		return;
+	}
+	if (family[0] != family[1])
+		why = "IPv4 on one leg, IPv6 on the other";
+	else if ((ti[0].tcpi_options ^ ti[1].tcpi_options) & TCPI_OPT_TIMESTAMPS)
+		why = "timestamps on one leg only";
+	else if ((ti[0].tcpi_options | ti[1].tcpi_options) & TCPI_OPT_USEC_TS_BIT)
+		why = "microsecond timestamps";
+	else if (ti[0].tcpi_advmss != ti[1].tcpi_advmss)
+		why = "the legs' MSS differ";
+	/* Each peer's window must take the other peer's segments: a sender
+	 * bounds its MSS by the largest window it saw, which was the proxy's
+	 * (docs/KERNEL-LOG.md, "The tc splice"). */
+	if (why) {
+		refuse(t, why, M_EXPRESS_REFUSED_MISMATCH);
+		return;
+	}
+	if (ti[0].tcpi_snd_wnd < ti[1].tcpi_advmss || ti[1].tcpi_snd_wnd < ti[0].tcpi_advmss) {
+		refuse(t, "a peer's window is below the other's MSS", M_EXPRESS_REFUSED_WINDOW);
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		t->keys.key[2 + i] = t->keys.key[i];
+		memcpy(t->keys.key[2 + i].saddr, t->keys.key[i].daddr, 16);
+		memcpy(t->keys.key[2 + i].daddr, t->keys.key[i].saddr, 16);
+		t->keys.key[2 + i].sport = t->keys.key[i].dport;
+		t->keys.key[2 + i].dport = t->keys.key[i].sport;
+	}
+	v.family = (uint32_t)family[0];
+	/* An ACK the proxy owes goes now: once the guard keys are in, what
+	 * the frozen sockets send is dropped. */
+	for (int e = 0; e < 2; e++)
+		setsockopt(t->fd[e], IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+	/* Frozen: payload to the proxy is dropped from here on, so its
+	 * queues can only stay empty. */
+	for (int tries = 0;; tries++) {
+		t->id = ++c->next << 6 | c->worker;
+		if (!tc_express_add(c->tp, t->id, &v, &t->keys))
+			break;
+		if (errno != EEXIST || tries == 8) {
+			refuse(t, "the flow tables refused it", M_EXPRESS_REFUSED_ERROR);
+			return;
+		}
+	}
+	if (queued(t->fd[0], SIOCINQ) || queued(t->fd[1], SIOCINQ) || queued(t->fd[0], SIOCOUTQ) ||
+	    queued(t->fd[1], SIOCOUTQ)) {
+		tc_express_del(c->tp, t->id, &t->keys);
+		later(t, "a byte came meanwhile", EXPRESS_QUIET_MS);
+		return;
+	}
+	for (int e = 0; e < 2; e++)
+		setsockopt(t->fd[e], SOL_SOCKET, SO_KEEPALIVE, &off, sizeof(off));
+	if (repair(t->fd[0], 1) || repair(t->fd[1], 1)) {
+		err = errno;
+		repair(t->fd[0], TCP_REPAIR_OFF_NO_WP);
+		tc_express_del(c->tp, t->id, &t->keys);
+		if (err == EPERM && !c->told_no_repair) {
+			c->told_no_repair = true;
+			log_warn("express lane: the worker may not freeze sockets (TCP_REPAIR needs CAP_NET_ADMIN; "
+				 "a worker with user = drops it): its tunnels stay on the copy relay");
+		}
+		refuse(t, strerror(err), err == EPERM ? M_EXPRESS_REFUSED_NO_REPAIR : M_EXPRESS_REFUSED_ERROR);
+		return;
+	}
+	for (int e = 0; e < 2; e++)
+		if (queue_seq(t->fd[e], TCP_SEND_QUEUE, &snd[e]) || queue_seq(t->fd[e], TCP_RECV_QUEUE, &rcv[e]))
+			goto undo;
+	/* A segment that passed the program before the FROZEN entry went in
+	 * can reach a socket late (its backlog runs when the lock goes): then
+	 * rcv_nxt counts a byte nobody would deliver. Looked at once more,
+	 * now that the numbers are read. */
+	if (queued(t->fd[0], SIOCINQ) || queued(t->fd[1], SIOCINQ) || queued(t->fd[0], SIOCOUTQ) ||
+	    queued(t->fd[1], SIOCOUTQ)) {
+		errno = EAGAIN;
+		goto undo;
+	}
+	/* Pa = the client end's socket, Pb = the upstream end's
+	 * (docs/DESIGN-TC-SPLICE.md, "The sequence spaces"). */
+	v.dir[WS_DIR_C2U].seq_delta = snd[1] - rcv[0];
+	v.dir[WS_DIR_C2U].ack_delta = rcv[1] - snd[0];
+	v.dir[WS_DIR_U2C].seq_delta = snd[0] - rcv[1];
+	v.dir[WS_DIR_U2C].ack_delta = rcv[0] - snd[1];
+	v.dir[WS_DIR_C2U].nxt = v.dir[WS_DIR_C2U].acked = snd[1];
+	v.dir[WS_DIR_U2C].nxt = v.dir[WS_DIR_U2C].acked = snd[0];
+	v.dir[WS_DIR_C2U].wscale_in = ti[0].tcpi_snd_wscale;
+	v.dir[WS_DIR_C2U].wscale_out = ti[1].tcpi_rcv_wscale;
+	v.dir[WS_DIR_U2C].wscale_in = ti[1].tcpi_snd_wscale;
+	v.dir[WS_DIR_U2C].wscale_out = ti[0].tcpi_rcv_wscale;
+	v.dir[0].ts = v.dir[1].ts = !!(ti[0].tcpi_options & TCPI_OPT_TIMESTAMPS);
+	v.armed = !v.dir[0].ts;
+	v.state = WS_TC_ACTIVE;
+	if (tc_express_update(c->tp, t->id, &v))
+		goto undo;
+	for (int d = 0; d < 2; d++)
+		t->relay_bytes[d] = rs.bytes[d];
+	t->relay_last_ms = rs.last_active_ms;
+	engine_copy.stop(t->relay, &h);
+	for (int d = 0; d < 2; d++)
+		buf_release(&h.queue[d]);
+	t->relay = NULL;
+	t->express = true;
+	/* The frozen sockets get nothing to wake this process for. */
+	io->want[0] = io->want[1] = 0;
+	io->tick = false;
+	metrics_inc(M_EXPRESS_HANDOVERS);
+	log_debug("tunnel: went express (id %u): the tc program carries it from here", t->id);
+	return;
+undo:
+	/* Nothing passed yet (still FROZEN): thawed, the relay goes on, and
+	 * what was dropped meanwhile comes again. */
+	err = errno;
+	repair(t->fd[0], TCP_REPAIR_OFF_NO_WP);
+	repair(t->fd[1], TCP_REPAIR_OFF_NO_WP);
+	tc_express_del(c->tp, t->id, &t->keys);
+	if (err == EAGAIN)
+		later(t, "a byte came while the sockets froze", EXPRESS_QUIET_MS);
+	else
+		refuse(t, strerror(err), M_EXPRESS_REFUSED_ERROR);
+}
+
+/* ---- an express tunnel's end ------------------------------------------- */
+
+static uint16_t csum_fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+static uint32_t sum_bytes(uint32_t sum, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i + 1 < n; i += 2)
+		sum += (uint32_t)b[i] << 8 | b[i + 1];
+	if (n & 1)
+		sum += (uint32_t)b[n - 1] << 8;
+	return sum;
+}
+
+/* A reset from the proxy's frozen socket on out leg o, at sequence number
+ * at. Repair sockets send nothing of their own, so a raw one does. */
+static void send_reset(struct tcs_ctx *c, int family, const struct ws_tc_dir *o, uint32_t at)
+{
+	uint8_t pkt[60] = { 0 }, *th;
+	struct sockaddr_storage to = { 0 };
+	socklen_t tolen;
+	uint32_t seq = htonl(at), sum;
+	size_t l4 = family == 4 ? 20 : 40;
+	int *raw = &c->raw[family == 6];
+	uint16_t v;
+
+	if (*raw < 0)
+		*raw = socket(family == 4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+	if (*raw < 0) {
+		log_warn("express lane: cannot reset a tunnel's peers (a raw socket: %s)", strerror(errno));
+		return;
+	}
+	th = pkt + l4;
+	memcpy(th, &o->sport, 2);
+	memcpy(th + 2, &o->dport, 2);
+	memcpy(th + 4, &seq, 4);
+	th[12] = 5 << 4;
+	th[13] = 0x04; /* RST */
+	if (family == 4) {
+		pkt[0] = 0x45;
+		v = htons((uint16_t)(l4 + 20));
+		memcpy(pkt + 2, &v, 2);
+		pkt[8] = 64;
+		pkt[9] = IPPROTO_TCP;
+		memcpy(pkt + 12, &o->saddr[0], 4);
+		memcpy(pkt + 16, &o->daddr[0], 4);
+		sum = sum_bytes(0, pkt + 12, 8);
+		((struct sockaddr_in *)&to)->sin_family = AF_INET;
+		memcpy(&((struct sockaddr_in *)&to)->sin_addr, &o->daddr[0], 4);
+		tolen = sizeof(struct sockaddr_in);
+	} else {
+		pkt[0] = 0x60;
+		v = htons(20);
+		memcpy(pkt + 4, &v, 2);
+		pkt[6] = IPPROTO_TCP;
+		pkt[7] = 64;
+		memcpy(pkt + 8, o->saddr, 16);
+		memcpy(pkt + 24, o->daddr, 16);
+		sum = sum_bytes(0, pkt + 8, 32);
+		((struct sockaddr_in6 *)&to)->sin6_family = AF_INET6;
+		memcpy(&((struct sockaddr_in6 *)&to)->sin6_addr, o->daddr, 16);
+		tolen = sizeof(struct sockaddr_in6);
+	}
+	sum += IPPROTO_TCP + 20;
+	v = htons(csum_fold(sum_bytes(sum, th, 20)));
+	memcpy(th + 16, &v, 2);
+	if (sendto(*raw, pkt, l4 + 20, 0, (struct sockaddr *)&to, tolen) < 0)
+		log_warn("express lane: cannot reset a tunnel's peer: %s", strerror(errno));
+}
+
+/* The program says how it stands: ended, half-closed, or on. */
+static void express_state(struct tcs_tunnel *t, struct engine_io *io)
+{
+	struct ws_tc_tunnel v;
+
+	if (tc_express_read(t->c->tp, t->id, &v))
+		return;
+	for (int d = 0; d < 2; d++)
+		t->seen_flags[d] = v.dir[d].flags;
+	io->half_closed = (v.dir[0].flags | v.dir[1].flags) & WS_TC_FIN_SEEN;
+	if (v.state != WS_TC_ENDED)
+		return;
+	for (int d = 0; d < 2; d++) {
+		if (v.dir[d].flags & WS_TC_RST) {
+			/* The reset went through to the other peer already; the
+			 * frozen sockets close without a word. */
+			io->verdict = ENGINE_RESET;
+			io->reset_end = dir_src(d);
+			return;
+		}
+	}
+	io->verdict = ENGINE_CLOSE;
+}
+
+/* Out of the tables; a tunnel still on (a timeout, a stop) resets both
+ * peers, which no longer hear from the frozen sockets. */
+static void express_end(struct tcs_tunnel *t)
+{
+	struct ws_tc_tunnel v;
+	bool live = !tc_express_read(t->c->tp, t->id, &v) && v.state != WS_TC_ENDED;
+
+	tc_express_del(t->c->tp, t->id, &t->keys);
+	/* RFC 5961 takes a reset at exactly the next sequence number the
+	 * peer expects: what the program sent on, or, when the last of it is
+	 * still on its way, what the peer acknowledged. */
+	for (int d = 0; live && d < 2; d++) {
+		send_reset(t->c, (int)v.family, &v.dir[d], (uint32_t)v.dir[d].nxt);
+		if ((uint32_t)v.dir[d].acked != (uint32_t)v.dir[d].nxt)
+			send_reset(t->c, (int)v.family, &v.dir[d], (uint32_t)v.dir[d].acked);
+	}
+}
+
+/* ---- the engine ---------------------------------------------------------- */
+
+static void *tcs_start(void *ctx, struct tunnel_handoff *h, void *owner, struct engine_io *io)
+{
+	struct tcs_ctx *c = ctx;
+	struct tcs_tunnel *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->relay = engine_copy.start(NULL, h, owner, io);
+	if (!t->relay) {
+		free(t);
+		return NULL;
+	}
+	t->c = c;
+	t->owner = owner;
+	t->fd[0] = h->fd[0];
+	t->fd[1] = h->fd[1];
+	t->next_try_ms = ev_now_ms() + EXPRESS_QUIET_MS;
+	TAILQ_INSERT_TAIL(&c->all, t, link);
+	return t;
+}
+
+static void tcs_event(void *st, int end, uint32_t events, struct engine_io *io)
+{
+	struct tcs_tunnel *t = st;
+
+	if (!t->express)
+		engine_copy.event(t->relay, end, events, io);
+}
+
+static void tcs_tick(void *st, struct engine_io *io)
+{
+	struct tcs_tunnel *t = st;
+
+	if (t->express)
+		express_state(t, io);
+	else
+		try_hand_over(t, io);
+}
+
+static void tcs_stop(void *st, struct tunnel_handoff *h)
+{
+	struct tcs_tunnel *t = st;
+
+	TAILQ_REMOVE(&t->c->all, t, link);
+	if (t->express)
+		express_end(t);
+	else
+		engine_copy.stop(t->relay, h);
+	free(t);
+}
+
+static void tcs_going_away(void *st)
+{
+	struct tcs_tunnel *t = st;
+
+	if (!t->express)
+		engine_copy.going_away(t->relay);
+}
+
+static void tcs_stats(void *st, struct tunnel_stats *out)
+{
+	struct tcs_tunnel *t = st;
+	struct ws_tunnel f = { 0 };
+
+	if (!t->express) {
+		engine_copy.stats(t->relay, out);
+		return;
+	}
+	out->last_active_ms = t->relay_last_ms;
+	if (!tc_express_figures(t->c->tp, t->id, &f) && f.last_active_ns) {
+		uint64_t k = kernel_stamp_ms(f.last_active_ns);
+
+		if (k > out->last_active_ms)
+			out->last_active_ms = k;
+	}
+	for (int d = 0; d < 2; d++)
+		out->bytes[d] = t->relay_bytes[d] + f.dir[d].bytes;
+}
+
+static void tcs_describe(void *st, char *out, size_t len)
+{
+	struct tcs_tunnel *t = st;
+	struct ws_tc_tunnel v;
+	size_t n;
+
+	if (!t->express) {
+		n = (size_t)snprintf(out, len, "relay: ");
+		if (n < len)
+			engine_copy.describe(t->relay, out + n, len - n);
+		return;
+	}
+	if (tc_express_read(t->c->tp, t->id, &v)) {
+		snprintf(out, len, "express id %u: gone", t->id);
+		return;
+	}
+	snprintf(out, len, "express id %u: state %s | c2u: flags=%u | u2c: flags=%u", t->id,
+		 v.state == WS_TC_ACTIVE ? "active" : v.state == WS_TC_ENDED ? "ended" : "frozen", v.dir[0].flags,
+		 v.dir[1].flags);
+}
+
+const struct engine_ops engine_tcsplice = {
+	.name = "tcsplice",
+	.prepare = tcs_prepare,
+	.release = tcs_release,
+	.export_shared = tcs_export,
+	.worker_gone = tcs_worker_gone,
+	.open = tcs_open,
+	.close = tcs_close,
+	.start = tcs_start,
+	.event = tcs_event,
+	.tick = tcs_tick,
+	.stop = tcs_stop,
+	.going_away = tcs_going_away,
+	.stats = tcs_stats,
+	.describe = tcs_describe,
+};
