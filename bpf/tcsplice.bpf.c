@@ -16,6 +16,10 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define PROTO_TCP 6
+/* What is not an express flow's goes on to the next program: with tcx,
+ * TC_ACT_OK would end the chain, and a second wsplice (or any program
+ * attached after this one) would never see its own segments. */
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 #define TCPOPT_EOL 0
@@ -415,10 +419,10 @@ int tcsplice_ingress(struct __sk_buff *skb)
 
 	r = parse(skb, &key, &s);
 	if (r < 0)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	f = bpf_map_lookup_elem(&tc_flows, &key);
 	if (!f)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (f->role == WS_TC_GUARD) {
 		/* A frozen proxy socket spoke (a delayed ACK, a probe): its
 		 * peer hears only the other peer now. */
@@ -428,12 +432,12 @@ int tcsplice_ingress(struct __sk_buff *skb)
 	/* A SYN on a flow's addresses is a new connection: the old one is
 	 * over. */
 	if (s.flags & TH_SYN)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	id = f->tunnel_id;
 	d = f->dir & 1;
 	t = bpf_map_lookup_elem(&tc_tunnels, &id);
 	if (!t)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (r > 0) {
 		count(WS_TCC_OPTION_DROPS, 1);
 		return TC_ACT_SHOT;
@@ -445,10 +449,10 @@ int tcsplice_ingress(struct __sk_buff *skb)
 			count(WS_TCC_FROZEN_DROPS, 1);
 			return TC_ACT_SHOT;
 		}
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (t->state != WS_TC_ACTIVE && t->state != WS_TC_ENDED)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (!t->armed && arm_timestamps(skb, t)) {
 		count(WS_TCC_ARM_FAILS, 1);
 		return TC_ACT_SHOT;

@@ -245,3 +245,24 @@ def test_a_worker_that_dies_leaves_no_express_flow_behind(upstream, start_proxy)
         s.sendall(b"y")
         s.recv(1)
     s.close()
+
+
+def test_two_instances_on_lo_each_carry_their_own(upstream, start_proxy):
+    """Each daemon's program lets the other's segments through (tcx runs
+    them in turn): the one attached last still carries its tunnels."""
+    first = start_proxy(upstream(reading_echo).port, "tcsplice", extra=("--workers", "1"))
+    second = start_proxy(upstream(reading_echo).port, "tcsplice", extra=("--workers", "1"))
+    socks = []
+    for px in (first, second):
+        s, _ = open_tunnel(px.port)
+        s.sendall(b"x")
+        assert recv_exact(s, 1) == b"x"
+        wait_express(px)
+        socks.append(s)
+    for s in reversed(socks):
+        sent, back = pump(s, 4 << 20, b"two")
+        assert sent == back
+    for px, s in zip((first, second), socks):
+        t = conns(px)[0]
+        assert t["detail"].startswith("express"), t
+        s.close()

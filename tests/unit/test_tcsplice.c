@@ -30,10 +30,13 @@
 #include "fault_inject.skel.h"
 #include "tcsplice.skel.h"
 
+#define TC_ACT_UNSPEC (-1) /* not its own: on to the next program */
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 
-static struct tcsplice_bpf *skel;
+/* skel is the instance under test; bystander, another wsplice's, runs
+ * first on lo and must let every segment of skel's flows through. */
+static struct tcsplice_bpf *skel, *bystander;
 
 /* ---- segments by hand ---------------------------------------------- */
 
@@ -364,13 +367,13 @@ static void passes_what_is_not_its_own(void **state)
 	s.k = ck;
 	s.k.sport = htons(3001);
 	len = build(in, &s, &l4);
-	assert_int_equal(run(in, len, out, &out_len), TC_ACT_OK);
+	assert_int_equal(run(in, len, out, &out_len), TC_ACT_UNSPEC);
 	assert_memory_equal(out, in, len);
 	/* A SYN on a flow's addresses is a new connection. */
 	s.k = ck;
 	s.flags = 0x02;
 	len = build(in, &s, &l4);
-	assert_int_equal(run(in, len, out, &out_len), TC_ACT_OK);
+	assert_int_equal(run(in, len, out, &out_len), TC_ACT_UNSPEC);
 	assert_memory_equal(out, in, len);
 	clear_maps();
 }
@@ -389,10 +392,10 @@ static void frozen_drops_payload_and_guard_drops_the_proxy(void **state)
 	(void)state;
 	put_tunnel(4, WS_TC_FROZEN, &s.k);
 	len = build(in, &s, &l4);
-	assert_int_equal(run(in, len, out, &out_len), TC_ACT_OK);
+	assert_int_equal(run(in, len, out, &out_len), TC_ACT_UNSPEC);
 	assert_memory_equal(out, in, len);
 	/* An Ethernet frame's padding after a pure ACK is no payload. */
-	assert_int_equal(run(in, len + 6, out, &out_len), TC_ACT_OK);
+	assert_int_equal(run(in, len + 6, out, &out_len), TC_ACT_UNSPEC);
 	s.payload = 5;
 	len = build(in, &s, &l4);
 	assert_int_equal(run(in, len, out, &out_len), TC_ACT_SHOT);
@@ -901,18 +904,21 @@ static int setup(void **state)
 	assert_int_equal(ioctl(s, SIOCSIFFLAGS, &ifr), 0);
 	close(s);
 	skel = tcsplice_bpf__open_and_load();
-	if (!skel) {
+	bystander = tcsplice_bpf__open_and_load();
+	if (!skel || !bystander) {
 		print_message("the program does not load: %s\n", strerror(errno));
 		return -1;
 	}
 	{
 		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)if_nametoindex("lo"), .attach_point = BPF_TC_INGRESS);
-		LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(skel->progs.tcsplice_ingress));
+		LIBBPF_OPTS(bpf_tc_opts, first, .prog_fd = bpf_program__fd(bystander->progs.tcsplice_ingress),
+			    .priority = 1);
+		LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(skel->progs.tcsplice_ingress), .priority = 2);
 		int err = bpf_tc_hook_create(&hook);
 
 		if (err && err != -EEXIST)
 			return -1;
-		if (bpf_tc_attach(&hook, &opts))
+		if (bpf_tc_attach(&hook, &first) || bpf_tc_attach(&hook, &opts))
 			return -1;
 	}
 	return 0;
@@ -922,6 +928,7 @@ static int teardown(void **state)
 {
 	(void)state;
 	tcsplice_bpf__destroy(skel);
+	tcsplice_bpf__destroy(bystander);
 	return 0;
 }
 
