@@ -46,8 +46,7 @@ def test_demo_backend_greets_and_logs(node_server, start_proxy, mode):
     server.terminate()
     out, _ = server.communicate(timeout=5)
     assert "received: hello-from-client" in out
-    # Its peers talk at once and end: in tcsplice the copy relay's part.
-    px.assert_kernel_path(at_least=2, express=False)
+    px.assert_kernel_path(at_least=2)
 
 
 @pytest.mark.parametrize("check", ["bulk", "frames"])
@@ -57,7 +56,7 @@ def test_node_client_and_server(node_server, start_proxy, mode, check):
     r = node_client("check_client.js", "ws://127.0.0.1:%d/" % px.port, check)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok " + check)
-    px.assert_kernel_path(at_least=2, express=False)
+    px.assert_kernel_path(at_least=2)
 
 
 async def python_client(url):
