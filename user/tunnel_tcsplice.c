@@ -209,9 +209,9 @@ static void addr_words(const struct sockaddr_storage *a, uint32_t w[4], uint16_t
 	}
 }
 
-/* The segments that reach fd from its peer (peer -> me), and the out leg
- * through fd (me -> peer). */
-static int leg_of(int fd, struct ws_tc_key *in, struct ws_tc_dir *out, int *family, const char **why)
+/* The out leg through fd (me -> peer); the keys follow from it
+ * (tc_keys_of). */
+static int leg_of(int fd, struct ws_tc_dir *out, int *family, const char **why)
 {
 	struct sockaddr_storage me, peer;
 	socklen_t a = sizeof(me), b = sizeof(peer);
@@ -225,14 +225,8 @@ static int leg_of(int fd, struct ws_tc_key *in, struct ws_tc_dir *out, int *fami
 		return -1;
 	}
 	*family = wire_family(&peer);
-	memset(in, 0, sizeof(*in));
-	in->family = (uint8_t)*family;
-	addr_words(&peer, in->saddr, &in->sport);
-	addr_words(&me, in->daddr, &in->dport);
-	memcpy(out->saddr, in->daddr, 16);
-	memcpy(out->daddr, in->saddr, 16);
-	out->sport = in->dport;
-	out->dport = in->sport;
+	addr_words(&me, out->saddr, &out->sport);
+	addr_words(&peer, out->daddr, &out->dport);
 	out->redirect = WS_TC_INPLACE;
 	return 0;
 }
@@ -315,10 +309,10 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		later(t, "bytes in flight", EXPRESS_QUIET_MS);
 		return;
 	}
-	/* End c's segments come in as key[e]; direction d leaves through the
-	 * other end's socket, so its out leg is that end's. */
-	if (leg_of(t->fd[TUNNEL_END_CLIENT], &t->keys.key[0], &v.dir[WS_DIR_U2C], &family[0], &why) ||
-	    leg_of(t->fd[TUNNEL_END_UPSTREAM], &t->keys.key[1], &v.dir[WS_DIR_C2U], &family[1], &why)) {
+	/* Direction d leaves through the other end's socket, so its out leg
+	 * is that end's. */
+	if (leg_of(t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
+	    leg_of(t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why)) {
 		refuse(t, why, M_EXPRESS_REFUSED_NOT_LO);
 		return;
 	}
@@ -341,14 +335,8 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		refuse(t, "a peer's window is below the other's MSS", M_EXPRESS_REFUSED_WINDOW);
 		return;
 	}
-	for (int i = 0; i < 2; i++) {
-		t->keys.key[2 + i] = t->keys.key[i];
-		memcpy(t->keys.key[2 + i].saddr, t->keys.key[i].daddr, 16);
-		memcpy(t->keys.key[2 + i].daddr, t->keys.key[i].saddr, 16);
-		t->keys.key[2 + i].sport = t->keys.key[i].dport;
-		t->keys.key[2 + i].dport = t->keys.key[i].sport;
-	}
 	v.family = (uint32_t)family[0];
+	tc_keys_of(&v, &t->keys);
 	/* An ACK the proxy owes goes now: once the guard keys are in, what
 	 * the frozen sockets send is dropped. */
 	for (int e = 0; e < 2; e++)

@@ -135,6 +135,13 @@ class Proxy:
         with open(self.log.name, errors="replace") as f:
             return f.read()
 
+    def ask(self, what):
+        """`wsplice status|conns --json`, parsed."""
+        r = subprocess.run([WSPLICE, what, "--json", "--bpffs", self.pin_dir], capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
     def conns(self):
         """Every open tunnel as the daemon sees it (`wsplice conns --json`), for a failure's report."""
         r = subprocess.run([WSPLICE, "conns", "--json", "--bpffs", self.pin_dir], capture_output=True, text=True,
@@ -193,10 +200,7 @@ class Proxy:
 
     def express_handovers(self):
         """Tunnels the tc express lane took over (`wsplice status --json`)."""
-        r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", self.pin_dir], capture_output=True, text=True,
-                           timeout=10)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["express_handovers"]
+        return self.ask("status")["express_handovers"]
 
     def stop(self):
         if self.mode == "tcsplice" and self.proc.poll() is None:

@@ -4,7 +4,6 @@ sockets are frozen and see no byte. Each test waits until its tunnel really
 went express (wsplice conns says so, and the bytes are the tc program's
 count) before the step it is about."""
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -14,24 +13,18 @@ import time
 
 import pytest
 
-from conftest import NO_BPF, WSPLICE
+from conftest import NO_BPF
 from wsutil import one_route_config, open_tunnel, reading_echo, recv_exact, switching_protocols, key_of, wait_for
 
 pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
 
 
 def conns(px):
-    r = subprocess.run([WSPLICE, "conns", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
-                       timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["tunnels"]
+    return px.ask("conns")["tunnels"]
 
 
 def status(px):
-    r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
-                       timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return px.ask("status")
 
 
 def wait_express(px, n=1, timeout=5):

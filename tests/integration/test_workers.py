@@ -2,7 +2,6 @@
 (SO_REUSEPORT), the BPF data plane and the figures, under a master that
 passes its signals on and starts a worker again when one dies; workers that
 run as an unprivileged user and still splice in the kernel."""
-import json
 import os
 import pwd
 import signal
@@ -21,17 +20,11 @@ WORKERS = ("--workers", "2")
 
 
 def conns(px):
-    r = subprocess.run([WSPLICE, "conns", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
-                       timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["tunnels"]
+    return px.ask("conns")["tunnels"]
 
 
 def status(px):
-    r = subprocess.run([WSPLICE, "status", "--json", "--bpffs", px.pin_dir], capture_output=True, text=True,
-                       timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return px.ask("status")
 
 
 def proc_status(pid):
