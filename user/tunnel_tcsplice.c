@@ -244,6 +244,24 @@ static bool socket_quiet(int fd, const struct tcp_info *ti)
 	       !queued(fd, SIOCOUTQ);
 }
 
+/* Both sockets as quiet as before, looked at again. The state counts as
+ * much as the queues: a FIN that reached a socket meanwhile is in no
+ * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
+ * CLOSE_WAIT, and the program would then translate every later segment
+ * one byte off while the peer waits for that FIN forever. */
+static bool still_quiet(const struct tcs_tunnel *t)
+{
+	struct tcp_info ti;
+	socklen_t len;
+
+	for (int e = 0; e < 2; e++) {
+		len = sizeof(ti);
+		if (getsockopt(t->fd[e], IPPROTO_TCP, TCP_INFO, &ti, &len) || !socket_quiet(t->fd[e], &ti))
+			return false;
+	}
+	return true;
+}
+
 static int repair(int fd, int on)
 {
 	return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof(on));
@@ -352,10 +370,9 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 			return;
 		}
 	}
-	if (queued(t->fd[0], SIOCINQ) || queued(t->fd[1], SIOCINQ) || queued(t->fd[0], SIOCOUTQ) ||
-	    queued(t->fd[1], SIOCOUTQ)) {
+	if (!still_quiet(t)) {
 		tc_express_del(c->tp, t->id, &t->keys);
-		later(t, "a byte came meanwhile", EXPRESS_QUIET_MS);
+		later(t, "a byte or a FIN came meanwhile", EXPRESS_QUIET_MS);
 		return;
 	}
 	for (int e = 0; e < 2; e++)
@@ -379,8 +396,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	 * can reach a socket late (its backlog runs when the lock goes): then
 	 * rcv_nxt counts a byte nobody would deliver. Looked at once more,
 	 * now that the numbers are read. */
-	if (queued(t->fd[0], SIOCINQ) || queued(t->fd[1], SIOCINQ) || queued(t->fd[0], SIOCOUTQ) ||
-	    queued(t->fd[1], SIOCOUTQ)) {
+	if (!still_quiet(t)) {
 		errno = EAGAIN;
 		goto undo;
 	}
@@ -423,7 +439,7 @@ undo:
 	repair(t->fd[1], TCP_REPAIR_OFF_NO_WP);
 	tc_express_del(c->tp, t->id, &t->keys);
 	if (err == EAGAIN)
-		later(t, "a byte came while the sockets froze", EXPRESS_QUIET_MS);
+		later(t, "a byte or a FIN came while the sockets froze", EXPRESS_QUIET_MS);
 	else
 		refuse(t, strerror(err), M_EXPRESS_REFUSED_ERROR);
 }
