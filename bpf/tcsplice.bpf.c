@@ -385,6 +385,8 @@ static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, con
 		    (__s32)(from - other->fin_end) < 0)
 			delivered--;
 	}
+	count(WS_TCC_DELIVERED_C2U + ((d & 1) ^ 1), delivered);
+	count(WS_TCC_PACKETS_C2U + (d & 1), 1);
 	if (st) {
 		if (delivered)
 			__sync_fetch_and_add(&st->dir[(d & 1) ^ 1].bytes, delivered);

@@ -121,6 +121,12 @@ enum ws_tc_counter {
 	WS_TCC_ENDED,           /* tunnels that ended in the program */
 	WS_TCC_ARM_FAILS,       /* a proxy socket was not found to read its clock */
 	WS_TCC_REWRITE_FAILS,   /* a helper failed mid-rewrite: dropped, sent again */
+	/* Per direction (enum ws_dir added): bytes as the destination
+	 * acknowledged them, as in each tunnel's figures, and segments. */
+	WS_TCC_DELIVERED_C2U,
+	WS_TCC_DELIVERED_U2C,
+	WS_TCC_PACKETS_C2U,
+	WS_TCC_PACKETS_U2C,
 	WS_TCC_MAX,
 };
 

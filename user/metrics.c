@@ -112,6 +112,12 @@ struct collector {
 #define COLLECTORS_MAX 8
 static struct collector collectors[COLLECTORS_MAX];
 
+struct kernel_source {
+	metrics_kernel_fn fn;
+	void *ctx;
+};
+static struct kernel_source kernel_sources[COLLECTORS_MAX];
+
 /* On every add: one byte, not a strcmp (the types are "counter", "gauge"
  * and "histogram"). */
 static bool is_gauge(enum metric m)
@@ -197,6 +203,56 @@ void metrics_collector_del(metrics_collector_fn fn, void *ctx)
 			collectors[i] = (struct collector){ 0 };
 }
 
+int metrics_kernel_add(metrics_kernel_fn fn, void *ctx)
+{
+	for (int i = 0; i < COLLECTORS_MAX; i++)
+		if (!kernel_sources[i].fn) {
+			kernel_sources[i] = (struct kernel_source){ fn, ctx };
+			return 0;
+		}
+	return -1;
+}
+
+void metrics_kernel_del(metrics_kernel_fn fn, void *ctx)
+{
+	for (int i = 0; i < COLLECTORS_MAX; i++)
+		if (kernel_sources[i].fn == fn && kernel_sources[i].ctx == ctx)
+			kernel_sources[i] = (struct kernel_source){ 0 };
+}
+
+/* One family each, summed over the engines loaded; absent with none. */
+static void render_kernel(FILE *out)
+{
+	static const char *const dirs[2] = { "client_to_upstream", "upstream_to_client" };
+	uint64_t bytes[2] = { 0 }, packets[2] = { 0 }, b[2], p[2];
+	bool any = false;
+
+	for (int i = 0; i < COLLECTORS_MAX; i++) {
+		if (!kernel_sources[i].fn || kernel_sources[i].fn(kernel_sources[i].ctx, b, p))
+			continue;
+		any = true;
+		for (int d = 0; d < 2; d++) {
+			bytes[d] += b[d];
+			packets[d] += p[d];
+		}
+	}
+	if (!any)
+		return;
+	fputs("# HELP wsplice_tunnel_kernel_bytes_total Tunnel bytes the kernel carried (the sockmap verdict, the "
+	      "express lane), per direction.\n"
+	      "# TYPE wsplice_tunnel_kernel_bytes_total counter\n",
+	      out);
+	for (int d = 0; d < 2; d++)
+		fprintf(out, "wsplice_tunnel_kernel_bytes_total{direction=\"%s\"} %llu\n", dirs[d],
+			(unsigned long long)bytes[d]);
+	fputs("# HELP wsplice_tunnel_kernel_packets_total Skbs or segments the kernel carried, per direction.\n"
+	      "# TYPE wsplice_tunnel_kernel_packets_total counter\n",
+	      out);
+	for (int d = 0; d < 2; d++)
+		fprintf(out, "wsplice_tunnel_kernel_packets_total{direction=\"%s\"} %llu\n", dirs[d],
+			(unsigned long long)packets[d]);
+}
+
 /* A label value as the exposition format wants it: \, " and newline escaped. */
 static void put_label_value(FILE *out, const char *s)
 {
@@ -258,6 +314,7 @@ char *metrics_render(size_t *len)
 	      "# TYPE wsplice_upstream_connect_failures_total counter\n",
 	      out);
 	shared_counters_each(FAILURE_PREFIX, render_failure, out);
+	render_kernel(out);
 	for (int i = 0; i < COLLECTORS_MAX; i++)
 		if (collectors[i].fn)
 			collectors[i].fn(collectors[i].ctx, out);

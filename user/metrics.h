@@ -1,9 +1,9 @@
 /* The daemon's figures for Prometheus: process-lifetime counters and gauges
  * that any layer adds to (a leaf like log.c: it calls nobody), never reset
  * by a reload, shared by the worker processes, and rendered in the text exposition format on a scrape
- * (metrics_server.c). What the kernel keeps (the sockmap verdict's bytes,
- * packets and events) is read at scrape time by a collector its engine
- * registers, from per-CPU counters: a scrape costs the same at 10 tunnels
+ * (metrics_server.c). What the kernel keeps (the sockmap verdict's and the
+ * express lane's bytes, packets and events) is read at scrape time through
+ * what its engine registers, from per-CPU counters: a scrape costs the same at 10 tunnels
  * as at 100 000. */
 #ifndef WSPLICE_METRICS_H
 #define WSPLICE_METRICS_H
@@ -82,6 +82,14 @@ void metrics_upstream_failure(const char *host, const char *port);
 typedef void (*metrics_collector_fn)(void *ctx, FILE *out);
 int metrics_collector_add(metrics_collector_fn fn, void *ctx);
 void metrics_collector_del(metrics_collector_fn fn, void *ctx);
+
+/* What an engine's kernel part carried (bytes, packets; per direction),
+ * read at scrape time: every engine's figures go into one series each,
+ * wsplice_tunnel_kernel_bytes_total and _packets_total, whichever engines
+ * a configuration loads. Returns 0, or -1 when it cannot read them. */
+typedef int (*metrics_kernel_fn)(void *ctx, uint64_t bytes[2], uint64_t packets[2]);
+int metrics_kernel_add(metrics_kernel_fn fn, void *ctx);
+void metrics_kernel_del(metrics_kernel_fn fn, void *ctx);
 
 /* The whole exposition; the caller frees it. NULL when out of memory. */
 char *metrics_render(size_t *len);

@@ -166,6 +166,24 @@ int tc_dataplane_forget(struct tc_dataplane *tp, uint32_t worker, uint32_t mask)
 	return (int)n;
 }
 
+int tc_dataplane_counter(struct tc_dataplane *tp, uint32_t idx, uint64_t *sum)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t *v;
+
+	if (ncpu <= 0 || !(v = calloc((size_t)ncpu, sizeof(*v))))
+		return -1;
+	*sum = 0;
+	if (bpf_map_lookup_elem(bpf_map__fd(tp->skel->maps.tc_counters), &idx, v)) {
+		free(v);
+		return -1;
+	}
+	for (int i = 0; i < ncpu; i++)
+		*sum += v[i];
+	free(v);
+	return 0;
+}
+
 /* Keys first: once they are gone no segment reaches the tunnel's entry. A
  * key that belongs to another tunnel (an insertion that failed on it) is
  * left alone. */

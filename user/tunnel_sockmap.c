@@ -720,6 +720,18 @@ static void sockmap_reload(void *ctx, const struct config *cfg)
 		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
 }
 
+/* The bytes and skbs the verdict redirected, summed with other engines'. */
+static int sockmap_carried(void *ctx, uint64_t bytes[2], uint64_t packets[2])
+{
+	uint64_t max;
+
+	for (int d = 0; d < 2; d++)
+		if (dataplane_counter(ctx, WS_CNT_BYTES_C2U + d, &bytes[d], &max) ||
+		    dataplane_counter(ctx, WS_CNT_PACKETS_C2U + d, &packets[d], &max))
+			return -1;
+	return 0;
+}
+
 /* The kernel's figures, read at scrape time: per-CPU sums, so one read
  * counts every tunnel the verdict ever carried, closed ones included. */
 static void sockmap_metrics(void *ctx, FILE *out)
@@ -735,23 +747,8 @@ static void sockmap_metrics(void *ctx, FILE *out)
 		{ WS_CNT_BROKEN_DROPS, "broken_drops" },     { WS_CNT_NO_LINK, "no_link" },
 		{ WS_CNT_NO_PEER, "no_peer" },               { WS_CNT_UNFLAGGED, "unflagged" },
 	};
-	static const char *const dirs[2] = { "client_to_upstream", "upstream_to_client" };
 	uint64_t v, max;
 
-	fputs("# HELP wsplice_tunnel_kernel_bytes_total Tunnel bytes the sockmap verdict redirected, per direction.\n"
-	      "# TYPE wsplice_tunnel_kernel_bytes_total counter\n",
-	      out);
-	for (int d = 0; d < 2; d++)
-		if (!dataplane_counter(dp, WS_CNT_BYTES_C2U + d, &v, &max))
-			fprintf(out, "wsplice_tunnel_kernel_bytes_total{direction=\"%s\"} %llu\n", dirs[d],
-				(unsigned long long)v);
-	fputs("# HELP wsplice_tunnel_kernel_packets_total Skbs the sockmap verdict redirected, per direction.\n"
-	      "# TYPE wsplice_tunnel_kernel_packets_total counter\n",
-	      out);
-	for (int d = 0; d < 2; d++)
-		if (!dataplane_counter(dp, WS_CNT_PACKETS_C2U + d, &v, &max))
-			fprintf(out, "wsplice_tunnel_kernel_packets_total{direction=\"%s\"} %llu\n", dirs[d],
-				(unsigned long long)v);
 	fputs("# HELP wsplice_bpf_events_total Events the data plane counts (docs/KERNEL.md).\n"
 	      "# TYPE wsplice_bpf_events_total counter\n",
 	      out);
@@ -786,6 +783,7 @@ static void *sockmap_prepare(const struct config *cfg, char *why, size_t whylen)
 	}
 	/* Scrapes are answered by this process. */
 	metrics_collector_add(sockmap_metrics, dp);
+	metrics_kernel_add(sockmap_carried, dp);
 	log_info("sockmap: BPF maps pinned in %s", cfg->bpffs);
 	return dp;
 }
@@ -819,6 +817,7 @@ static void *sockmap_adopt(const struct config *cfg, const int *fds, size_t n, c
 	if (flag_ports(dp, cfg))
 		log_error("sockmap: cannot add the new upstream ports to flag_ports: %s", strerror(errno));
 	metrics_collector_add(sockmap_metrics, dp);
+	metrics_kernel_add(sockmap_carried, dp);
 	log_info("sockmap: the running data plane adopted (maps pinned in %s)", cfg->bpffs);
 	return dp;
 }
@@ -826,6 +825,7 @@ static void *sockmap_adopt(const struct config *cfg, const int *fds, size_t n, c
 static void sockmap_release(void *shared)
 {
 	metrics_collector_del(sockmap_metrics, shared);
+	metrics_kernel_del(sockmap_carried, shared);
 	/* Closing the maps' owner detaches the verdict and removes the pins. */
 	dataplane_close(shared);
 }

@@ -96,13 +96,55 @@ static void on_timer(struct ev_handler *h, uint32_t events)
 	}
 }
 
+/* ---- the figures, read at scrape time ------------------------------------ */
+
+static int tcs_carried(void *shared, uint64_t bytes[2], uint64_t packets[2])
+{
+	for (int d = 0; d < 2; d++)
+		if (tc_dataplane_counter(shared, WS_TCC_DELIVERED_C2U + d, &bytes[d]) ||
+		    tc_dataplane_counter(shared, WS_TCC_PACKETS_C2U + d, &packets[d]))
+			return -1;
+	return 0;
+}
+
+static void tcs_metrics(void *shared, FILE *out)
+{
+	static const struct {
+		enum ws_tc_counter idx;
+		const char *name;
+	} events[] = {
+		{ WS_TCC_SEGMENTS, "segments" },	  { WS_TCC_FROZEN_DROPS, "frozen_drops" },
+		{ WS_TCC_GUARD_DROPS, "guard_drops" },	  { WS_TCC_OPTION_DROPS, "option_drops" },
+		{ WS_TCC_ENDED, "ended" },		  { WS_TCC_ARM_FAILS, "arm_fails" },
+		{ WS_TCC_REWRITE_FAILS, "rewrite_fails" },
+	};
+	uint64_t v;
+
+	fputs("# HELP wsplice_express_events_total What the express lane's tc program counts (docs/DESIGN-TC-SPLICE.md).\n"
+	      "# TYPE wsplice_express_events_total counter\n",
+	      out);
+	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++)
+		if (!tc_dataplane_counter(shared, events[i].idx, &v))
+			fprintf(out, "wsplice_express_events_total{event=\"%s\"} %llu\n", events[i].name,
+				(unsigned long long)v);
+}
+
 static void *tcs_prepare(const struct config *cfg, char *why, size_t whylen)
 {
-	return tc_dataplane_open(cfg->max_tunnels, why, whylen);
+	struct tc_dataplane *tp = tc_dataplane_open(cfg->max_tunnels, why, whylen);
+
+	/* Scrapes are answered by this process. */
+	if (tp) {
+		metrics_collector_add(tcs_metrics, tp);
+		metrics_kernel_add(tcs_carried, tp);
+	}
+	return tp;
 }
 
 static void tcs_release(void *shared)
 {
+	metrics_collector_del(tcs_metrics, shared);
+	metrics_kernel_del(tcs_carried, shared);
 	tc_dataplane_close(shared);
 }
 

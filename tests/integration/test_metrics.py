@@ -84,6 +84,9 @@ def test_byte_counters_are_exact_during_and_after_a_transfer(upstream, start_pro
     assert recv_exact(s, h2) == u2c[:h2]
     m = scrape(mport)
     assert (tunnel_bytes(m, "client_to_upstream"), tunnel_bytes(m, "upstream_to_client")) == (h1, h2)
+    # In tcsplice the rest goes through the tc program, and its bytes
+    # are the kernel's.
+    px.wait_express()
     s.sendall(c2u[h1:])
     assert recv_exact(s, len(u2c) - h2) == u2c[h2:]
     assert recv_until_eof(s) == b""
@@ -96,6 +99,12 @@ def test_byte_counters_are_exact_during_and_after_a_transfer(upstream, start_pro
     assert m["wsplice_handshake_seconds_count"] == 1
     # The fixture's readiness probe and the tunnel.
     assert m["wsplice_connections_accepted_total"] == 2
+    if mode == "tcsplice":
+        assert (m['wsplice_tunnel_kernel_bytes_total{direction="client_to_upstream"}'],
+                m['wsplice_tunnel_kernel_bytes_total{direction="upstream_to_client"}']) == \
+            (len(c2u) - h1, len(u2c) - h2), "the express lane's bytes are not the kernel's"
+        assert m['wsplice_tunnel_kernel_packets_total{direction="upstream_to_client"}'] > 0
+        assert m['wsplice_express_handovers_total'] == 1
     if px.kernel:
         k = m['wsplice_tunnel_kernel_bytes_total{direction="client_to_upstream"}']
         assert k > 0, "the kernel moved none of it"

@@ -733,7 +733,7 @@ static void hand_over(int family, int client_rcvbuf, size_t total, uint16_t port
 	struct tcp_info ia, ib, after;
 	uint32_t id = 9, a_snd, a_rcv, b_snd, b_rcv;
 	int one = 1, on = 1, off = 0;
-	uint64_t guard_before;
+	uint64_t guard_before, delivered_before[2];
 
 	assert_true(pa >= 0 && u >= 0);
 	close(la);
@@ -801,6 +801,8 @@ static void hand_over(int family, int client_rcvbuf, size_t total, uint16_t port
 	put(bpf_map__fd(skel->maps.tunnels), &id, &st);
 	put(tunnels, &id, &t);
 	guard_before = counter(WS_TCC_GUARD_DROPS);
+	for (int d = 0; d < 2; d++)
+		delivered_before[d] = counter(WS_TCC_DELIVERED_C2U + d);
 	stream(c, u, total);
 	/* The proxy's sockets took no byte after the hand-over. */
 	after = info_of(pa);
@@ -812,6 +814,9 @@ static void hand_over(int family, int client_rcvbuf, size_t total, uint16_t port
 	assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.tunnels), &id, &st), 0);
 	assert_int_equal(st.dir[0].bytes, total);
 	assert_int_equal(st.dir[1].bytes, total);
+	/* The daemon-wide counters (the metrics' kernel bytes) agree. */
+	for (int d = 0; d < 2; d++)
+		assert_int_equal(counter(WS_TCC_DELIVERED_C2U + d) - delivered_before[d], total);
 	print_message("hand-over IPv%d, client rcvbuf %d, timestamps %s (wscale %u/%u and %u/%u): %zu bytes each way, "
 		      "%llu and %llu segments; %llu segments from the frozen proxy sockets dropped\n",
 		      family, client_rcvbuf, t.dir[0].ts ? "on" : "off", ia.tcpi_snd_wscale, ia.tcpi_rcv_wscale,
