@@ -79,6 +79,22 @@ struct {
 	__type(value, __u64);
 } tc_counters SEC(".maps");
 
+/* A CPU's copy of the TCP header being rewritten, as it came and as it
+ * goes (in a map rather than on the stack: the verifier follows every
+ * stack byte an option writes, and the option loop's states then never
+ * merge). */
+struct tcp_scratch {
+	__u8 old[128];
+	__u8 h[128];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tcp_scratch);
+} tc_scratch SEC(".maps");
+
 static __always_inline void count(__u32 i, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&tc_counters, &i);
@@ -99,6 +115,20 @@ struct seg {
 	__u8 family;
 };
 
+/* n bytes at off into to: read in place where the skb's linear part has
+ * them (a TCP segment's headers always are, on lo and veth), else by the
+ * helper. This runs for every packet on the device. */
+#define HEADER_AT(skb, off, to)                                                                      \
+	({                                                                                           \
+		void *_d = (void *)(long)(skb)->data, *_e = (void *)(long)(skb)->data_end;           \
+		int _r = 0;                                                                          \
+		if (_d + (off) + sizeof(*(to)) <= _e)                                                \
+			__builtin_memcpy((to), _d + (off), sizeof(*(to)));                           \
+		else                                                                                 \
+			_r = bpf_skb_load_bytes((skb), (off), (to), sizeof(*(to)));                  \
+		_r;                                                                                  \
+	})
+
 /* Reads the headers into key and s; 0 for a TCP segment the program may
  * look up, -1 for anything else (which passes untouched), 1 for a TCP
  * segment with IP options or IPv6 extension headers. */
@@ -112,7 +142,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, s->l3, &ip, sizeof(ip)) || ip.protocol != PROTO_TCP)
+		if (HEADER_AT(skb, ETH_HLEN, &ip) || ip.protocol != PROTO_TCP)
 			return -1;
 		if (ip.frag_off & bpf_htons(0x3fff))
 			return -1; /* a fragment: TCP segments never are (DF, PMTU) */
@@ -125,7 +155,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, s->l3, &ip6, sizeof(ip6)))
+		if (HEADER_AT(skb, ETH_HLEN, &ip6))
 			return -1;
 		if (ip6.nexthdr != PROTO_TCP)
 			return -1; /* extension headers: not an express flow's */
@@ -137,7 +167,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 	} else {
 		return -1;
 	}
-	if (bpf_skb_load_bytes(skb, s->l4, &th, sizeof(th)))
+	if (options) {
+		/* At a variable offset: the ports only, for the lookup (the
+		 * segment is dropped once its flow is known). */
+		if (bpf_skb_load_bytes(skb, s->l4, &th, sizeof(th)))
+			return -1;
+		key->sport = th.source;
+		key->dport = th.dest;
+		return 1;
+	}
+	if (s->family == 4 ? HEADER_AT(skb, ETH_HLEN + sizeof(struct iphdr), &th)
+			   : HEADER_AT(skb, ETH_HLEN + sizeof(struct ipv6hdr), &th))
 		return -1;
 	key->sport = th.source;
 	key->dport = th.dest;
@@ -156,39 +196,31 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 	return options;
 }
 
-static __always_inline int store32(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u32 old, __u32 new)
+/* A 32-bit field in network order, in a header copy on the stack (read a
+ * byte at a time: the stack wants aligned words, an option's fields may
+ * sit at any offset). */
+static __always_inline __u32 idx(__u32 at)
 {
-	if (old == new)
-		return 0;
-	if (bpf_skb_store_bytes(skb, off, &new, 4, 0))
-		return -1;
-	return bpf_l4_csum_replace(skb, csum_off, old, new, 4);
+	/* Masked where the verifier sees it: clang would drop a mask it
+	 * can prove redundant, and the verifier cannot. */
+	asm volatile("" : "+r"(at));
+	return at & 127;
 }
 
-/* The bytes of each 16-bit half swapped. */
-static __always_inline __u32 swab16x2(__u32 v)
+static __always_inline __u32 get_be32(const __u8 *h, __u32 at)
 {
-	return (v & 0x00ff00ff) << 8 | (v & 0xff00ff00) >> 8;
+	return (__u32)h[idx(at)] << 24 | (__u32)h[idx(at + 1)] << 16 | (__u32)h[idx(at + 2)] << 8 |
+	       (__u32)h[idx(at + 3)];
 }
 
-/* Adds delta (host order) to the 32-bit field at off. The checksum helper
- * sums 16-bit words from the field's first byte; a field at an odd offset
- * (options without NOP padding) straddles words, and its sum is the
- * byte-swapped one, so the helper is given the values so swapped. */
-static __always_inline int add32(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u32 delta)
+static __always_inline void add_be32(__u8 *h, __u32 at, __u32 delta)
 {
-	__u32 old, new;
+	__u32 v = get_be32(h, at) + delta;
 
-	if (!delta)
-		return 0;
-	if (bpf_skb_load_bytes(skb, off, &old, 4))
-		return -1;
-	new = bpf_htonl(bpf_ntohl(old) + delta);
-	if (bpf_skb_store_bytes(skb, off, &new, 4, 0))
-		return -1;
-	if ((off - csum_off) & 1)
-		return bpf_l4_csum_replace(skb, csum_off, swab16x2(old), swab16x2(new), 4);
-	return bpf_l4_csum_replace(skb, csum_off, old, new, 4);
+	h[idx(at)] = v >> 24;
+	h[idx(at + 1)] = v >> 16;
+	h[idx(at + 2)] = v >> 8;
+	h[idx(at + 3)] = v;
 }
 
 /* The timestamps' deltas, set at a tunnel's first segment with the clocks
@@ -255,98 +287,156 @@ static __always_inline int arm_timestamps(struct __sk_buff *skb, struct ws_tc_tu
 	return 0;
 }
 
-/* The options: TSval/TSecr and SACK edges. One field at a time, each
- * with its checksum difference. */
-static __always_inline int rewrite_options(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+/* The options: TSval/TSecr and SACK edges, in the scratch copy, one
+ * option per bpf_loop step (the verifier then checks a step once, not
+ * every path through 40 bytes of options). */
+struct opt_walk {
+	__u32 i, optlen, base; /* base: where the options start in the copy */
+	__u32 tsval_delta, tsecr_delta, ack_delta;
+	int err;
+};
+
+static long opt_step(__u32 n, void *ctx)
 {
-	__u32 at = s->l4 + sizeof(struct tcphdr), csum = s->l4 + TH_CSUM;
-	__u32 i = 0;
+	struct opt_walk *w = ctx;
+	__u32 zero = 0, i = w->i, at = w->base + i;
+	struct tcp_scratch *sc = bpf_map_lookup_elem(&tc_scratch, &zero);
+	__u8 kind, len, *h;
 
-	for (int n = 0; n < 40; n++) {
-		__u8 kl[2];
-
-		if (i >= s->optlen || i >= 40)
-			break;
-		if (bpf_skb_load_bytes(skb, at + i, kl, 1))
-			return -1;
-		if (kl[0] == TCPOPT_EOL)
-			break;
-		if (kl[0] == TCPOPT_NOP) {
-			i++;
-			continue;
-		}
-		if (i + 2 > s->optlen || bpf_skb_load_bytes(skb, at + i, kl, 2) || kl[1] < 2 ||
-		    i + kl[1] > s->optlen)
-			return -1;
-		if (kl[0] == TCPOPT_TIMESTAMP && kl[1] == 10) {
-			if (add32(skb, at + i + 2, csum, o->tsval_delta) ||
-			    add32(skb, at + i + 6, csum, o->tsecr_delta))
-				return -1;
-		} else if (kl[0] == TCPOPT_SACK) {
-			for (__u32 e = 0; e < 8; e++) {
-				if (2 + 4 * (e + 1) > kl[1])
-					break;
-				if (add32(skb, at + i + 2 + 4 * e, csum, o->ack_delta))
-					return -1;
-			}
-		}
-		i += kl[1];
+	(void)n;
+	if (!sc || i >= w->optlen || i >= 40)
+		return 1;
+	h = sc->h;
+	kind = h[idx(at)];
+	if (kind == TCPOPT_EOL)
+		return 1;
+	if (kind == TCPOPT_NOP) {
+		w->i = i + 1;
+		return 0;
 	}
+	len = h[idx(at + 1)];
+	if (i + 2 > w->optlen || len < 2 || i + len > w->optlen) {
+		w->err = 1;
+		return 1;
+	}
+	if (kind == TCPOPT_TIMESTAMP && len == 10) {
+		add_be32(h, at + 2, w->tsval_delta);
+		add_be32(h, at + 6, w->tsecr_delta);
+	} else if (kind == TCPOPT_SACK) {
+		for (__u32 e = 0; e < 8; e++) {
+			if (2 + 4 * (e + 1) > len)
+				break;
+			add_be32(h, at + 2 + 4 * e, w->ack_delta);
+		}
+	}
+	w->i = i + len;
 	return 0;
 }
 
-/* Addresses, then ports: the out leg's. */
-static __always_inline int rewrite_addresses(struct __sk_buff *skb, const struct seg *s,
-					     const struct ws_tc_key *key, const struct ws_tc_dir *o)
+static __always_inline int rewrite_options(__u32 base, __u32 optlen, const struct ws_tc_dir *o)
 {
-	__u32 csum = s->l4 + TH_CSUM, old_ports, new_ports;
+	struct opt_walk w = { .optlen = optlen, .base = base, .tsval_delta = o->tsval_delta, .tsecr_delta = o->tsecr_delta,
+			      .ack_delta = o->ack_delta };
+
+	bpf_loop(40, opt_step, &w, 0);
+	return w.err ? -1 : 0;
+}
+
+/* The one's complement sum of n bytes at at in h, 16-bit words in
+ * network order (n even, at most 32). */
+static __always_inline __u32 sum_words(const __u8 *h, __u32 at, __u32 n)
+{
+	__u32 sum = 0;
+
+	for (__u32 k = 0; k < 32; k += 2) {
+		if (k >= n)
+			break;
+		sum += (__u32)h[idx(at + k)] << 8 | h[idx(at + k + 1)];
+	}
+	return sum;
+}
+
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* The segment rewritten into the out leg's, in a copy of its IP and TCP
+ * headers (options included): addresses, ports, seq, ack, the window, the
+ * timestamps and SACK edges. It goes back with one store; the IPv4
+ * header's checksum is fixed in the copy, the TCP checksum by two
+ * differences: the pseudo-header's (with CHECKSUM_PARTIAL, lo's and
+ * veth's, only it is in the field; the helper knows) and the header's. A
+ * helper call per field cost a microsecond a segment (docs/KERNEL-LOG.md,
+ * "The tc splice's cost per segment"). */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+{
+	__u32 optlen = s->optlen, ipl = s->family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	__u32 alen = s->family == 4 ? 4 : 16, aat = s->family == 4 ? 12 : 8;
+	__u32 len, hlen, win, zero = 0, before, after;
+	struct tcp_scratch *sc = bpf_map_lookup_elem(&tc_scratch, &zero);
+	__u8 *h;
+	__u16 new_win, pdiff;
 	__s64 diff;
 
+	if (!sc || optlen > 40)
+		return -1;
+	hlen = optlen + sizeof(struct tcphdr);
+	/* The verifier must see 40 <= len <= 127 on the register the calls
+	 * below get (a mask, and one compare clang cannot fold away). */
+	len = ipl + hlen;
+	asm volatile("" : "+r"(len));
+	len &= 0x7f;
+	if (len < sizeof(struct iphdr) + sizeof(struct tcphdr))
+		return -1;
+	if (bpf_skb_load_bytes(skb, s->l3, sc->old, len))
+		return -1;
+	h = sc->h;
+	__builtin_memcpy(h, sc->old, sizeof(sc->h));
+	/* Addresses: the pseudo-header's difference, and the IPv4 header's
+	 * own checksum, by RFC 1624. */
+	before = sum_words(h, aat, 2 * alen);
 	if (s->family == 4) {
-		__u32 old[2] = { key->saddr[0], key->daddr[0] }, new[2] = { o->saddr[0], o->daddr[0] };
-
-		diff = bpf_csum_diff(old, 8, new, 8, 0);
-		if (diff < 0 || bpf_skb_store_bytes(skb, s->l3 + offsetof(struct iphdr, saddr), new, 8, 0) ||
-		    bpf_l3_csum_replace(skb, s->l3 + offsetof(struct iphdr, check), 0, diff, 0))
-			return -1;
+		__builtin_memcpy(h + 12, o->saddr, 4);
+		__builtin_memcpy(h + 16, o->daddr, 4);
 	} else {
-		__u32 old[8], new[8];
-
-		__builtin_memcpy(old, key->saddr, 16);
-		__builtin_memcpy(old + 4, key->daddr, 16);
-		__builtin_memcpy(new, o->saddr, 16);
-		__builtin_memcpy(new + 4, o->daddr, 16);
-		diff = bpf_csum_diff(old, 32, new, 32, 0);
-		if (diff < 0 || bpf_skb_store_bytes(skb, s->l3 + offsetof(struct ipv6hdr, saddr), new, 32, 0))
-			return -1;
+		__builtin_memcpy(h + 8, o->saddr, 16);
+		__builtin_memcpy(h + 24, o->daddr, 16);
 	}
-	/* The pseudo-header: with CHECKSUM_PARTIAL (lo, veth) only it is in
-	 * the field; the helper knows. */
-	if (bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR | (s->family == 6 ? l4_ipv6_flag : 0)))
-		return -1;
-	old_ports = (__u32)key->sport | (__u32)key->dport << 16;
-	new_ports = (__u32)o->sport | (__u32)o->dport << 16;
-	return store32(skb, s->l4, csum, old_ports, new_ports);
-}
+	after = sum_words(h, aat, 2 * alen);
+	pdiff = fold(fold(~before & 0xffffffff) + (__u32)fold(after));
+	if (s->family == 4) {
+		__u16 check = fold((__u16)~((__u32)h[10] << 8 | h[11]) + (__u32)pdiff);
 
-/* Sequence space: seq, ack, the window. */
-static __always_inline int rewrite_tcp(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
-{
-	__u32 csum = s->l4 + TH_CSUM, win;
-	__u16 old_win, new_win;
-
-	if (add32(skb, s->l4 + TH_SEQ, csum, o->seq_delta))
-		return -1;
-	if ((s->flags & TH_ACK) && add32(skb, s->l4 + TH_ACK_SEQ, csum, o->ack_delta))
-		return -1;
+		check = ~check;
+		h[10] = check >> 8;
+		h[11] = check;
+	}
+	/* TCP. */
+	__builtin_memcpy(h + ipl, &o->sport, 2);
+	__builtin_memcpy(h + ipl + 2, &o->dport, 2);
+	add_be32(h, ipl + TH_SEQ, o->seq_delta);
+	if (s->flags & TH_ACK)
+		add_be32(h, ipl + TH_ACK_SEQ, o->ack_delta);
 	win = ((__u32)s->win << (o->wscale_in & 15)) >> (o->wscale_out & 15);
-	old_win = bpf_htons(s->win);
-	new_win = bpf_htons(win > 0xffff ? 0xffff : win);
-	if (old_win != new_win &&
-	    (bpf_skb_store_bytes(skb, s->l4 + TH_WIN, &new_win, 2, 0) ||
-	     bpf_l4_csum_replace(skb, csum, old_win, new_win, 2)))
+	new_win = win > 0xffff ? 0xffff : win;
+	h[idx(ipl + TH_WIN)] = new_win >> 8;
+	h[idx(ipl + TH_WIN + 1)] = new_win;
+	if (optlen && rewrite_options(ipl + sizeof(struct tcphdr), optlen, o))
 		return -1;
-	return 0;
+	hlen = len - ipl;
+	if (s->family == 4)
+		diff = bpf_csum_diff((__be32 *)(sc->old + 20), hlen & 0x3c, (__be32 *)(h + 20), hlen & 0x3c, 0);
+	else
+		diff = bpf_csum_diff((__be32 *)(sc->old + 40), hlen & 0x3c, (__be32 *)(h + 40), hlen & 0x3c, 0);
+	if (diff < 0 || bpf_skb_store_bytes(skb, s->l3, h, len, 0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, 0, bpf_htons(pdiff),
+				BPF_F_PSEUDO_HDR | (s->family == 6 ? l4_ipv6_flag : 0)))
+		return -1;
+	return bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, 0, diff, 0);
 }
 
 /* Moves a 32-bit sequence number kept in 64 bits forward to to; returns
@@ -460,8 +550,7 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	o = &t->dir[d];
-	if (rewrite_addresses(skb, &s, &key, o) || rewrite_tcp(skb, &s, o) ||
-	    (s.optlen && rewrite_options(skb, &s, o))) {
+	if (rewrite(skb, &s, o)) {
 		count(WS_TCC_REWRITE_FAILS, 1);
 		return TC_ACT_SHOT;
 	}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: wsplice beside nginx and HAProxy in one run, on loopback.
-# Targets: direct (no proxy), wsplice --mode sockmap|splice|copy, nginx
+# Targets: direct (no proxy), wsplice --mode tcsplice|sockmap|splice|copy, nginx
 # (1 worker, the usual WebSocket config) and HAProxy (1 thread, timeout tunnel).
 # Figures: 64-byte ping-pong RTT at 1 and 64 connections, 64 KiB echo
 # throughput (every byte verified), handshakes/s, userspace RSS per idle
@@ -9,7 +9,11 @@
 #
 #   PIN=0       pin client, upstream and proxy to this CPU (default 0); PIN=none: no pinning
 #   REPS=3      repetitions per figure
-#   TARGETS="direct sockmap splice copy nginx haproxy"
+#   TARGETS="direct tcsplice sockmap splice copy nginx haproxy"
+#   SETTLE_MS=200  a quiet moment after a client opens its tunnels, before
+#               the first timed byte, for every target: the express lane
+#               (tcsplice) takes a tunnel over once it has been quiet for
+#               20 ms, and its figures are then the tc program's
 #   IDLE=3000   idle tunnels for the RSS figure (0 skips it); a splice tunnel
 #               that carried a message holds six descriptors (two sockets, two
 #               pipes), and a container's hard limit can be 20 000
@@ -30,7 +34,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIN=${PIN:-0}
 REPS=${REPS:-3}
-TARGETS=${TARGETS:-"direct sockmap splice copy nginx haproxy"}
+TARGETS=${TARGETS:-"direct tcsplice sockmap splice copy nginx haproxy"}
+export WS_LOAD_SETTLE_MS=${SETTLE_MS:-200}
 IDLE=${IDLE:-3000}
 IDLE_SOCKETS=${IDLE_SOCKETS:-0}
 OUT=${OUT:-build/bench/results}
@@ -43,6 +48,11 @@ fi
 if [[ " $TARGETS " == *" sockmap "* ]] && ! grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then
 	echo "bench: leaving out sockmap: kernel $(uname -r) lacks the kfuncs its verdict needs (Linux 6.2+)" >&2
 	TARGETS=$(echo " $TARGETS " | sed 's/ sockmap / /; s/^ *//; s/ *$//')
+fi
+# The express lane attaches with a tcx link (Linux 6.6+).
+if [[ " $TARGETS " == *" tcsplice "* ]] && ! awk -F. '{ exit !($1 > 6 || ($1 == 6 && $2 >= 6)) }' <<<"$(uname -r)"; then
+	echo "bench: leaving out tcsplice: kernel $(uname -r) has no tcx link (Linux 6.6+)" >&2
+	TARGETS=$(echo " $TARGETS " | sed 's/ tcsplice / /; s/^ *//; s/ *$//')
 fi
 LOAD=build/bench/ws_load
 ECHO=build/bench/ws_echo
@@ -95,7 +105,7 @@ start_target() {
 	TP=$port
 	case $t in
 	direct) PROXY_PID= TP=$ECHO_PORT; return ;;
-	sockmap | splice | copy | sockmap-w* | copy-w*)
+	tcsplice | sockmap | splice | copy | sockmap-w* | copy-w* | tcsplice-w*)
 		# One worker, as nginx and HAProxy get, unless the name says (-wN).
 		local workers=1
 		[[ $t == *-w* ]] && workers=${t##*-w}
@@ -210,6 +220,9 @@ for rep in $(seq "$REPS"); do
 		line=$(pin $LOAD 127.0.0.1 "$tp" hs $HS_SECS)
 		s1=$(cpu_jiffies); read -r u1 k1 <<<"0 0"; [ -n "$PROXY_PID" ] && read -r u1 k1 <<<"$(proc_user_sys "$PROXY_PID")"
 		add $t.hs "$(field hs_per_s <<<"$line")"
+		# The 1 + 64 + 1 tunnels timed above: how many the tc program carried.
+		[ "$t" = tcsplice ] && add $t.express \
+			"$(build/wsplice status --json --bpffs /sys/fs/bpf/wsplice-bench | sed -n 's/.*"express_handovers":\([0-9]*\).*/\1/p')"
 		n=$(field handshakes <<<"$line")
 		add $t.hs_s "$(us_per_hs $((s1 - s0)) "$n")"
 		[ -n "$PROXY_PID" ] && add $t.hs_u "$(us_per_hs $((u1 - u0)) "$n")" && add $t.hs_k "$(us_per_hs $((k1 - k0)) "$n")"
@@ -249,7 +262,7 @@ done
 
 for t in $TARGETS; do
 	port=${PORT[$t]}
-	for k in p50 p99 p999 max r64 r64_99 mbps hs cpu_s cpu_p hs_u hs_k hs_s; do
+	for k in p50 p99 p999 max r64 r64_99 mbps hs cpu_s cpu_p hs_u hs_k hs_s express; do
 		R[$t.$k]=$(echo "${A[$t.$k]:-}" | stat3)
 	done
 	R[$t.rss]="-"
@@ -280,7 +293,7 @@ for t in $TARGETS; do
 	fi
 done
 
-med() { echo "${R[$1]}" | awk '{print $1}'; }
+med() { echo "${R[$1]:--}" | awk '{print $1}'; }
 fmt() { echo "${R[$1]}" | awk '{ if ($1=="-") print "-"; else if ($2==$3) print $1; else printf "%s (%s-%s)\n", $1, $2, $3 }'; }
 ratio() { # value of target / value of nginx
 	awk -v a="$(med "$1")" -v b="$(med "nginx.${1#*.}")" 'BEGIN{ if (b>0 && a!="-") printf "%.2f", a/b; else print "-" }'
@@ -318,11 +331,21 @@ ratio() { # value of target / value of nginx
 			printf "%-11s | %-24s | %-24s | %-24s\n" "$t" "$(fmt $t.whs)" "$(fmt $t.w64)" "$(fmt $t.w64_99)"
 		done
 	fi
+	cmp() { awk -v a="$2" -v b="$3" -v k="${4:-1}" -v op="$5" 'BEGIN{ ok = (op == ">=") ? a >= k*b : a <= k*b
+		printf "  %-44s %s vs %s -> %s\n", "'"$1"'", a, (k == 1 ? b : sprintf("%.2f", k*b)), ok ? "met" : "NOT met" }'; }
+	if [[ " $TARGETS " == *" tcsplice "* && " $TARGETS " == *" direct "* ]]; then
+		echo
+		echo "express-lane targets (tcsplice vs direct, this run; tunnels the tc program carried per run: ${A[tcsplice.express]# } of 66):"
+		awk -v d="$(med direct.p50)" -v s="$(med tcsplice.p50)" 'BEGIN{ lim = (0.1*d > 0.5) ? 0.1*d : 0.5
+			printf "  %-44s +%.1f µs (direct %.1f) -> %s\n", "added p50 at 1 conn <= 0.5 µs or 10% of direct:", s-d, d, (s-d <= lim) ? "met" : "NOT met" }'
+		cmp "p50 at 64 conns <= 1.1x direct (µs):" "$(med tcsplice.r64)" "$(med direct.r64)" 1.1 "<="
+		cmp "MB/s >= 0.9x direct:" "$(med tcsplice.mbps)" "$(med direct.mbps)" 0.9 ">="
+		cmp "system CPU s/GiB <= 1.1x direct:" "$(med tcsplice.cpu_s)" "$(med direct.cpu_s)" 1.1 "<="
+		cmp "proxy CPU s/GiB <= 0.1x direct's system:" "$(med tcsplice.cpu_p)" "$(med direct.cpu_s)" 0.1 "<="
+	fi
 	if [[ " $TARGETS " == *" sockmap "* && " $TARGETS " == *" copy "* && " $TARGETS " == *" nginx "* && " $TARGETS " == *" direct "* ]]; then
 		echo
 		echo "kernel-path targets (sockmap vs copy and nginx, this run):"
-		cmp() { awk -v a="$2" -v b="$3" -v k="${4:-1}" -v op="$5" 'BEGIN{ ok = (op == ">=") ? a >= k*b : a <= k*b
-			printf "  %-44s %s vs %s -> %s\n", "'"$1"'", a, (k == 1 ? b : sprintf("%.0f", k*b)), ok ? "met" : "NOT met" }'; }
 		cmp "MB/s >= copy:" "$(med sockmap.mbps)" "$(med copy.mbps)" 1 ">="
 		cmp "proxy CPU s/GiB <= copy:" "$(med sockmap.cpu_p)" "$(med copy.cpu_p)" 1 "<="
 		cmp "system CPU s/GiB <= copy:" "$(med sockmap.cpu_s)" "$(med copy.cpu_s)" 1 "<="
