@@ -13,6 +13,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,6 +319,34 @@ static int queue_seq(int fd, int queue, uint32_t *seq)
 	return getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, seq, &len);
 }
 
+/* TCP_INFO, and how large the segments the peer sends this socket can
+ * be: its MSS, and at most half the largest window it saw from us
+ * (tcp_bound_to_half_wnd), which at a quiet moment is the window this
+ * socket advertised last. That is Linux 6.2's tcpi_rcv_wnd, right after
+ * the tcpi_snd_wnd Debian 12's headers end with; without it, the MSS. */
+static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
+{
+	union {
+		struct tcp_info ti;
+		uint8_t raw[sizeof(struct tcp_info) + 16];
+	} u;
+	size_t at = offsetof(struct tcp_info, tcpi_snd_wnd) + sizeof(u.ti.tcpi_snd_wnd);
+	socklen_t len = sizeof(u);
+	uint32_t adv;
+
+	memset(&u, 0, sizeof(u));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &u, &len))
+		return -1;
+	*ti = u.ti;
+	*seg = ti->tcpi_advmss;
+	if (len >= at + sizeof(adv)) {
+		memcpy(&adv, u.raw + at, sizeof(adv));
+		if (adv > 536 && adv / 2 < *seg)
+			*seg = adv / 2;
+	}
+	return 0;
+}
+
 /* Not yet: looks again after retry_ms. */
 static void later(struct tcs_tunnel *t, const char *why, uint64_t retry_ms)
 {
@@ -338,13 +367,13 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	struct tcs_ctx *c = t->c;
 	struct ws_tc_tunnel v = { .state = WS_TC_FROZEN };
 	struct tcp_info ti[2];
+	uint32_t seg[2];
 	struct tunnel_stats rs;
 	struct tunnel_handoff h = { .fd = { t->fd[0], t->fd[1] } };
 	uint32_t snd[2], rcv[2];
 	int family[2], off = 0, one = 1, err;
 	const char *why = NULL;
 	uint64_t now = ev_now_ms();
-	socklen_t len;
 
 	engine_copy.stats(t->relay, &rs);
 	if (now < rs.last_active_ms + EXPRESS_QUIET_MS) {
@@ -359,8 +388,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		return;
 	}
 	for (int e = 0; e < 2; e++) {
-		len = sizeof(ti[e]);
-		if (getsockopt(t->fd[e], IPPROTO_TCP, TCP_INFO, &ti[e], &len)) {
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
 			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
 			return;
 		}
@@ -384,15 +412,15 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		why = "microsecond timestamps";
 	else if (ti[0].tcpi_advmss != ti[1].tcpi_advmss)
 		why = "the legs' MSS differ";
-	/* Each peer's window must take the other peer's segments: a sender
-	 * bounds its MSS by the largest window it saw, which was the proxy's
-	 * (docs/KERNEL-LOG.md, "The tc splice"). */
 	if (why) {
 		refuse(t, why, M_EXPRESS_REFUSED_MISMATCH);
 		return;
 	}
-	if (ti[0].tcpi_snd_wnd < ti[1].tcpi_advmss || ti[1].tcpi_snd_wnd < ti[0].tcpi_advmss) {
-		refuse(t, "a peer's window is below the other's MSS", M_EXPRESS_REFUSED_WINDOW);
+	/* Each peer's window must take the other peer's segments, or that
+	 * direction moves by window probes only (docs/KERNEL-LOG.md, "The tc
+	 * splice"). */
+	if (ti[0].tcpi_snd_wnd < seg[1] || ti[1].tcpi_snd_wnd < seg[0]) {
+		refuse(t, "a peer's window is below the other's segments", M_EXPRESS_REFUSED_WINDOW);
 		return;
 	}
 	v.family = (uint32_t)family[0];

@@ -13,8 +13,11 @@ import time
 
 import pytest
 
-from conftest import NO_BPF
-from wsutil import one_route_config, open_tunnel, reading_echo, recv_exact, switching_protocols, key_of, wait_for
+import urllib.request
+
+from conftest import NO_BPF, free_port
+from wsutil import (one_route_config, open_tunnel, reading_echo, recv_exact, recv_head, status_of,
+                    switching_protocols, key_of, upgrade_request, wait_for)
 
 pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
 
@@ -259,3 +262,33 @@ def test_two_instances_on_lo_each_carry_their_own(upstream, start_proxy):
         t = conns(px)[0]
         assert t["detail"].startswith("express"), t
         s.close()
+
+
+def test_a_peer_whose_window_cannot_take_the_other_peers_segments_stays_on_the_relay(upstream, start_proxy):
+    """A client with an 8 KiB receive buffer: the upstream's segments (up to
+    half the proxy's window, 32 KiB and more) would not fit its window, and
+    after a hand-over only window probes would carry them. The tunnel is
+    refused once, with the reason counted, and still carries every byte."""
+    mport = free_port()
+    px = start_proxy(upstream(reading_echo).port, "tcsplice",
+                     extra=("--workers", "1", "--metrics", "127.0.0.1:%d" % mport))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", px.port))
+    req, _ = upgrade_request("/")
+    s.sendall(req)
+    head, rest = recv_head(s, 5)
+    assert status_of(head) == 101 and rest == b"", head
+
+    def refused():
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        return 'wsplice_express_refused_total{reason="window"} 1' in text
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    assert wait_for(refused, timeout=5), px.read_log()
+    assert status(px)["express_handovers"] == 0
+    sent, back = pump(s, 4 << 20, b"small window")
+    assert sent == back
+    assert conns(px)[0]["detail"].startswith("relay"), conns(px)
+    s.close()
