@@ -79,13 +79,16 @@ struct {
 	__type(value, __u64);
 } tc_counters SEC(".maps");
 
-/* A CPU's copy of the TCP header being rewritten, as it came and as it
- * goes (in a map rather than on the stack: the verifier follows every
- * stack byte an option writes, and the option loop's states then never
- * merge). */
+/* A CPU's copy of the IP and TCP headers being rewritten, as they came
+ * and as they go (in a map rather than on the stack: the verifier follows
+ * every stack byte an option writes). busy: a second run on this CPU
+ * while the first holds the copy (tc ingress runs with bottom halves off,
+ * so only a kernel that lets softirqs preempt each other, PREEMPT_RT
+ * without its BH lock, could) drops its segment, which comes again. */
 struct tcp_scratch {
 	__u8 old[128];
 	__u8 h[128];
+	__u32 busy;
 };
 
 struct {
@@ -174,6 +177,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 			return -1;
 		key->sport = th.source;
 		key->dport = th.dest;
+		s->flags = ((__u8 *)&th)[TH_FLAGS]; /* a SYN still starts a new connection */
 		return 1;
 	}
 	if (s->family == 4 ? HEADER_AT(skb, ETH_HLEN + sizeof(struct iphdr), &th)
@@ -196,9 +200,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct ws_tc_key *key, s
 	return options;
 }
 
-/* A 32-bit field in network order, in a header copy on the stack (read a
- * byte at a time: the stack wants aligned words, an option's fields may
- * sit at any offset). */
+/* A 32-bit field in network order, in the header copy (a byte at a time:
+ * an option's fields may sit at any offset). */
 static __always_inline __u32 idx(__u32 at)
 {
 	/* Masked where the verifier sees it: clang would drop a mask it
@@ -371,22 +374,21 @@ static __always_inline __u16 fold(__u32 sum)
  * veth's, only it is in the field; the helper knows) and the header's. A
  * helper call per field cost a microsecond a segment (docs/KERNEL-LOG.md,
  * "The tc splice's cost per segment"). */
-static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+static __always_inline int rewrite_in(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o,
+				      struct tcp_scratch *sc)
 {
 	__u32 optlen = s->optlen, ipl = s->family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	__u32 alen = s->family == 4 ? 4 : 16, aat = s->family == 4 ? 12 : 8;
-	__u32 len, hlen, win, zero = 0, before, after;
-	struct tcp_scratch *sc = bpf_map_lookup_elem(&tc_scratch, &zero);
+	__u32 len, hlen, win, before, after;
 	__u8 *h;
 	__u16 new_win, pdiff;
 	__s64 diff;
 
-	if (!sc || optlen > 40)
+	if (optlen > 40)
 		return -1;
-	hlen = optlen + sizeof(struct tcphdr);
 	/* The verifier must see 40 <= len <= 127 on the register the calls
 	 * below get (a mask, and one compare clang cannot fold away). */
-	len = ipl + hlen;
+	len = ipl + sizeof(struct tcphdr) + optlen;
 	asm volatile("" : "+r"(len));
 	len &= 0x7f;
 	if (len < sizeof(struct iphdr) + sizeof(struct tcphdr))
@@ -437,6 +439,20 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, c
 				BPF_F_PSEUDO_HDR | (s->family == 6 ? l4_ipv6_flag : 0)))
 		return -1;
 	return bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, 0, diff, 0);
+}
+
+static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+{
+	__u32 zero = 0;
+	struct tcp_scratch *sc = bpf_map_lookup_elem(&tc_scratch, &zero);
+	int r;
+
+	if (!sc || sc->busy)
+		return -1;
+	sc->busy = 1;
+	r = rewrite_in(skb, s, o, sc);
+	sc->busy = 0;
+	return r;
 }
 
 /* Moves a 32-bit sequence number kept in 64 bits forward to to; returns

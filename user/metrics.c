@@ -105,18 +105,15 @@ int metrics_share(void)
 	return 0;
 }
 
-struct collector {
-	metrics_collector_fn fn;
+/* What the engines register: series they write themselves (text), or
+ * what their kernel part carried (carried), one of the two a slot. */
+struct source {
+	metrics_collector_fn text;
+	metrics_kernel_fn carried;
 	void *ctx;
 };
-#define COLLECTORS_MAX 8
-static struct collector collectors[COLLECTORS_MAX];
-
-struct kernel_source {
-	metrics_kernel_fn fn;
-	void *ctx;
-};
-static struct kernel_source kernel_sources[COLLECTORS_MAX];
+#define SOURCES_MAX 16
+static struct source sources[SOURCES_MAX];
 
 /* On every add: one byte, not a strcmp (the types are "counter", "gauge"
  * and "histogram"). */
@@ -186,38 +183,41 @@ void metrics_upstream_failure(const char *host, const char *port)
 		shared_add(c, 1);
 }
 
-int metrics_collector_add(metrics_collector_fn fn, void *ctx)
+static int source_add(struct source src)
 {
-	for (int i = 0; i < COLLECTORS_MAX; i++)
-		if (!collectors[i].fn) {
-			collectors[i] = (struct collector){ fn, ctx };
+	for (int i = 0; i < SOURCES_MAX; i++)
+		if (!sources[i].text && !sources[i].carried) {
+			sources[i] = src;
 			return 0;
 		}
 	return -1;
+}
+
+static void source_del(struct source src)
+{
+	for (int i = 0; i < SOURCES_MAX; i++)
+		if (sources[i].text == src.text && sources[i].carried == src.carried && sources[i].ctx == src.ctx)
+			sources[i] = (struct source){ 0 };
+}
+
+int metrics_collector_add(metrics_collector_fn fn, void *ctx)
+{
+	return source_add((struct source){ .text = fn, .ctx = ctx });
 }
 
 void metrics_collector_del(metrics_collector_fn fn, void *ctx)
 {
-	for (int i = 0; i < COLLECTORS_MAX; i++)
-		if (collectors[i].fn == fn && collectors[i].ctx == ctx)
-			collectors[i] = (struct collector){ 0 };
+	source_del((struct source){ .text = fn, .ctx = ctx });
 }
 
 int metrics_kernel_add(metrics_kernel_fn fn, void *ctx)
 {
-	for (int i = 0; i < COLLECTORS_MAX; i++)
-		if (!kernel_sources[i].fn) {
-			kernel_sources[i] = (struct kernel_source){ fn, ctx };
-			return 0;
-		}
-	return -1;
+	return source_add((struct source){ .carried = fn, .ctx = ctx });
 }
 
 void metrics_kernel_del(metrics_kernel_fn fn, void *ctx)
 {
-	for (int i = 0; i < COLLECTORS_MAX; i++)
-		if (kernel_sources[i].fn == fn && kernel_sources[i].ctx == ctx)
-			kernel_sources[i] = (struct kernel_source){ 0 };
+	source_del((struct source){ .carried = fn, .ctx = ctx });
 }
 
 /* One family each, summed over the engines loaded; absent with none. */
@@ -227,8 +227,8 @@ static void render_kernel(FILE *out)
 	uint64_t bytes[2] = { 0 }, packets[2] = { 0 }, b[2], p[2];
 	bool any = false;
 
-	for (int i = 0; i < COLLECTORS_MAX; i++) {
-		if (!kernel_sources[i].fn || kernel_sources[i].fn(kernel_sources[i].ctx, b, p))
+	for (int i = 0; i < SOURCES_MAX; i++) {
+		if (!sources[i].carried || sources[i].carried(sources[i].ctx, b, p))
 			continue;
 		any = true;
 		for (int d = 0; d < 2; d++) {
@@ -315,9 +315,9 @@ char *metrics_render(size_t *len)
 	      out);
 	shared_counters_each(FAILURE_PREFIX, render_failure, out);
 	render_kernel(out);
-	for (int i = 0; i < COLLECTORS_MAX; i++)
-		if (collectors[i].fn)
-			collectors[i].fn(collectors[i].ctx, out);
+	for (int i = 0; i < SOURCES_MAX; i++)
+		if (sources[i].text)
+			sources[i].text(sources[i].ctx, out);
 	/* A memstream that could not grow may still close cleanly. */
 	if (ferror(out) | fclose(out)) {
 		free(text);

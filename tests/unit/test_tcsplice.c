@@ -42,7 +42,7 @@ static struct tcsplice_bpf *skel, *bystander;
 
 struct spec {
 	struct ws_tc_key k;
-	uint32_t seq, ack, tsval, tsecr, sack[4];
+	uint32_t seq, ack, tsval, tsecr, sack[8];
 	uint16_t win;
 	uint8_t flags;
 	bool ts;
@@ -351,6 +351,47 @@ static void translates_ipv6(void **state)
 {
 	(void)state;
 	translates(6);
+}
+
+/* The most options a header has room for: timestamps at an odd offset
+ * and three SACK blocks (40 bytes), and four SACK blocks alone (36). */
+static void translates_the_longest_options(void **state)
+{
+	struct spec specs[2] = {
+		{ .seq = 100, .ack = 500, .win = 2000, .flags = 0x10, .ts = true, .odd = true, .tsval = 1000,
+		  .tsecr = 9000, .nsack = 6, .sack = { 600, 700, 800, 900, 1000, 1100 }, .payload = 7 },
+		{ .seq = 100, .ack = 500, .win = 2000, .flags = 0x10, .nsack = 8,
+		  .sack = { 600, 700, 800, 900, 1000, 1100, 1200, 1300 } },
+	};
+	uint8_t in[2048], out[2048];
+	size_t l4, len;
+	uint32_t out_len;
+
+	(void)state;
+	for (int family = 4; family <= 6; family += 2) {
+		for (int k = 0; k < 2; k++) {
+			struct spec *sp = &specs[k];
+			const uint8_t *th;
+			size_t edges = k == 0 ? 36 : 24;
+
+			put_tunnel(family, WS_TC_ACTIVE, &sp->k);
+			len = build(in, sp, &l4);
+			assert_int_equal((in[l4 + 12] >> 4) * 4, k == 0 ? 60 : 56);
+			assert_int_equal(run(in, len, out, &out_len), TC_ACT_OK);
+			th = out + l4;
+			assert_int_equal(get32(th + 4), 100 + 0x10000000);
+			if (k == 0) {
+				assert_int_equal(get32(th + 23), 1000 + 5000);
+				assert_int_equal(get32(th + 27), 9000 - 777);
+			}
+			for (int i = 0; i < sp->nsack; i++)
+				assert_int_equal(get32(th + edges + 4 * i), sp->sack[i] + 0x20000000);
+			assert_int_equal(tcp_sum(out, family, l4, len), 0xffff);
+			if (family == 4)
+				assert_int_equal(fold(sum16(0, out + 14, 20)), 0xffff);
+			clear_maps();
+		}
+	}
 }
 
 /* Not an express flow's: the bytes come out as they went in. */
@@ -942,6 +983,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(translates_ipv4),
 		cmocka_unit_test(translates_ipv6),
+		cmocka_unit_test(translates_the_longest_options),
 		cmocka_unit_test(passes_what_is_not_its_own),
 		cmocka_unit_test(frozen_drops_payload_and_guard_drops_the_proxy),
 		cmocka_unit_test(fins_and_resets_end_it),
