@@ -45,6 +45,9 @@
  * those sets this to 0. */
 const volatile __u64 l4_ipv6_flag = 1ULL << 7;
 
+/* Written by the daemon only (include/wsplice_tc.h). */
+struct ws_tc_handovers tc_handovers = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WS_TC_MAX_FLOWS);

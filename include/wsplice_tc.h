@@ -111,6 +111,20 @@ struct ws_tc_tunnel {
 	struct ws_tc_dir dir[2]; /* enum ws_dir */
 };
 
+/* The daemon's hand-overs, kept in the program's .bss (the global
+ * tc_handovers) so that `bpftool map dump name tcsplice.bss` shows them by
+ * name beside the program's own counters. The master maps it at load, and
+ * every worker it forks adds to the same pages. */
+struct ws_tc_handovers {
+	__u64 tried;               /* tunnels frozen for a hand-over */
+	__u64 done;                /* ... that went ACTIVE */
+	__u64 refused_not_lo;      /* left on the relay for their life, by reason */
+	__u64 refused_legs_differ;
+	__u64 refused_window;
+	__u64 refused_no_repair;
+	__u64 refused_error;
+};
+
 /* tc_counters (per CPU), for bpftool and the metrics. */
 enum ws_tc_counter {
 	WS_TCC_SEGMENTS = 0,    /* translated and passed on */

@@ -19,6 +19,16 @@ struct tc_dataplane {
 	int flows_fd, tunnels_fd, figures_fd;
 };
 
+/* A program's or a map's id, for bpftool (0 when it cannot be read). */
+static unsigned obj_id(int fd)
+{
+	struct bpf_map_info info; /* a program's info starts with its type and id too */
+	uint32_t len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	return bpf_obj_get_info_by_fd(fd, &info, &len) ? 0 : info.id;
+}
+
 struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen)
 {
 	struct tc_dataplane *tp = calloc(1, sizeof(*tp));
@@ -57,6 +67,11 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
 	tp->tunnels_fd = bpf_map__fd(tp->skel->maps.tc_tunnels);
 	tp->figures_fd = bpf_map__fd(tp->skel->maps.tunnels);
+	/* The maps are not pinned: where bpftool finds this daemon's. */
+	log_info("express lane: tc program id %u on lo's ingress; bpftool map dump id %u (tc_tunnels), id %u "
+		 "(tc_counters), id %u (hand-overs, tcsplice.bss)",
+		 obj_id(bpf_program__fd(tp->skel->progs.tcsplice_ingress)), obj_id(tp->tunnels_fd),
+		 obj_id(bpf_map__fd(tp->skel->maps.tc_counters)), obj_id(bpf_map__fd(tp->skel->maps.bss)));
 	return tp;
 fail:
 	tc_dataplane_close(tp);
@@ -164,6 +179,11 @@ int tc_dataplane_forget(struct tc_dataplane *tp, uint32_t worker, uint32_t mask)
 	}
 	free(ids);
 	return (int)n;
+}
+
+struct ws_tc_handovers *tc_dataplane_handovers(struct tc_dataplane *tp)
+{
+	return &tp->skel->bss->tc_handovers;
 }
 
 int tc_dataplane_counter(struct tc_dataplane *tp, uint32_t idx, uint64_t *sum)

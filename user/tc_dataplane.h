@@ -32,6 +32,9 @@ void tc_express_del(struct tc_dataplane *tp, uint32_t id, const struct tc_keys *
 /* Removes every tunnel whose id has (id & mask) == worker, with its keys;
  * returns how many. */
 int tc_dataplane_forget(struct tc_dataplane *tp, uint32_t worker, uint32_t mask);
+/* The hand-over counters in the program's .bss, shared with every worker
+ * forked after the load (add with __atomic_fetch_add). */
+struct ws_tc_handovers *tc_dataplane_handovers(struct tc_dataplane *tp);
 /* tc_counters[idx] summed over the CPUs; -1 with errno. */
 int tc_dataplane_counter(struct tc_dataplane *tp, uint32_t idx, uint64_t *sum);
 /* A tunnel's four keys, as its value's out legs give them. */

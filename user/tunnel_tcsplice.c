@@ -355,10 +355,23 @@ static void later(struct tcs_tunnel *t, const char *why, uint64_t retry_ms)
 }
 
 /* Refused: stays on the relay for its life. */
+/* One more in the program's .bss too, for bpftool. */
+static void note(__u64 *counter)
+{
+	__atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+}
+
 static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 {
+	struct ws_tc_handovers *n = tc_dataplane_handovers(t->c->tp);
+
 	log_debug("tunnel: stays on the copy relay: express refused (%s)", why);
 	metrics_inc(reason);
+	note(reason == M_EXPRESS_REFUSED_NOT_LO	      ? &n->refused_not_lo
+	     : reason == M_EXPRESS_REFUSED_MISMATCH  ? &n->refused_legs_differ
+	     : reason == M_EXPRESS_REFUSED_WINDOW    ? &n->refused_window
+	     : reason == M_EXPRESS_REFUSED_NO_REPAIR ? &n->refused_no_repair
+						     : &n->refused_error);
 	t->next_try_ms = UINT64_MAX;
 }
 
@@ -440,6 +453,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 			return;
 		}
 	}
+	note(&tc_dataplane_handovers(c->tp)->tried);
 	if (!still_quiet(t)) {
 		tc_express_del(c->tp, t->id, &t->keys);
 		later(t, "a byte or a FIN came meanwhile", EXPRESS_QUIET_MS);
@@ -499,6 +513,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	io->want[0] = io->want[1] = 0;
 	io->tick = false;
 	metrics_inc(M_EXPRESS_HANDOVERS);
+	note(&tc_dataplane_handovers(c->tp)->done);
 	log_debug("tunnel: went express (id %u): the tc program carries it from here", t->id);
 	return;
 undo:

@@ -4,7 +4,9 @@ sockets are frozen and see no byte. Each test waits until its tunnel really
 went express (wsplice conns says so, and the bytes are the tc program's
 count) before the step it is about."""
 import hashlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +30,16 @@ def conns(px):
 
 def status(px):
     return px.ask("status")
+
+
+def bpf_handovers(px):
+    """The hand-over counters as bpftool shows them: the program's .bss,
+    whose map id the daemon logs at start."""
+    m = re.search(r"id (\d+) \(hand-overs", px.read_log())
+    assert m, px.read_log()
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "id", m.group(1)], capture_output=True, text=True,
+                         check=True, timeout=10).stdout
+    return json.loads(out)[0]["formatted"]["value"][".bss"][0]["tc_handovers"]
 
 
 def wait_express(px, n=1, timeout=5):
@@ -101,6 +113,8 @@ def test_a_quiet_tunnel_goes_express_and_every_byte_passes_the_proxy_by(upstream
     s.sendall(b"hello")
     assert recv_exact(s, 5) == b"hello"
     wait_express(px)
+    h = bpf_handovers(px)
+    assert h["done"] == 1 and h["tried"] >= 1 and not any(v for k, v in h.items() if k.startswith("refused")), h
     before = conns(px)[0]
     total = 64 << 20
     sent, back = pump(s, total, b"express")
@@ -288,6 +302,8 @@ def test_a_peer_whose_window_cannot_take_the_other_peers_segments_stays_on_the_r
     assert recv_exact(s, 1) == b"x"
     assert wait_for(refused, timeout=5), px.read_log()
     assert status(px)["express_handovers"] == 0
+    h = bpf_handovers(px)
+    assert h["refused_window"] == 1 and h["tried"] == 0 and h["done"] == 0, h
     sent, back = pump(s, 4 << 20, b"small window")
     assert sent == back
     assert conns(px)[0]["detail"].startswith("relay"), conns(px)
