@@ -39,6 +39,9 @@ function until(pred, ms, what) {
     await until(() => result.connected, 30000, '[vite] connected.');
     await until(async () => (await page.textContent('#msg')) === 'version 1', 10000, 'version 1');
     await page.evaluate(() => { window.__sameDocument = true; });
+    // HMR_QUIET_MS: the HMR socket stays quiet this long before the edit
+    // (the express lane takes a tunnel over once it has been quiet).
+    await new Promise((r) => setTimeout(r, Number(process.env.HMR_QUIET_MS || 0)));
     fs.writeFileSync(msgPath, "export const msg = 'version 2';\n");
     await until(async () => (await page.textContent('#msg')) === 'version 2', 30000, 'version 2');
     result.updated = true;

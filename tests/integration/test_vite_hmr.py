@@ -9,10 +9,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import NO_BPF, ROOT, free_port, need_sockmap
 from wsutil import wait_for
 
 HMR = os.path.join(ROOT, "tests", "hmr")
@@ -54,14 +55,38 @@ def vite():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_vite_hmr_through_wsplice_sockmap(vite, start_proxy, kmode):
-    px = start_proxy(vite["port"], kmode, listen_port=vite["proxy_port"])
+def run_check(px, vite, quiet_ms=0):
+    """The browser: loads the page through px, waits for "[vite] connected.",
+    stays quiet quiet_ms, edits msg.js, and waits for the new text."""
     r = subprocess.run(["node", os.path.join(HMR, "hmr_check.js"), "http://127.0.0.1:%d/" % px.port,
-                        os.path.join(vite["app"], "msg.js")], capture_output=True, text=True, timeout=120)
+                        os.path.join(vite["app"], "msg.js")], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, HMR_QUIET_MS=str(quiet_ms)))
     out = r.stdout.strip().splitlines()
     result = json.loads(out[-1]) if out else {}
     assert r.returncode == 0, (result, r.stderr[-2000:], open(vite["log"]).read()[-2000:], px.read_log())
     assert result["connected"] and result["updated"] and not result["reloaded"]
+
+
+def test_vite_hmr_through_wsplice_sockmap(vite, start_proxy, kmode):
+    px = start_proxy(vite["port"], kmode, listen_port=vite["proxy_port"])
+    run_check(px, vite)
     # The HMR update crossed the kernel splice, not a userspace relay.
     px.assert_kernel_path()
     assert "hmr update /main.js" in plain(open(vite["log"]).read())  # main.js accepts msg.js
+
+
+@pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
+def test_vite_hmr_through_the_express_lane(vite, start_proxy):
+    """--mode tcsplice: the HMR socket is quiet after "[vite] connected.",
+    goes express, and the update after the edit is carried by the tc
+    program (its bytes are the kernel's, counted upstream to client)."""
+    need_sockmap()
+    mport = free_port()
+    px = start_proxy(vite["port"], "tcsplice", listen_port=vite["proxy_port"],
+                     extra=("--metrics", "127.0.0.1:%d" % mport))
+    run_check(px, vite, quiet_ms=1000)
+    px.wait_express()
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+    m = re.search(r'wsplice_tunnel_kernel_bytes_total\{direction="upstream_to_client"\} (\d+)', text)
+    assert m and int(m.group(1)) > 0, "the update did not cross the express lane:\n" + text
+    assert "hmr update /main.js" in plain(open(vite["log"]).read())
