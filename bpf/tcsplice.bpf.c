@@ -41,8 +41,8 @@
 
 /* BPF_F_IPV6 for bpf_l4_csum_replace: without it the helper adjusts a
  * CHECKSUM_COMPLETE skb's csum for an IPv6 pseudo-header as if it were
- * IPv4's. Kernels from before the flag reject it (EINVAL): a loader for
- * those sets this to 0. */
+ * IPv4's. Kernels from before the flag reject it (EINVAL): the loader
+ * asks the kernel first and sets this to 0 there (user/tc_dataplane.c). */
 const volatile __u64 l4_ipv6_flag = 1ULL << 7;
 
 /* Written by the daemon only (include/wsplice_tc.h). */

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdbool.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,35 @@ struct tc_dataplane {
 	int link_fd;
 	int flows_fd, tunnels_fd, figures_fd;
 };
+
+/* Whether bpf_l4_csum_replace takes BPF_F_IPV6 (Linux 6.16, and the
+ * stable kernels it went back to): without it the helper fixes a
+ * CHECKSUM_COMPLETE skb's csum for an IPv6 pseudo-header as if it were
+ * IPv4's; where the flag is unknown it fails the call (EINVAL), and every
+ * IPv6 segment of an express tunnel would be dropped. Asked of the kernel
+ * with a three-instruction program run once on a dummy packet. */
+static bool csum_takes_ipv6_flag(void)
+{
+	const struct bpf_insn insns[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_2, .imm = 0 },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_3, .imm = 0 },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_4, .imm = 0 },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_5, .imm = BPF_F_PSEUDO_HDR | 1 << 7 },
+		{ .code = BPF_JMP | BPF_CALL, .imm = BPF_FUNC_l4_csum_replace },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	uint8_t pkt[64] = { 0 };
+	LIBBPF_OPTS(bpf_test_run_opts, run, .data_in = pkt, .data_size_in = sizeof(pkt), .repeat = 1);
+	int fd = bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "wsplice_probe", "GPL", insns, sizeof(insns) / sizeof(insns[0]),
+			       NULL);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = !bpf_prog_test_run_opts(fd, &run) && run.retval == 0;
+	close(fd);
+	return ok;
+}
 
 /* A program's or a map's id, for bpftool (0 when it cannot be read). */
 static unsigned obj_id(int fd)
@@ -50,6 +80,11 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 	    bpf_map__set_max_entries(tp->skel->maps.tc_flows, 4 * max_tunnels)) {
 		snprintf(why, whylen, "cannot size the tc maps for max_tunnels %u: %s", max_tunnels, strerror(errno));
 		goto fail;
+	}
+	if (!csum_takes_ipv6_flag()) {
+		tp->skel->rodata->l4_ipv6_flag = 0;
+		log_info("express lane: bpf_l4_csum_replace has no BPF_F_IPV6 here (Linux 6.16+): IPv6 checksums are "
+			 "fixed as before it, right for lo's and veth's CHECKSUM_PARTIAL");
 	}
 	err = tcsplice_bpf__load(tp->skel);
 	if (err) {

@@ -62,8 +62,8 @@ def need_sockmap():
 
 
 class Proxy:
-    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", config=None, listen_port=None,
-                 pin_dir=None):
+    def __init__(self, upstream_port, mode, extra=(), listen_host="127.0.0.1", upstream_host="127.0.0.1", config=None,
+                 listen_port=None, pin_dir=None):
         """config: the text of a -c file; "{port}" in it is this proxy's
         listening port (self.port), and upstream_port is then unused."""
         if mode == "sockmap":
@@ -82,7 +82,8 @@ class Proxy:
             where = ["-c", self.config_path]
         else:
             listen = "%s:%d" % (listen_host if ":" not in listen_host else "[%s]" % listen_host, self.port)
-            where = ["--listen", listen, "--upstream", "127.0.0.1:%d" % upstream_port]
+            up = upstream_host if ":" not in upstream_host else "[%s]" % upstream_host
+            where = ["--listen", listen, "--upstream", "%s:%d" % (up, upstream_port)]
         # WSPLICE_TEST_USER=nobody: the suite again with workers that gave up root.
         as_user = ["--user", os.environ["WSPLICE_TEST_USER"]] if os.environ.get("WSPLICE_TEST_USER") else []
         self.argv = [WSPLICE, *where, "--mode", mode, "--bpffs", self.pin_dir, *as_user, *extra] + \
@@ -259,8 +260,8 @@ def start_proxy():
 def upstream():
     servers = []
 
-    def make(handler):
-        s = ScriptedUpstream(handler)
+    def make(handler, **kw):
+        s = ScriptedUpstream(handler, **kw)
         servers.append(s)
         return s
 

@@ -308,3 +308,27 @@ def test_a_peer_whose_window_cannot_take_the_other_peers_segments_stays_on_the_r
     assert sent == back
     assert conns(px)[0]["detail"].startswith("relay"), conns(px)
     s.close()
+
+
+def test_an_ipv6_tunnel_goes_express(upstream, start_proxy):
+    """Both legs on ::1: the program's IPv6 path, 16 MiB each way, then a
+    half-close. Where bpf_l4_csum_replace lacks BPF_F_IPV6 (before Linux
+    6.16) the daemon loads the program without it."""
+    up = upstream(reading_echo, host="::1")
+    px = start_proxy(up.port, "tcsplice", listen_host="::1", upstream_host="::1", extra=("--workers", "1"))
+    s = socket.create_connection(("::1", px.port), timeout=5)
+    req, _ = upgrade_request("/")
+    s.sendall(req)
+    head, rest = recv_head(s, 5)
+    assert status_of(head) == 101 and rest == b"", head
+    s.sendall(b"six")
+    assert recv_exact(s, 3) == b"six"
+    wait_express(px)
+    sent, back = pump(s, 16 << 20, b"ipv6")
+    assert sent == back
+    assert conns(px)[0]["detail"].startswith("express"), conns(px)
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    assert s.recv(1) == b""
+    assert wait_for(lambda: status(px)["tunnels_open"] == 0, timeout=5), (conns(px), px.read_log())
+    s.close()

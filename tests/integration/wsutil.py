@@ -89,14 +89,14 @@ def switching_protocols(key, extra=b""):
 
 
 class ScriptedUpstream:
-    """A TCP server on 127.0.0.1 that runs `handler(conn, request_head,
+    """A TCP server on 127.0.0.1 (or host) that runs `handler(conn, request_head,
     leftover)` in a thread per connection: the test decides every byte."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, host="127.0.0.1"):
         self.handler = handler
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
         self.requests = []
