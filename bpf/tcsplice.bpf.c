@@ -49,6 +49,13 @@ const volatile __u64 l4_ipv6_flag = 1ULL << 7;
 struct ws_tc_handovers tc_handovers = {};
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ws_tc_owner);
+} tc_owner SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WS_TC_MAX_FLOWS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

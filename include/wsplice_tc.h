@@ -125,6 +125,18 @@ struct ws_tc_handovers {
 	__u64 refused_error;
 };
 
+/* Value of tc_owner (one entry), written by the daemon when it attached
+ * the program as a netlink tc filter (Linux before 6.6): a tcx link goes
+ * with its process, a filter stays. The next start removes a filter whose
+ * owner is gone, in its own network namespace. */
+struct ws_tc_owner {
+	__u32 pid;
+	__u32 handle;
+	__u32 priority;
+	__u32 pad;
+	__u64 netns; /* the inode of the owner's /proc/self/ns/net */
+};
+
 /* tc_counters (per CPU), for bpftool and the metrics. */
 enum ws_tc_counter {
 	WS_TCC_SEGMENTS = 0,    /* translated and passed on */

@@ -30,8 +30,10 @@ KERNELS=${KERNELS:-"6.1 6.12"}
 # The Vite HMR test is left out: a browser under TCG takes minutes per page.
 # So is the fault-injection test: the initramfs has no sch_ingress for its
 # clsact qdisc (it runs on the host in every CI run).
-# The express lane (tcsplice) attaches with a tcx link: Linux 6.6+ (6.12 here).
-CMD=${CMD:-"if grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then sel='(sockmap or bpftool or instances or netns or integrity or xdp or upgrade or tcsplice or express) and not vite and not faults'; grep -qw tcx_prog_attach /proc/kallsyms || sel=\"\$sel and not tcsplice and not express\"; else sel='(splice or integrity or xdp or upgrade) and not vite and not test_stress and not tcsplice'; export WSPLICE_TEST_NO_BPF=1; fi; tests/integration/run.sh build/wsplice -k \"\$sel\""}
+# 6.12: the sockmap path and the express lane (tcx). 6.1: no kfuncs for the
+# sockmap verdict, so the suite without BPF, then the express lane's tests
+# (a netlink tc filter there).
+CMD=${CMD:-"if grep -qw bpf_cast_to_kern_ctx /proc/kallsyms; then sel='(sockmap or bpftool or instances or netns or integrity or xdp or upgrade or tcsplice or express) and not vite and not faults'; grep -qw tcx_prog_attach /proc/kallsyms || sel=\"\$sel and not tcsplice and not express\"; tests/integration/run.sh build/wsplice -k \"\$sel\"; else sel='(splice or integrity or xdp or upgrade) and not vite and not test_stress and not tcsplice'; WSPLICE_TEST_NO_BPF=1 tests/integration/run.sh build/wsplice -k \"\$sel\" && tests/integration/run.sh build/wsplice -k '(tcsplice or express) and not vite and not faults'; fi"}
 VM_TIMEOUT=${VM_TIMEOUT:-1800}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}

@@ -1,4 +1,6 @@
 #include <errno.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <stdbool.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -16,9 +18,121 @@
 
 struct tc_dataplane {
 	struct tcsplice_bpf *skel;
-	int link_fd;
+	int link_fd;           /* tcx (Linux 6.6+), or -1 */
+	struct ws_tc_owner nl; /* a netlink filter (before 6.6): nl.handle != 0 */
 	int flows_fd, tunnels_fd, figures_fd;
 };
+
+/* The inode of this process's network namespace. */
+static uint64_t netns_ino(void)
+{
+	struct stat st;
+
+	return stat("/proc/self/ns/net", &st) ? 0 : (uint64_t)st.st_ino;
+}
+
+/* Gone, or a zombie nobody reaped yet. */
+static bool process_gone(uint32_t pid)
+{
+	char path[32], buf[256], *p;
+	FILE *f;
+	bool gone;
+
+	if (kill((pid_t)pid, 0) && errno == ESRCH)
+		return true;
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	f = fopen(path, "re");
+	if (!f)
+		return errno == ENOENT;
+	p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+	gone = p && (p[2] == 'Z' || p[2] == 'X');
+	fclose(f);
+	return gone;
+}
+
+/* A netlink filter left by a daemon that died (a crash, a SIGKILL) in
+ * this network namespace goes: its entries would translate the segments
+ * of a new connection that happened to reuse an old flow's ports. Found
+ * through the programs the kernel holds, and the owner each one's
+ * tc_owner names. */
+static void remove_stale_filters(unsigned lo)
+{
+	uint32_t id = 0, me = (uint32_t)getpid();
+	uint64_t ns = netns_ino();
+
+	while (!bpf_prog_get_next_id(id, &id)) {
+		struct bpf_prog_info info;
+		uint32_t len = sizeof(info), maps[16], n;
+		int fd = bpf_prog_get_fd_by_id(id);
+
+		if (fd < 0)
+			continue;
+		memset(&info, 0, sizeof(info));
+		info.nr_map_ids = 16;
+		info.map_ids = (uint64_t)(uintptr_t)maps;
+		if (bpf_obj_get_info_by_fd(fd, &info, &len) || info.type != BPF_PROG_TYPE_SCHED_CLS ||
+		    strncmp(info.name, "tcsplice_ingress", sizeof(info.name) - 1)) {
+			close(fd);
+			continue;
+		}
+		close(fd);
+		n = info.nr_map_ids < 16 ? info.nr_map_ids : 16;
+		for (uint32_t i = 0; i < n; i++) {
+			struct bpf_map_info mi;
+			struct ws_tc_owner o;
+			uint32_t mlen = sizeof(mi), zero = 0;
+			int mfd = bpf_map_get_fd_by_id(maps[i]);
+
+			if (mfd < 0)
+				continue;
+			memset(&mi, 0, sizeof(mi));
+			if (!bpf_obj_get_info_by_fd(mfd, &mi, &mlen) && !strcmp(mi.name, "tc_owner") &&
+			    mi.value_size == sizeof(o) && !bpf_map_lookup_elem(mfd, &zero, &o) && o.handle &&
+			    o.netns == ns && o.pid != me && process_gone(o.pid)) {
+				LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)lo, .attach_point = BPF_TC_INGRESS);
+				LIBBPF_OPTS(bpf_tc_opts, opts, .handle = o.handle, .priority = o.priority);
+
+				if (!bpf_tc_detach(&hook, &opts))
+					log_warn("express lane: removed the tc filter process %u left on lo's ingress "
+						 "(program id %u)", o.pid, id);
+			}
+			close(mfd);
+		}
+	}
+}
+
+/* Before Linux 6.6: a netlink filter on lo's clsact ingress, in front of
+ * any other (the kernel numbers it). The clsact qdisc stays when the
+ * daemon goes: another daemon's filter may hang on it by then. */
+static int attach_netlink(struct tc_dataplane *tp, unsigned lo, char *why, size_t whylen)
+{
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)lo, .attach_point = BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(tp->skel->progs.tcsplice_ingress));
+	uint32_t zero = 0;
+	int err;
+
+	remove_stale_filters(lo);
+	err = bpf_tc_hook_create(&hook);
+	if (err && err != -EEXIST) {
+		snprintf(why, whylen, "cannot add a clsact qdisc to lo: %s", strerror(-err));
+		return -1;
+	}
+	err = bpf_tc_attach(&hook, &opts);
+	if (err) {
+		snprintf(why, whylen, "cannot attach the tc program to lo's ingress: %s", strerror(-err));
+		return -1;
+	}
+	tp->nl = (struct ws_tc_owner){ .pid = (uint32_t)getpid(), .handle = opts.handle, .priority = opts.priority,
+				       .netns = netns_ino() };
+	/* The program does not use tc_owner: bound to it, so that the next
+	 * start finds it through the program. */
+	if (bpf_prog_bind_map(opts.prog_fd, bpf_map__fd(tp->skel->maps.tc_owner), NULL) ||
+	    bpf_map_update_elem(bpf_map__fd(tp->skel->maps.tc_owner), &zero, &tp->nl, BPF_ANY))
+		log_warn("express lane: cannot record this process as the tc filter's owner: %s", strerror(errno));
+	log_info("express lane: attached as a netlink tc filter (handle %u, priority %u): no tcx before Linux 6.6",
+		 opts.handle, opts.priority);
+	return 0;
+}
 
 /* Whether bpf_l4_csum_replace takes BPF_F_IPV6 (Linux 6.16, and the
  * stable kernels it went back to): without it the helper fixes a
@@ -92,12 +206,20 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 			 -err == EPERM ? " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)" : "");
 		goto fail;
 	}
-	tp->link_fd = bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_ingress), (int)lo, WS_BPF_TCX_INGRESS,
-				      NULL);
+	/* WSPLICE_TC_ATTACH=netlink: the attach of kernels before 6.6 on a
+	 * newer one, for the tests of that path. */
+	if (getenv("WSPLICE_TC_ATTACH") && !strcmp(getenv("WSPLICE_TC_ATTACH"), "netlink"))
+		errno = EINVAL;
+	else
+		tp->link_fd = bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_ingress), (int)lo,
+					      WS_BPF_TCX_INGRESS, NULL);
 	if (tp->link_fd < 0) {
-		snprintf(why, whylen, "cannot attach the tc program to lo's ingress: %s (a tcx link needs Linux 6.6+)",
-			 strerror(errno));
-		goto fail;
+		if (errno != EINVAL && errno != EOPNOTSUPP && errno != ENOTSUP) {
+			snprintf(why, whylen, "cannot attach the tc program to lo's ingress: %s", strerror(errno));
+			goto fail;
+		}
+		if (attach_netlink(tp, lo, why, whylen))
+			goto fail;
 	}
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
 	tp->tunnels_fd = bpf_map__fd(tp->skel->maps.tc_tunnels);
@@ -119,6 +241,14 @@ void tc_dataplane_close(struct tc_dataplane *tp)
 		return;
 	if (tp->link_fd >= 0)
 		close(tp->link_fd);
+	if (tp->nl.handle) {
+		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)if_nametoindex("lo"), .attach_point = BPF_TC_INGRESS);
+		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = tp->nl.handle, .priority = tp->nl.priority);
+
+		if (bpf_tc_detach(&hook, &opts))
+			log_warn("express lane: cannot detach the tc filter from lo (handle %u): tc filter del dev lo "
+				 "ingress removes it", tp->nl.handle);
+	}
 	tcsplice_bpf__destroy(tp->skel);
 	free(tp);
 }

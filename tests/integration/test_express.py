@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 import urllib.request
 
-from conftest import NO_BPF, free_port
+from conftest import NO_BPF, Proxy, free_port
 from wsutil import (one_route_config, open_tunnel, reading_echo, recv_exact, recv_head, status_of,
                     switching_protocols, key_of, upgrade_request, wait_for)
 
@@ -332,3 +333,43 @@ def test_an_ipv6_tunnel_goes_express(upstream, start_proxy):
     assert s.recv(1) == b""
     assert wait_for(lambda: status(px)["tunnels_open"] == 0, timeout=5), (conns(px), px.read_log())
     s.close()
+
+
+def lo_filters():
+    """The express lane's netlink filters on lo's ingress."""
+    out = subprocess.run(["tc", "filter", "show", "dev", "lo", "ingress"], capture_output=True, text=True).stdout
+    return sum("name tcsplice_ingres" in line for line in out.splitlines())
+
+
+def test_before_tcx_a_killed_daemons_filter_goes_at_the_next_start(upstream, monkeypatch):
+    """Before Linux 6.6 (forced here: WSPLICE_TC_ATTACH=netlink) the program
+    hangs on lo as a netlink tc filter, which outlives a SIGKILLed daemon and
+    would translate a new connection that reused an old flow's ports. The
+    next start removes it; a clean stop removes its own."""
+    monkeypatch.setenv("WSPLICE_TC_ATTACH", "netlink")
+    up = upstream(reading_echo)
+    base = lo_filters()
+    first = Proxy(up.port, "tcsplice", extra=("--workers", "1"))
+    try:
+        assert "attached as a netlink tc filter" in first.read_log(), first.read_log()
+        assert lo_filters() == base + 1
+        for p in first.pids():
+            os.kill(p, signal.SIGKILL)
+        first.proc.wait(5)
+        assert lo_filters() == base + 1, "the filter went with the process"
+    finally:
+        shutil.rmtree(first.pin_dir, ignore_errors=True)
+    second = Proxy(up.port, "tcsplice", extra=("--workers", "1"))
+    try:
+        assert "removed the tc filter process %d left" % first.proc.pid in second.read_log(), second.read_log()
+        assert lo_filters() == base + 1
+        s, _ = open_tunnel(second.port)
+        s.sendall(b"x")
+        assert recv_exact(s, 1) == b"x"
+        wait_express(second)
+        sent, back = pump(s, 4 << 20, b"netlink")
+        assert sent == back
+        s.close()
+    finally:
+        second.stop()
+    assert lo_filters() == base
