@@ -49,11 +49,6 @@ if [[ " $TARGETS " == *" sockmap "* ]] && ! grep -qw bpf_cast_to_kern_ctx /proc/
 	echo "bench: leaving out sockmap: kernel $(uname -r) lacks the kfuncs its verdict needs (Linux 6.2+)" >&2
 	TARGETS=$(echo " $TARGETS " | sed 's/ sockmap / /; s/^ *//; s/ *$//')
 fi
-# The express lane attaches with a tcx link (Linux 6.6+).
-if [[ " $TARGETS " == *" tcsplice "* ]] && ! awk -F. '{ exit !($1 > 6 || ($1 == 6 && $2 >= 6)) }' <<<"$(uname -r)"; then
-	echo "bench: leaving out tcsplice: kernel $(uname -r) has no tcx link (Linux 6.6+)" >&2
-	TARGETS=$(echo " $TARGETS " | sed 's/ tcsplice / /; s/^ *//; s/ *$//')
-fi
 LOAD=build/bench/ws_load
 ECHO=build/bench/ws_echo
 # Below the ephemeral range, so no client connection can be holding them.
