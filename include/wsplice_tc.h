@@ -116,7 +116,7 @@ struct ws_tc_tunnel {
  * name beside the program's own counters. The master maps it at load, and
  * every worker it forks adds to the same pages. */
 struct ws_tc_handovers {
-	__u64 tried;               /* tunnels frozen for a hand-over */
+	__u64 tried;               /* hand-overs that froze a tunnel (a retry counts again) */
 	__u64 done;                /* ... that went ACTIVE */
 	__u64 refused_not_lo;      /* left on the relay for their life, by reason */
 	__u64 refused_legs_differ;
@@ -135,6 +135,8 @@ struct ws_tc_owner {
 	__u32 priority;
 	__u32 pad;
 	__u64 netns; /* the inode of the owner's /proc/self/ns/net */
+	__u64 pidns; /* ... of its /proc/self/ns/pid: pid means something only there */
+	__u64 start; /* its start time (/proc/PID/stat, field 22): a reused pid is another process */
 };
 
 /* tc_counters (per CPU), for bpftool and the metrics. */

@@ -7,7 +7,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_pci 9pnet_virtio 9p veth; do modprobe "$m" 2>/dev/null; done
+for m in virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf; do modprobe "$m" 2>/dev/null; done
 
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }
 work=$(arg wsplice.work)

@@ -23,48 +23,84 @@ struct tc_dataplane {
 	int flows_fd, tunnels_fd, figures_fd;
 };
 
-/* The inode of this process's network namespace. */
-static uint64_t netns_ino(void)
+/* The inode of one of this process's namespaces ("net", "pid"). */
+static uint64_t ns_ino(const char *which)
 {
+	char path[32];
 	struct stat st;
 
-	return stat("/proc/self/ns/net", &st) ? 0 : (uint64_t)st.st_ino;
+	snprintf(path, sizeof(path), "/proc/self/ns/%s", which);
+	return stat(path, &st) ? 0 : (uint64_t)st.st_ino;
 }
 
-/* Gone, or a zombie nobody reaped yet. */
-static bool process_gone(uint32_t pid)
+/* A process's state letter and start time (/proc/PID/stat fields 3 and
+ * 22); -1 when there is no such process. */
+static int proc_stat(uint32_t pid, char *state, uint64_t *start)
 {
-	char path[32], buf[256], *p;
+	char path[32], buf[1024], *p, *save = NULL;
 	FILE *f;
-	bool gone;
+	int field = 3;
 
-	if (kill((pid_t)pid, 0) && errno == ESRCH)
-		return true;
 	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
 	f = fopen(path, "re");
 	if (!f)
-		return errno == ENOENT;
+		return -1;
 	p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
-	gone = p && (p[2] == 'Z' || p[2] == 'X');
 	fclose(f);
-	return gone;
+	if (!p)
+		return -1;
+	*state = '?';
+	*start = 0;
+	for (p = strtok_r(p + 1, " ", &save); p; p = strtok_r(NULL, " ", &save), field++) {
+		if (field == 3)
+			*state = *p;
+		if (field == 22) {
+			*start = strtoull(p, NULL, 10);
+			break;
+		}
+	}
+	return 0;
+}
+
+/* The owner a filter names is gone: its pid is free, a zombie, or
+ * another process's now. Only judged in this pid namespace (a daemon in a
+ * container sharing this network namespace has pids of its own). */
+static bool owner_gone(const struct ws_tc_owner *o)
+{
+	char state;
+	uint64_t start;
+
+	if (o->pidns != ns_ino("pid"))
+		return false;
+	if (proc_stat(o->pid, &state, &start))
+		return true;
+	return state == 'Z' || state == 'X' || start != o->start;
 }
 
 /* A netlink filter left by a daemon that died (a crash, a SIGKILL) in
  * this network namespace goes: its entries would translate the segments
  * of a new connection that happened to reuse an old flow's ports. Found
  * through the programs the kernel holds, and the owner each one's
- * tc_owner names. */
+ * tc_owner names; removed only if the filter at that handle and priority
+ * is still that program (another daemon starting meanwhile may have taken
+ * the place). */
 static void remove_stale_filters(unsigned lo)
 {
 	uint32_t id = 0, me = (uint32_t)getpid();
-	uint64_t ns = netns_ino();
+	uint64_t ns = ns_ino("net");
 
-	while (!bpf_prog_get_next_id(id, &id)) {
+	for (;;) {
 		struct bpf_prog_info info;
 		uint32_t len = sizeof(info), maps[16], n;
-		int fd = bpf_prog_get_fd_by_id(id);
+		int fd;
 
+		if (bpf_prog_get_next_id(id, &id)) {
+			if (errno != ENOENT)
+				log_warn("express lane: cannot look for filters a dead daemon left on lo: %s "
+					 "(walking the programs needs CAP_SYS_ADMIN)", strerror(errno));
+			return;
+		}
+		fd = bpf_prog_get_fd_by_id(id);
 		if (fd < 0)
 			continue;
 		memset(&info, 0, sizeof(info));
@@ -88,11 +124,12 @@ static void remove_stale_filters(unsigned lo)
 			memset(&mi, 0, sizeof(mi));
 			if (!bpf_obj_get_info_by_fd(mfd, &mi, &mlen) && !strcmp(mi.name, "tc_owner") &&
 			    mi.value_size == sizeof(o) && !bpf_map_lookup_elem(mfd, &zero, &o) && o.handle &&
-			    o.netns == ns && o.pid != me && process_gone(o.pid)) {
+			    o.netns == ns && o.pid != me && owner_gone(&o)) {
 				LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)lo, .attach_point = BPF_TC_INGRESS);
-				LIBBPF_OPTS(bpf_tc_opts, opts, .handle = o.handle, .priority = o.priority);
+				LIBBPF_OPTS(bpf_tc_opts, q, .handle = o.handle, .priority = o.priority);
+				LIBBPF_OPTS(bpf_tc_opts, del, .handle = o.handle, .priority = o.priority);
 
-				if (!bpf_tc_detach(&hook, &opts))
+				if (!bpf_tc_query(&hook, &q) && q.prog_id == id && !bpf_tc_detach(&hook, &del))
 					log_warn("express lane: removed the tc filter process %u left on lo's ingress "
 						 "(program id %u)", o.pid, id);
 			}
@@ -123,7 +160,14 @@ static int attach_netlink(struct tc_dataplane *tp, unsigned lo, char *why, size_
 		return -1;
 	}
 	tp->nl = (struct ws_tc_owner){ .pid = (uint32_t)getpid(), .handle = opts.handle, .priority = opts.priority,
-				       .netns = netns_ino() };
+				       .netns = ns_ino("net"), .pidns = ns_ino("pid") };
+	{
+		char state;
+		uint64_t start = 0;
+
+		proc_stat(tp->nl.pid, &state, &start);
+		tp->nl.start = start;
+	}
 	/* The program does not use tc_owner: bound to it, so that the next
 	 * start finds it through the program. */
 	if (bpf_prog_bind_map(opts.prog_fd, bpf_map__fd(tp->skel->maps.tc_owner), NULL) ||
@@ -139,7 +183,7 @@ static int attach_netlink(struct tc_dataplane *tp, unsigned lo, char *why, size_
  * CHECKSUM_COMPLETE skb's csum for an IPv6 pseudo-header as if it were
  * IPv4's; where the flag is unknown it fails the call (EINVAL), and every
  * IPv6 segment of an express tunnel would be dropped. Asked of the kernel
- * with a three-instruction program run once on a dummy packet. */
+ * with a six-instruction program run once on a dummy packet. */
 static bool csum_takes_ipv6_flag(void)
 {
 	const struct bpf_insn insns[] = {
@@ -156,21 +200,28 @@ static bool csum_takes_ipv6_flag(void)
 			       NULL);
 	bool ok;
 
-	if (fd < 0)
+	if (fd < 0) {
+		log_warn("express lane: cannot ask the kernel about BPF_F_IPV6 (%s): loading without it", strerror(errno));
 		return false;
+	}
 	ok = !bpf_prog_test_run_opts(fd, &run) && run.retval == 0;
 	close(fd);
 	return ok;
 }
 
 /* A program's or a map's id, for bpftool (0 when it cannot be read). */
-static unsigned obj_id(int fd)
+static unsigned obj_id(int fd, bool prog)
 {
-	struct bpf_map_info info; /* a program's info starts with its type and id too */
-	uint32_t len = sizeof(info);
+	union {
+		struct bpf_prog_info p;
+		struct bpf_map_info m;
+	} info;
+	uint32_t len = prog ? sizeof(info.p) : sizeof(info.m);
 
 	memset(&info, 0, sizeof(info));
-	return bpf_obj_get_info_by_fd(fd, &info, &len) ? 0 : info.id;
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return 0;
+	return prog ? info.p.id : info.m.id;
 }
 
 struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen)
@@ -227,8 +278,8 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 	/* The maps are not pinned: where bpftool finds this daemon's. */
 	log_info("express lane: tc program id %u on lo's ingress; bpftool map dump id %u (tc_tunnels), id %u "
 		 "(tc_counters), id %u (hand-overs, tcsplice.bss)",
-		 obj_id(bpf_program__fd(tp->skel->progs.tcsplice_ingress)), obj_id(tp->tunnels_fd),
-		 obj_id(bpf_map__fd(tp->skel->maps.tc_counters)), obj_id(bpf_map__fd(tp->skel->maps.bss)));
+		 obj_id(bpf_program__fd(tp->skel->progs.tcsplice_ingress), true), obj_id(tp->tunnels_fd, false),
+		 obj_id(bpf_map__fd(tp->skel->maps.tc_counters), false), obj_id(bpf_map__fd(tp->skel->maps.bss), false));
 	return tp;
 fail:
 	tc_dataplane_close(tp);

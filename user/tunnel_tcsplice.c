@@ -354,13 +354,13 @@ static void later(struct tcs_tunnel *t, const char *why, uint64_t retry_ms)
 	t->next_try_ms = ev_now_ms() + retry_ms;
 }
 
-/* Refused: stays on the relay for its life. */
 /* One more in the program's .bss too, for bpftool. */
 static void note(__u64 *counter)
 {
 	__atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
 }
 
+/* Refused: stays on the relay for its life. */
 static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 {
 	struct ws_tc_handovers *n = tc_dataplane_handovers(t->c->tp);
