@@ -396,13 +396,12 @@ static __always_inline int rewrite_in(struct __sk_buff *skb, const struct seg *s
 
 	if (optlen > 40)
 		return -1;
-	/* The verifier must see 40 <= len <= 127 on the register the calls
-	 * below get (a mask, and one compare clang cannot fold away). */
-	len = ipl + sizeof(struct tcphdr) + optlen;
+	/* 40 <= len <= 103 by arithmetic, not by a compare: clang may spill
+	 * the value before a compare, and 6.1's verifier does not carry a
+	 * bound learnt on a register to its spilled copy. */
+	len = ipl - sizeof(struct iphdr) + optlen;
 	asm volatile("" : "+r"(len));
-	len &= 0x7f;
-	if (len < sizeof(struct iphdr) + sizeof(struct tcphdr))
-		return -1;
+	len = (len & 0x3f) + sizeof(struct iphdr) + sizeof(struct tcphdr);
 	if (bpf_skb_load_bytes(skb, s->l3, sc->old, len))
 		return -1;
 	h = sc->h;

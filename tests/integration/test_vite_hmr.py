@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import NO_BPF, ROOT, free_port, need_sockmap
+from conftest import NO_BPF, ROOT, free_port
 from wsutil import wait_for
 
 HMR = os.path.join(ROOT, "tests", "hmr")
@@ -80,7 +80,6 @@ def test_vite_hmr_through_the_express_lane(vite, start_proxy):
     """--mode tcsplice: the HMR socket is quiet after "[vite] connected.",
     goes express, and the update after the edit is carried by the tc
     program (its bytes are the kernel's, counted upstream to client)."""
-    need_sockmap()
     mport = free_port()
     px = start_proxy(vite["port"], "tcsplice", listen_port=vite["proxy_port"],
                      extra=("--metrics", "127.0.0.1:%d" % mport))
