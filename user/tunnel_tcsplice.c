@@ -323,7 +323,8 @@ static int queue_seq(int fd, int queue, uint32_t *seq)
  * be: its MSS, and at most half the largest window it saw from us
  * (tcp_bound_to_half_wnd), which at a quiet moment is the window this
  * socket advertised last. That is Linux 6.2's tcpi_rcv_wnd, right after
- * the tcpi_snd_wnd Debian 12's headers end with; without it, the MSS. */
+ * the tcpi_snd_wnd Debian 12's headers end with; before 6.2, the window's
+ * ceiling, tcpi_rcv_ssthresh (the advertised window is at most that). */
 static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
 {
 	union {
@@ -339,11 +340,12 @@ static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
 		return -1;
 	*ti = u.ti;
 	*seg = ti->tcpi_advmss;
-	if (len >= at + sizeof(adv)) {
+	if (len >= at + sizeof(adv))
 		memcpy(&adv, u.raw + at, sizeof(adv));
-		if (adv > 536 && adv / 2 < *seg)
-			*seg = adv / 2;
-	}
+	else
+		adv = ti->tcpi_rcv_ssthresh;
+	if (adv > 536 && adv / 2 < *seg)
+		*seg = adv / 2;
 	return 0;
 }
 
