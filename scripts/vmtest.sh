@@ -140,6 +140,13 @@ run_kernel() {
 		fi
 		return 1
 	fi
+	if [ "$status" != 0 ]; then
+		# Name what failed where CI shows only the output's tail: pytest's
+		# short summary ("FAILED test::name - message"), then each failure's
+		# first assertion lines.
+		grep -E '^(FAILED|ERROR) ' "$log" | sed "s/^/  $series: /"
+		grep -E '^E  ' "$log" | head -n 30 | sed "s/^/  $series: /"
+	fi
 	echo "vmtest: kernel $series ($(basename "$dir")): exit $status; log: $log"
 	return "$status"
 }
