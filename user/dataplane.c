@@ -16,6 +16,7 @@
 #include "cgroup.h"
 #include "dataplane.h"
 #include "log.h"
+#include "percpu.h"
 #include "splice.skel.h"
 
 struct dataplane {
@@ -564,23 +565,7 @@ int dataplane_tunnel_read(struct dataplane *dp, uint32_t id, struct ws_tunnel *o
 
 int dataplane_counter(struct dataplane *dp, uint32_t idx, uint64_t *sum, uint64_t *max)
 {
-	int ncpus = libbpf_num_possible_cpus();
-	uint64_t *vals;
-
-	*sum = *max = 0;
-	if (ncpus <= 0 || !(vals = calloc(ncpus, sizeof(*vals))))
-		return -1;
-	if (bpf_map_lookup_elem(dp->counters_fd, &idx, vals)) {
-		free(vals);
-		return -1;
-	}
-	for (int cpu = 0; cpu < ncpus; cpu++) {
-		*sum += vals[cpu];
-		if (vals[cpu] > *max)
-			*max = vals[cpu];
-	}
-	free(vals);
-	return 0;
+	return percpu_counter(dp->counters_fd, idx, sum, max);
 }
 
 bool dataplane_link_broken(struct dataplane *dp, uint64_t cookie)

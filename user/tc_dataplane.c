@@ -10,6 +10,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "log.h"
+#include "percpu.h"
 #include "tc_dataplane.h"
 #include "tcsplice.skel.h"
 
@@ -404,20 +405,7 @@ struct ws_tc_handovers *tc_dataplane_handovers(struct tc_dataplane *tp)
 
 int tc_dataplane_counter(struct tc_dataplane *tp, uint32_t idx, uint64_t *sum)
 {
-	int ncpu = libbpf_num_possible_cpus();
-	uint64_t *v;
-
-	if (ncpu <= 0 || !(v = calloc((size_t)ncpu, sizeof(*v))))
-		return -1;
-	*sum = 0;
-	if (bpf_map_lookup_elem(bpf_map__fd(tp->skel->maps.tc_counters), &idx, v)) {
-		free(v);
-		return -1;
-	}
-	for (int i = 0; i < ncpu; i++)
-		*sum += v[i];
-	free(v);
-	return 0;
+	return percpu_counter(bpf_map__fd(tp->skel->maps.tc_counters), idx, sum, NULL);
 }
 
 /* Keys first: once they are gone no segment reaches the tunnel's entry. A

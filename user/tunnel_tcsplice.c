@@ -287,24 +287,6 @@ static bool socket_quiet(int fd, const struct tcp_info *ti)
 	       !queued(fd, SIOCOUTQ);
 }
 
-/* Both sockets as quiet as before, looked at again. The state counts as
- * much as the queues: a FIN that reached a socket meanwhile is in no
- * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
- * CLOSE_WAIT, and the program would then translate every later segment
- * one byte off while the peer waits for that FIN forever. */
-static bool still_quiet(const struct tcs_tunnel *t)
-{
-	struct tcp_info ti;
-	socklen_t len;
-
-	for (int e = 0; e < 2; e++) {
-		len = sizeof(ti);
-		if (getsockopt(t->fd[e], IPPROTO_TCP, TCP_INFO, &ti, &len) || !socket_quiet(t->fd[e], &ti))
-			return false;
-	}
-	return true;
-}
-
 static int repair(int fd, int on)
 {
 	return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof(on));
@@ -347,6 +329,22 @@ static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
 	if (adv > 536 && adv / 2 < *seg)
 		*seg = adv / 2;
 	return 0;
+}
+
+/* Both sockets as quiet as before, looked at again. The state counts as
+ * much as the queues: a FIN that reached a socket meanwhile is in no
+ * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
+ * CLOSE_WAIT, and the program would then translate every later segment
+ * one byte off while the peer waits for that FIN forever. */
+static bool still_quiet(const struct tcs_tunnel *t)
+{
+	struct tcp_info ti;
+	uint32_t seg;
+
+	for (int e = 0; e < 2; e++)
+		if (tcp_info_of(t->fd[e], &ti, &seg) || !socket_quiet(t->fd[e], &ti))
+			return false;
+	return true;
 }
 
 /* Not yet: looks again after retry_ms. */

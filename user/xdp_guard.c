@@ -11,6 +11,7 @@
 #include "bpffs.h"
 #include "log.h"
 #include "metrics.h"
+#include "percpu.h"
 #include "xdp_guard.h"
 #include "xdp_guard.skel.h"
 
@@ -164,20 +165,17 @@ static void guard_metrics(void *ctx, FILE *out)
 {
 	static const char *const names[GUARD_COUNTERS] = { "passed", "denied", "rate_limited", "other" };
 	struct xdp_guard *g = ctx;
-	int fd = bpf_map__fd(g->skel->maps.guard_stats), ncpu = libbpf_num_possible_cpus();
-	uint64_t per_cpu[ncpu > 0 ? ncpu : 1];
+	int fd = bpf_map__fd(g->skel->maps.guard_stats);
 
 	fputs("# HELP wsplice_xdp_packets_total Packets the XDP guard saw, by verdict (other: not TCP to a "
 	      "listener port, passed untouched).\n"
 	      "# TYPE wsplice_xdp_packets_total counter\n",
 	      out);
-	for (uint32_t i = 0; ncpu > 0 && i < GUARD_COUNTERS; i++) {
-		uint64_t sum = 0;
+	for (uint32_t i = 0; i < GUARD_COUNTERS; i++) {
+		uint64_t sum;
 
-		if (bpf_map_lookup_elem(fd, &i, per_cpu))
+		if (percpu_counter(fd, i, &sum, NULL))
 			continue;
-		for (int c = 0; c < ncpu; c++)
-			sum += per_cpu[c];
 		fprintf(out, "wsplice_xdp_packets_total{verdict=\"%s\"} %llu\n", names[i], (unsigned long long)sum);
 	}
 }
