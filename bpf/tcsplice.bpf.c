@@ -588,7 +588,29 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return bpf_redirect(o->ifindex, 0);
 	if (o->redirect == WS_TC_TO_PEER)
 		return bpf_redirect_peer(o->ifindex, 0);
+	if (o->redirect == WS_TC_NEIGH)
+		return bpf_redirect_neigh(o->ifindex, NULL, 0, 0);
 	return TC_ACT_OK;
+}
+
+/* The guard where a proxy socket's segments do not come back in: on a
+ * device other than lo they leave by its egress, never its ingress. A
+ * segment the ingress program redirected here has the same addresses, so
+ * the socket tells them apart (struct ws_tc_flow, cookie). */
+SEC("tc")
+int tcsplice_egress(struct __sk_buff *skb)
+{
+	struct ws_tc_key key = {};
+	struct ws_tc_flow *f;
+	struct seg s = {};
+
+	if (!skb->sk || parse(skb, &key, &s) < 0)
+		return TC_ACT_UNSPEC;
+	f = bpf_map_lookup_elem(&tc_flows, &key);
+	if (!f || f->role != WS_TC_GUARD || bpf_get_socket_cookie(skb) != f->cookie)
+		return TC_ACT_UNSPEC;
+	count(WS_TCC_GUARD_DROPS, 1);
+	return TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -38,6 +38,11 @@ struct ws_tc_flow {
 	__u32 tunnel_id;
 	__u16 dir;  /* enum ws_dir: C2U for the client's segments */
 	__u16 role; /* enum ws_tc_role */
+	/* WS_TC_GUARD: the frozen socket's SO_COOKIE. On a device's egress a
+	 * segment the program redirected there has the same addresses, and
+	 * may carry its sender's socket from the peer's namespace (a veth
+	 * keeps it): only the frozen socket's own are dropped. */
+	__u64 cookie;
 };
 
 enum ws_tc_state {
@@ -61,6 +66,10 @@ enum ws_tc_redirect {
 	WS_TC_INPLACE = 0,
 	WS_TC_EGRESS = 1, /* bpf_redirect to out.ifindex's egress */
 	WS_TC_TO_PEER = 2, /* bpf_redirect_peer: into a veth's peer namespace */
+	/* bpf_redirect_neigh to out.ifindex's egress: the kernel's route and
+	 * neighbour entry for the new destination give the link-layer
+	 * header, as for a segment the proxy's own socket would send there. */
+	WS_TC_NEIGH = 3,
 };
 
 /* Flags of struct ws_tc_dir. */
@@ -93,7 +102,7 @@ struct ws_tc_dir {
 	 * destination. Network order. */
 	__u32 saddr[4], daddr[4];
 	__u16 sport, dport;
-	__u32 ifindex;  /* for WS_TC_EGRESS and WS_TC_TO_PEER */
+	__u32 ifindex;  /* for WS_TC_EGRESS, WS_TC_TO_PEER and WS_TC_NEIGH */
 	__u32 redirect; /* enum ws_tc_redirect */
 };
 
@@ -118,7 +127,7 @@ struct ws_tc_tunnel {
 struct ws_tc_handovers {
 	__u64 tried;               /* hand-overs that froze a tunnel (a retry counts again) */
 	__u64 done;                /* ... that went ACTIVE */
-	__u64 refused_not_lo;      /* left on the relay for their life, by reason */
+	__u64 refused_device;      /* left on the relay for their life, by reason */
 	__u64 refused_legs_differ;
 	__u64 refused_window;
 	__u64 refused_no_repair;

@@ -25,7 +25,7 @@ void args_usage(FILE *out)
 	      "  -t, --test-config           check the configuration, print the result, exit 0 or 1\n"
 	      "  -m, --mode MODE             sockmap (eBPF splice in the kernel) | splice | copy |\n"
 	      "                              tcsplice (the express lane: copy, then a tc program\n"
-	      "                              carries the quiet tunnel; lo only, Linux 6.1+, root);\n"
+	      "                              carries the quiet tunnel; Linux 6.1+, root);\n"
 	      "                              auto (default) = sockmap where it loads (Linux 6.2+,\n"
 	      "                              BPF privileges), else copy; one log line says which\n"
 	      "      --bpffs DIR             where maps are pinned (default /sys/fs/bpf/wsplice)\n"

@@ -65,7 +65,7 @@ static const struct series series[M_COUNT] = {
 	[M_FALLBACK_ERROR] = { FALLBACKS, "reason=\"error\"" },
 	[M_EXPRESS_HANDOVERS] = { "wsplice_express_handovers_total", "counter",
 				  "Tunnels the tc express lane took over from the copy relay.", "" },
-	[M_EXPRESS_REFUSED_NOT_LO] = { EXPRESS_REFUSED, "reason=\"not_lo\"" },
+	[M_EXPRESS_REFUSED_DEVICE] = { EXPRESS_REFUSED, "reason=\"device\"" },
 	[M_EXPRESS_REFUSED_MISMATCH] = { EXPRESS_REFUSED, "reason=\"legs_differ\"" },
 	[M_EXPRESS_REFUSED_WINDOW] = { EXPRESS_REFUSED, "reason=\"window\"" },
 	[M_EXPRESS_REFUSED_NO_REPAIR] = { EXPRESS_REFUSED, "reason=\"no_repair\"" },

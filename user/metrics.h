@@ -50,7 +50,7 @@ enum metric {
 	M_FALLBACK_UPGRADE,
 	M_FALLBACK_ERROR,
 	M_EXPRESS_HANDOVERS,            /* tunnels the tc express lane took over */
-	M_EXPRESS_REFUSED_NOT_LO,       /* ... and refused, by reason */
+	M_EXPRESS_REFUSED_DEVICE,       /* ... and refused, by reason */
 	M_EXPRESS_REFUSED_MISMATCH,     /* the legs differ: family, timestamps, MSS */
 	M_EXPRESS_REFUSED_WINDOW,
 	M_EXPRESS_REFUSED_NO_REPAIR,

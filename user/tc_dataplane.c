@@ -16,13 +16,75 @@
 
 /* Linux 6.6's tcx attach point; Debian 12's headers are 6.1's. */
 #define WS_BPF_TCX_INGRESS 46
+#define WS_BPF_TCX_EGRESS 47
+#define TC_MAX_DEVICES 64
+
+/* A device other than lo: the program on its ingress translates, the
+ * guard on its egress keeps the frozen sockets quiet. */
+struct tc_device {
+	unsigned ifindex;
+	int in_fd, out_fd;
+};
 
 struct tc_dataplane {
 	struct tcsplice_bpf *skel;
-	int link_fd;           /* tcx (Linux 6.6+), or -1 */
+	int link_fd;           /* lo's tcx link (Linux 6.6+), or -1 */
+	size_t n_devs;
+	struct tc_device dev[TC_MAX_DEVICES];
 	struct ws_tc_owner nl; /* a netlink filter (before 6.6): nl.handle != 0 */
 	int flows_fd, tunnels_fd, figures_fd;
 };
+
+/* Every device of the network namespace but lo, through tcx links: those
+ * present now (a device made later, a container's veth, is not covered and
+ * its tunnels stay on the relay). */
+static void attach_devices(struct tc_dataplane *tp)
+{
+	struct if_nameindex *all = if_nameindex();
+	int in = bpf_program__fd(tp->skel->progs.tcsplice_ingress);
+	int out = bpf_program__fd(tp->skel->progs.tcsplice_egress);
+	char names[512] = "";
+	size_t at = 0;
+
+	for (struct if_nameindex *i = all; i && i->if_index; i++) {
+		struct tc_device *d = &tp->dev[tp->n_devs];
+
+		if (!strcmp(i->if_name, "lo"))
+			continue;
+		if (tp->n_devs == TC_MAX_DEVICES) {
+			log_warn("express lane: more than %d devices: %s and the next are not covered", TC_MAX_DEVICES,
+				 i->if_name);
+			break;
+		}
+		d->ifindex = i->if_index;
+		d->in_fd = bpf_link_create(in, (int)i->if_index, WS_BPF_TCX_INGRESS, NULL);
+		d->out_fd = d->in_fd < 0 ? -1 : bpf_link_create(out, (int)i->if_index, WS_BPF_TCX_EGRESS, NULL);
+		if (d->out_fd < 0) {
+			log_warn("express lane: cannot attach to %s: %s; its tunnels stay on the relay", i->if_name,
+				 strerror(errno));
+			if (d->in_fd >= 0)
+				close(d->in_fd);
+			continue;
+		}
+		tp->n_devs++;
+		if (at < sizeof(names))
+			at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", at ? ", " : "", i->if_name);
+	}
+	if (all)
+		if_freenameindex(all);
+	if (tp->n_devs)
+		log_info("express lane: also on %s (tcx ingress, and the guard on egress)", names);
+}
+
+bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex)
+{
+	if (ifindex == if_nametoindex("lo"))
+		return true;
+	for (size_t i = 0; i < tp->n_devs; i++)
+		if (tp->dev[i].ifindex == ifindex)
+			return true;
+	return false;
+}
 
 /* The inode of one of this process's namespaces ("net", "pid"). */
 static uint64_t ns_ino(const char *which)
@@ -272,6 +334,9 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 		}
 		if (attach_netlink(tp, lo, why, whylen))
 			goto fail;
+		log_info("express lane: no tcx here (Linux 6.6+): only tunnels on lo go express");
+	} else {
+		attach_devices(tp);
 	}
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
 	tp->tunnels_fd = bpf_map__fd(tp->skel->maps.tc_tunnels);
@@ -293,6 +358,10 @@ void tc_dataplane_close(struct tc_dataplane *tp)
 		return;
 	if (tp->link_fd >= 0)
 		close(tp->link_fd);
+	for (size_t i = 0; i < tp->n_devs; i++) {
+		close(tp->dev[i].in_fd);
+		close(tp->dev[i].out_fd);
+	}
 	if (tp->nl.handle) {
 		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = (int)if_nametoindex("lo"), .attach_point = BPF_TC_INGRESS);
 		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = tp->nl.handle, .priority = tp->nl.priority);
@@ -315,7 +384,8 @@ int tc_express_add(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunn
 	if (bpf_map_update_elem(tp->figures_fd, &id, &zero, BPF_ANY))
 		goto undo;
 	for (i = 0; i < 4; i++) {
-		struct ws_tc_flow f = { .tunnel_id = id, .dir = i & 1, .role = i < 2 ? WS_TC_PEER : WS_TC_GUARD };
+		struct ws_tc_flow f = { .tunnel_id = id, .dir = i & 1, .role = i < 2 ? WS_TC_PEER : WS_TC_GUARD,
+					.cookie = i < 2 ? 0 : k->cookie[i - 2] };
 
 		if (bpf_map_update_elem(tp->flows_fd, &k->key[i], &f, BPF_NOEXIST))
 			goto undo;

@@ -1,11 +1,13 @@
 /* The express lane's kernel part (bpf/tcsplice.bpf.c): loaded once by the
- * master, its program on lo's tc ingress through a tcx link (which goes
- * with the process: a crash leaves no filter behind to translate segments
- * for a daemon that is gone), and its maps, which every worker writes for
- * its own tunnels. */
+ * master, its program on lo's tc ingress and on every other device's
+ * ingress (with the guard on its egress) through tcx links, which go with
+ * the process: a crash leaves no filter behind to translate segments for a
+ * daemon that is gone. Before tcx (Linux 6.6), lo's netlink filter only.
+ * Its maps every worker writes for its own tunnels. */
 #ifndef WSPLICE_TC_DATAPLANE_H
 #define WSPLICE_TC_DATAPLANE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "wsplice_tc.h"
@@ -16,10 +18,15 @@ struct tc_dataplane;
 struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen);
 void tc_dataplane_close(struct tc_dataplane *tp);
 
+/* Whether the program is on ifindex: lo always; other devices with tcx
+ * (Linux 6.6+), those present at the load. */
+bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex);
+
 /* A tunnel's keys: the client's and the upstream's segments to the proxy,
  * then the proxy sockets' own (the guard). */
 struct tc_keys {
 	struct ws_tc_key key[4];
+	uint64_t cookie[2]; /* the guards' sockets: the client end's, the upstream end's */
 };
 
 /* Writes the tunnel, its keys and a zeroed figures entry; -1 with errno

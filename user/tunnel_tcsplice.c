@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 #include "engine.h"
+#include "ifroute.h"
 #include "log.h"
 #include "metrics.h"
 #include "tc_dataplane.h"
@@ -215,18 +217,6 @@ static void tcs_close(void *ctx)
 
 /* ---- the hand-over ----------------------------------------------------- */
 
-static bool on_lo(const struct sockaddr_storage *a)
-{
-	if (a->ss_family == AF_INET)
-		return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
-	if (a->ss_family == AF_INET6) {
-		const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
-
-		return IN6_IS_ADDR_LOOPBACK(x) || (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127);
-	}
-	return false;
-}
-
 /* An IPv4-mapped address is IPv4 on the wire: the key is IPv4's. */
 static int wire_family(const struct sockaddr_storage *a)
 {
@@ -252,25 +242,48 @@ static void addr_words(const struct sockaddr_storage *a, uint32_t w[4], uint16_t
 	}
 }
 
-/* The out leg through fd (me -> peer); the keys follow from it
- * (tc_keys_of). */
-static int leg_of(int fd, struct ws_tc_dir *out, int *family, const char **why)
+/* The out leg through fd (me -> peer), and the device its segments leave
+ * by; the keys follow from it (tc_keys_of). */
+static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, int *family, const char **why)
 {
 	struct sockaddr_storage me, peer;
 	socklen_t a = sizeof(me), b = sizeof(peer);
+	unsigned dev;
 
 	if (getsockname(fd, (struct sockaddr *)&me, &a) || getpeername(fd, (struct sockaddr *)&peer, &b)) {
 		*why = "no peer";
 		return -1;
 	}
-	if (!on_lo(&me) || !on_lo(&peer)) {
-		*why = "a leg is not on lo";
+	if (ifroute_oif(&me, &peer, &dev)) {
+		*why = "no route to a peer";
+		return -1;
+	}
+	if (!tc_dataplane_covers(tp, dev)) {
+		*why = "a leg's device has no express program (made after the start, or no tcx)";
 		return -1;
 	}
 	*family = wire_family(&peer);
 	addr_words(&me, out->saddr, &out->sport);
 	addr_words(&peer, out->daddr, &out->dport);
-	out->redirect = WS_TC_INPLACE;
+	out->ifindex = dev;
+	return 0;
+}
+
+/* How each direction leaves. Both legs on lo: up the stack where it came
+ * in (a local destination). Both on devices: out of the out leg's device,
+ * with the link-layer header its neighbour entry gives. One of each is
+ * refused: a segment from a device to a loopback address is a martian, and
+ * one from lo to a device would need its header built here. */
+static int legs_route(struct ws_tc_tunnel *v, unsigned lo, const char **why)
+{
+	bool c_lo = v->dir[WS_DIR_U2C].ifindex == lo, u_lo = v->dir[WS_DIR_C2U].ifindex == lo;
+
+	if (c_lo != u_lo) {
+		*why = "one leg on lo, the other on a device";
+		return -1;
+	}
+	for (int d = 0; d < 2; d++)
+		v->dir[d].redirect = c_lo ? WS_TC_INPLACE : WS_TC_NEIGH;
 	return 0;
 }
 
@@ -367,7 +380,7 @@ static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 
 	log_debug("tunnel: stays on the copy relay: express refused (%s)", why);
 	metrics_inc(reason);
-	note(reason == M_EXPRESS_REFUSED_NOT_LO	      ? &n->refused_not_lo
+	note(reason == M_EXPRESS_REFUSED_DEVICE	      ? &n->refused_device
 	     : reason == M_EXPRESS_REFUSED_MISMATCH  ? &n->refused_legs_differ
 	     : reason == M_EXPRESS_REFUSED_WINDOW    ? &n->refused_window
 	     : reason == M_EXPRESS_REFUSED_NO_REPAIR ? &n->refused_no_repair
@@ -412,9 +425,10 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	}
 	/* Direction d leaves through the other end's socket, so its out leg
 	 * is that end's. */
-	if (leg_of(t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
-	    leg_of(t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why)) {
-		refuse(t, why, M_EXPRESS_REFUSED_NOT_LO);
+	if (leg_of(c->tp, t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
+	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why) ||
+	    legs_route(&v, if_nametoindex("lo"), &why)) {
+		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
 		return;
 	}
 	if (family[0] != family[1])
@@ -438,6 +452,15 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	}
 	v.family = (uint32_t)family[0];
 	tc_keys_of(&v, &t->keys);
+	for (int e = 0; e < 2; e++) {
+		socklen_t len = sizeof(t->keys.cookie[e]);
+
+		if (getsockopt(t->fd[e == 0 ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM], SOL_SOCKET, SO_COOKIE,
+			       &t->keys.cookie[e], &len)) {
+			refuse(t, "no SO_COOKIE", M_EXPRESS_REFUSED_ERROR);
+			return;
+		}
+	}
 	/* An ACK the proxy owes goes now: once the guard keys are in, what
 	 * the frozen sockets send is dropped. */
 	for (int e = 0; e < 2; e++)

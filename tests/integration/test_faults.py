@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import NO_BPF, WS_CNT_PAUSES, WS_CNT_REDIRECTED, WSPLICE, need_sockmap, report, trim_figures
-from wsutil import wait_for
+from wsutil import percpu_sums, wait_for
 
 BENCH = os.path.join(os.path.dirname(WSPLICE), "bench")
 INJECTOR = os.path.join(os.path.dirname(WSPLICE), "fault_inject.bpf.o")
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1 (the injec
 
 def sh(*args, check=True):
     return subprocess.run(args, capture_output=True, text=True, check=check)
-
-
-def percpu_sums(map_id):
-    out = json.loads(sh("bpftool", "-j", "map", "dump", "id", str(map_id)).stdout)
-    sums = {}
-    for e in out:
-        e = e.get("formatted", e)
-        sums[e["key"]] = sum(v["value"] for v in e["values"])
-    return sums
 
 
 @pytest.fixture

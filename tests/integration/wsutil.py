@@ -360,3 +360,15 @@ class HttpReader:
             if not chunk:
                 return status, fields, body
             body += chunk
+
+
+def percpu_sums(map_id):
+    """A per-CPU array's values summed over the CPUs, by key, as bpftool
+    dumps the map with this id."""
+    out = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)], capture_output=True,
+                                    text=True, check=True, timeout=10).stdout)
+    sums = {}
+    for e in out:
+        e = e.get("formatted", e)
+        sums[e["key"]] = sum(v["value"] for v in e["values"])
+    return sums

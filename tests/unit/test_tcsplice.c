@@ -26,6 +26,7 @@
 #include <cmocka.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include "percpu.h"
 #include "wsplice_tc.h"
 #include "fault_inject.skel.h"
 #include "tcsplice.skel.h"
@@ -174,14 +175,19 @@ static uint32_t get32(const uint8_t *p)
 	return ntohl(v);
 }
 
-static int run(const uint8_t *in, size_t len, uint8_t *out, uint32_t *out_len)
+static int run_prog(struct bpf_program *prog, const uint8_t *in, size_t len, uint8_t *out, uint32_t *out_len)
 {
 	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in, .data_size_in = (uint32_t)len, .data_out = out,
 		    .data_size_out = 2048, .repeat = 1);
 
-	assert_int_equal(bpf_prog_test_run_opts(bpf_program__fd(skel->progs.tcsplice_ingress), &o), 0);
+	assert_int_equal(bpf_prog_test_run_opts(bpf_program__fd(prog), &o), 0);
 	*out_len = o.data_size_out;
 	return (int)o.retval;
+}
+
+static int run(const uint8_t *in, size_t len, uint8_t *out, uint32_t *out_len)
+{
+	return run_prog(skel->progs.tcsplice_ingress, in, len, out, out_len);
 }
 
 static const uint32_t C_ADDR = 0x0300007f, PA_ADDR = 0x0100007f, PB_ADDR = 0x0400007f, U_ADDR = 0x0200007f;
@@ -456,6 +462,31 @@ static void frozen_drops_payload_and_guard_drops_the_proxy(void **state)
 		len = build(in, &s, &l4);
 		assert_int_equal(run(in, len, out, &out_len), TC_ACT_SHOT);
 	}
+	clear_maps();
+}
+
+/* On a device's egress the guard drops only the frozen socket's own
+ * segments: one the program redirected there has the same addresses and
+ * another socket (BPF_PROG_TEST_RUN gives every run a socket of its own,
+ * whose cookie is none of the frozen sockets'). */
+static void the_egress_guard_knows_the_frozen_socket(void **state)
+{
+	struct spec s = { .seq = 1, .ack = 2, .win = 3, .flags = 0x10, .payload = 100 };
+	struct ws_tc_flow g = { .tunnel_id = 7, .role = WS_TC_GUARD, .cookie = 1 };
+	uint8_t in[2048], out[2048];
+	uint32_t out_len;
+	uint64_t dropped, after;
+	size_t l4, len;
+
+	(void)state;
+	put_tunnel(4, WS_TC_ACTIVE, &s.k);
+	assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.tc_flows), &s.k, &g, BPF_ANY), 0);
+	len = build(in, &s, &l4);
+	assert_int_equal(percpu_counter(bpf_map__fd(skel->maps.tc_counters), WS_TCC_GUARD_DROPS, &dropped, NULL), 0);
+	assert_int_equal(run_prog(skel->progs.tcsplice_egress, in, len, out, &out_len), TC_ACT_UNSPEC);
+	assert_memory_equal(out, in, len);
+	assert_int_equal(percpu_counter(bpf_map__fd(skel->maps.tc_counters), WS_TCC_GUARD_DROPS, &after, NULL), 0);
+	assert_int_equal(after, dropped);
 	clear_maps();
 }
 
@@ -986,6 +1017,7 @@ int main(void)
 		cmocka_unit_test(translates_the_longest_options),
 		cmocka_unit_test(passes_what_is_not_its_own),
 		cmocka_unit_test(frozen_drops_payload_and_guard_drops_the_proxy),
+		cmocka_unit_test(the_egress_guard_knows_the_frozen_socket),
 		cmocka_unit_test(fins_and_resets_end_it),
 		cmocka_unit_test(ip_options_are_dropped),
 		cmocka_unit_test(hands_over_ipv4_with_timestamps),

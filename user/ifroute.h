@@ -1,0 +1,13 @@
+/* Which network interface a socket's segments to its peer leave by, as the
+ * kernel's routing table says (what `ip route get` asks, over rtnetlink). */
+#ifndef WSPLICE_IFROUTE_H
+#define WSPLICE_IFROUTE_H
+
+#include <sys/socket.h>
+
+/* The output interface of the route from me to peer (AF_INET, AF_INET6 or
+ * IPv4-mapped AF_INET6); a local destination's is lo. 0 with *ifindex set,
+ * or -1 with errno. */
+int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned *ifindex);
+
+#endif
