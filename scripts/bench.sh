@@ -29,6 +29,8 @@
 #               with 2 (WTARGETS= skips it). The main table runs one worker
 #               each, pinned.
 #   XDP_BENCH=0 skips the XDP guard's table (scripts/bench_xdp.sh), run after the others
+#   NETNS_BENCH=0 skips the namespaces table (scripts/bench_netns.sh): the express
+#               lane across veth, beside direct and copy
 #   OUT=build/bench/results   where samples, logs and the table go
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -383,4 +385,12 @@ fi
 if [ "${XDP_BENCH:-1}" != 0 ]; then
 	[ -n "${BENCH_QUICK:-}" ] && export XDP_SECS=${XDP_SECS:-2} XDP_REPS=${XDP_REPS:-1}
 	OUT=$OUT bash scripts/bench_xdp.sh
+fi
+
+# The express lane where the legs are different devices: three namespaces
+# joined by veth, direct (forwarded) beside tcsplice and copy
+# (NETNS_BENCH=0 skips it).
+if [ "${NETNS_BENCH:-1}" != 0 ]; then
+	[ -n "${BENCH_QUICK:-}" ] && export NS_REPS=${NS_REPS:-1}
+	OUT=$OUT PIN=$PIN_MAIN bash scripts/bench_netns.sh
 fi
