@@ -59,6 +59,7 @@ ip netns exec $P sysctl -qw net.ipv4.ip_forward=1
 
 in_ns $U "$ECHO" 9000 10.80.2.2 > "$OUT/netns-echo.log" &
 for _ in $(seq 50); do grep -q ready "$OUT/netns-echo.log" && break; sleep 0.1; done
+grep -q ready "$OUT/netns-echo.log" || { echo "bench netns: ws_echo did not start" >&2; exit 1; }
 
 cpu_jiffies() { awk '/^cpu /{print $2+$3+$4+$6+$7+$8}' /proc/stat; }
 field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p"; }
@@ -124,8 +125,11 @@ med() { echo "${A[$1]:-}" | tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | 
 	done
 	if [[ " $NS_TARGETS " == *" tcsplice "* && " $NS_TARGETS " == *" direct "* ]]; then
 		echo "tunnels the tc program carried per run (of 66): $(med tcsplice.express)"
+		# A figure that is missing ("-") prints as not measured.
 		awk -v d1="$(med direct.p50)" -v t1="$(med tcsplice.p50)" -v d64="$(med direct.r64)" -v t64="$(med tcsplice.r64)" \
 			-v dm="$(med direct.mbps)" -v tm="$(med tcsplice.mbps)" -v dc="$(med direct.cpu_s)" -v tc="$(med tcsplice.cpu_s)" 'BEGIN{
+			if (d1 == "-" || t1 == "-" || d64 == "-" || t64 == "-" || dm == "-" || tm == "-" || dc == "-" || tc == "-" || d1 == 0 || d64 == 0 || dm == 0 || dc == 0) {
+				print "express lane vs direct: not measured (a figure is missing)"; exit }
 			printf "express lane vs direct: 1 conn p50 %+.1f µs (%+.0f %%), 64 conns p50 %+.0f %%, MB/s %.0f %%, system CPU %+.0f %%\n",
 				t1 - d1, (t1 - d1) / d1 * 100, (t64 - d64) / d64 * 100, tm / dm * 100, (tc - dc) / dc * 100 }'
 	fi

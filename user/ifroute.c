@@ -59,6 +59,7 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
 	int fd, err = 0;
 	ssize_t got;
+	int len;
 
 	if ((me->ss_family != AF_INET && me->ss_family != AF_INET6) ||
 	    (peer->ss_family != AF_INET && peer->ss_family != AF_INET6)) {
@@ -81,6 +82,13 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 	req.r.rtm_src_len = (unsigned char)(8 * src.len);
 	put_attr(&req.n, RTA_DST, dst.bytes, dst.len);
 	put_attr(&req.n, RTA_SRC, src.bytes, src.len);
+	/* A link-local peer is reached through its scope's device, which
+	 * the address alone does not name. */
+	if (peer->ss_family == AF_INET6 && ((const struct sockaddr_in6 *)peer)->sin6_scope_id) {
+		int oif = (int)((const struct sockaddr_in6 *)peer)->sin6_scope_id;
+
+		put_attr(&req.n, RTA_OIF, &oif, sizeof(oif));
+	}
 
 	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
 	if (fd < 0)
@@ -95,11 +103,13 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 		goto out;
 	}
 	err = ENOENT;
-	for (struct nlmsghdr *n = &ans.n; NLMSG_OK(n, (size_t)got); n = NLMSG_NEXT(n, got)) {
+	len = (int)got;
+	for (struct nlmsghdr *n = &ans.n; NLMSG_OK(n, len); n = NLMSG_NEXT(n, len)) {
 		if (n->nlmsg_type == NLMSG_ERROR) {
 			const struct nlmsgerr *e = NLMSG_DATA(n);
 
-			err = e->error ? -e->error : ENOENT;
+			if (n->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)))
+				err = e->error ? -e->error : ENOENT;
 			break;
 		}
 		if (n->nlmsg_type != RTM_NEWROUTE)

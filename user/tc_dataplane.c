@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <net/if.h>
+#include <net/if_arp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,22 @@ struct tc_dataplane {
 	int flows_fd, tunnels_fd, figures_fd;
 };
 
+/* Whether name's frames have an Ethernet header (veth, a NIC, a bridge),
+ * unlike a tun, a WireGuard or an ip tunnel device. */
+static bool is_ethernet(const char *name)
+{
+	struct ifreq ifr = { 0 };
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	bool yes;
+
+	if (fd < 0)
+		return false;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	yes = !ioctl(fd, SIOCGIFHWADDR, &ifr) && ifr.ifr_hwaddr.sa_family == ARPHRD_ETHER;
+	close(fd);
+	return yes;
+}
+
 /* Every device of the network namespace but lo, through tcx links: those
  * present now (a device made later, a container's veth, is not covered and
  * its tunnels stay on the relay). */
@@ -49,8 +68,13 @@ static void attach_devices(struct tc_dataplane *tp)
 	for (struct if_nameindex *i = all; i && i->if_index; i++) {
 		struct tc_device *d = &tp->dev[tp->n_devs];
 
-		if (!strcmp(i->if_name, "lo"))
+		if (i->if_index == WS_LOOPBACK_IFINDEX)
 			continue;
+		if (!is_ethernet(i->if_name)) {
+			log_info("express lane: not on %s: no Ethernet header there (the program parses one, and "
+				 "bpf_redirect_neigh writes one)", i->if_name);
+			continue;
+		}
 		if (tp->n_devs == TC_MAX_DEVICES) {
 			log_warn("express lane: more than %d devices: %s and the next are not covered", TC_MAX_DEVICES,
 				 i->if_name);
@@ -78,7 +102,7 @@ static void attach_devices(struct tc_dataplane *tp)
 
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex)
 {
-	if (ifindex == if_nametoindex("lo"))
+	if (ifindex == WS_LOOPBACK_IFINDEX)
 		return true;
 	for (size_t i = 0; i < tp->n_devs; i++)
 		if (tp->dev[i].ifindex == ifindex)

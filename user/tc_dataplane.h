@@ -18,6 +18,9 @@ struct tc_dataplane;
 struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t whylen);
 void tc_dataplane_close(struct tc_dataplane *tp);
 
+/* lo's, in every network namespace (the kernel's LOOPBACK_IFINDEX). */
+#define WS_LOOPBACK_IFINDEX 1u
+
 /* Whether the program is on ifindex: lo always; other devices with tcx
  * (Linux 6.6+), those present at the load. */
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex);

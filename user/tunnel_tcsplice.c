@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
-#include <net/if.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -427,7 +426,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	 * is that end's. */
 	if (leg_of(c->tp, t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
 	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why) ||
-	    legs_route(&v, if_nametoindex("lo"), &why)) {
+	    legs_route(&v, WS_LOOPBACK_IFINDEX, &why)) {
 		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
 		return;
 	}
