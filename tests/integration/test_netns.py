@@ -112,10 +112,10 @@ ADDRS = {4: ("10.77.1.1", "10.77.1.1:8080", "10.77.2.2", "10.77.2.2:9000"),
 
 
 @contextlib.contextmanager
-def express_proxy(hosts, tmp_path, family=4, timeout=60):
+def express_proxy(hosts, tmp_path, family=4, timeout=60, settle_ms="200"):
     """ws_echo on the upstream host, wsplice --mode tcsplice on the proxy
     host; yields run_load(*args) (ws_load on the client host, each tunnel
-    quiet for 200 ms after its upgrade so that it goes express), the pin
+    quiet for settle_ms after its upgrade so that it goes express), the pin
     directory and the tc_counters map's id."""
     need_bpf()
     listen_host, listen, up_host, up = ADDRS[family]
@@ -130,7 +130,7 @@ def express_proxy(hosts, tmp_path, family=4, timeout=60):
             proxy = subprocess.Popen(in_ns(hosts["proxy"], WSPLICE, "--listen", listen, "--upstream", up, "--mode",
                                            "tcsplice", "--bpffs", pin), stderr=f)
         load = os.path.join(BENCH, "ws_load")
-        env = dict(os.environ, WS_LOAD_SETTLE_MS="200")
+        env = dict(os.environ, WS_LOAD_SETTLE_MS=settle_ms)
 
         def run_load(*args, check=True, wait=False):
             cmd = in_ns(hosts["client"], load, listen_host, "8080", *args)
@@ -190,7 +190,9 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family):
         shown = sh("ip", "netns", "exec", hosts[host], "tc", "filter", "show", "dev", dev, "egress").stdout
         prog_id = int(shown.split(" id ")[1].split()[0])
         injector_maps += json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog_id)).stdout)["map_ids"]
-    with express_proxy(hosts, tmp_path, family, timeout=300) as (run_load, pin, counters):
+    # A lost request or 101 comes again after an RTO: a longer quiet
+    # moment (test_faults.py, SETTLE_LOSSY_MS).
+    with express_proxy(hosts, tmp_path, family, timeout=300, settle_ms="600") as (run_load, pin, counters):
         before = express_handovers(pin)
         failures = []
         for rep in range(5):
