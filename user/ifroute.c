@@ -104,7 +104,11 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 	}
 	err = ENOENT;
 	len = (int)got;
-	for (struct nlmsghdr *n = &ans.n; NLMSG_OK(n, len); n = NLMSG_NEXT(n, len)) {
+	/* NLMSG_OK by hand: the macro compares the unsigned nlmsg_len with
+	 * len, which must stay signed for its own len >= header test. */
+	for (struct nlmsghdr *n = &ans.n;
+	     len >= (int)sizeof(*n) && n->nlmsg_len >= sizeof(*n) && n->nlmsg_len <= (unsigned)len;
+	     n = NLMSG_NEXT(n, len)) {
 		if (n->nlmsg_type == NLMSG_ERROR) {
 			const struct nlmsgerr *e = NLMSG_DATA(n);
 
