@@ -68,6 +68,10 @@ struct engine_ops {
 	/* In the process that prepared: a worker died, and what it left in
 	 * the shared part goes. NULL when nothing is left. */
 	void (*worker_gone)(void *shared, uint32_t worker);
+	/* The largest packet a client's segments may make, when this engine
+	 * carries them unchanged onto devices of smaller MTUs (the express
+	 * lane): the listeners advertise an MSS that fits it. NULL or 0: any. */
+	unsigned (*listen_mtu)(void *shared);
 	/* One worker's set-up (of worker_count), or NULL when the engine
 	 * needs none. Returns the context every start() gets, or NULL with a
 	 * one-line reason. */

@@ -1,6 +1,10 @@
 #include <errno.h>
+#include <net/if.h>
+#include <net/if_arp.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -138,4 +142,34 @@ out:
 		return -1;
 	}
 	return 0;
+}
+
+/* One interface ioctl on a throwaway socket; false when it fails. */
+static bool if_ioctl(unsigned long req, struct ifreq *ifr)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = !ioctl(fd, req, ifr);
+	close(fd);
+	return ok;
+}
+
+bool ifroute_is_ethernet(const char *name)
+{
+	struct ifreq ifr = { 0 };
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	return if_ioctl(SIOCGIFHWADDR, &ifr) && ifr.ifr_hwaddr.sa_family == ARPHRD_ETHER;
+}
+
+unsigned ifroute_mtu(unsigned ifindex)
+{
+	struct ifreq ifr = { 0 };
+
+	if (!if_indextoname(ifindex, ifr.ifr_name) || !if_ioctl(SIOCGIFMTU, &ifr) || ifr.ifr_mtu < 0)
+		return 0;
+	return (unsigned)ifr.ifr_mtu;
 }

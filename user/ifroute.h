@@ -3,11 +3,19 @@
 #ifndef WSPLICE_IFROUTE_H
 #define WSPLICE_IFROUTE_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 /* The output interface of the route from me to peer (AF_INET, AF_INET6 or
  * IPv4-mapped AF_INET6); a local destination's is lo. 0 with *ifindex set,
  * or -1 with errno. */
 int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned *ifindex);
+
+/* Whether name's frames have an Ethernet header (veth, a NIC, a bridge),
+ * unlike a tun, a WireGuard or an ip tunnel device. */
+bool ifroute_is_ethernet(const char *name);
+
+/* The device's MTU now, or 0 when it cannot be read (gone). */
+unsigned ifroute_mtu(unsigned ifindex);
 
 #endif

@@ -1,4 +1,6 @@
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +137,26 @@ fail:
 	while (i-- > 0)
 		close(fds[i]);
 	return -1;
+}
+
+unsigned listener_clamp_mss(int fd, unsigned mtu)
+{
+	struct sockaddr_storage a;
+	socklen_t len = sizeof(a);
+	int mss;
+
+	if (!mtu || getsockname(fd, (struct sockaddr *)&a, &len))
+		return 0;
+	/* Bound to a loopback address, its clients come over lo, where every
+	 * leg is lo's. */
+	if (addr_is_loopback(&a))
+		return 0;
+	/* The IPv4 and TCP headers, or IPv6's (a dual-stack socket's IPv4
+	 * clients get 20 bytes less than they could). */
+	mss = (int)mtu - (a.ss_family == AF_INET ? 40 : 60);
+	if (mss < 536 || setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)))
+		return 0;
+	return (unsigned)mss;
 }
 
 struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, int fd, char *err, size_t errlen)

@@ -1057,6 +1057,20 @@ out:
 	return rc;
 }
 
+/* A client's segments must fit the smallest device a tunnel's other leg
+ * may leave by (the express lane's MSS clamp). */
+static void clamp_listeners(struct daemon *d)
+{
+	unsigned mtu = d->sh ? tunnel_shared_listen_mtu(d->sh) : 0, mss = 0, m;
+
+	for (size_t i = 0; mtu && i < d->n_listen_fds; i++)
+		if (d->listen_fds[i] >= 0 && (m = listener_clamp_mss(d->listen_fds[i], mtu)))
+			mss = m;
+	if (mss)
+		log_info("express lane: the devices' MTUs differ: the listeners advertise an MSS that fits %u bytes "
+			 "(%u over IPv4)", mtu, mtu - 40);
+}
+
 int main(int argc, char **argv)
 {
 	static struct daemon d;
@@ -1160,6 +1174,7 @@ int main(int argc, char **argv)
 					  sizeof(err)))
 				goto out;
 	}
+	clamp_listeners(&d);
 	/* In front of the bound listeners, before anything is served (after
 	 * an upgrade, once the old process let go of the interfaces). */
 	if (d.arrival.n_guard_fds) {

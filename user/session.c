@@ -369,6 +369,15 @@ void session_reply_error(struct session *s, int status)
 	s->state = S_CLOSING;
 }
 
+/* Whether this route's tunnels may go express: the upstream leg is then
+ * clamped to the client's (the express lane's MSS clamp). */
+static bool express_lane(const struct session *s)
+{
+	enum tunnel_mode m = s->route->mode == MODE_AUTO ? s->cfg->mode : s->route->mode;
+
+	return m == MODE_TCSPLICE;
+}
+
 /* Gives the request an upstream connection: an idle one to the next server
  * of the pool when there is one, else a new connect. Servers that refuse at
  * once are marked down and the next one is tried; nothing of the request
@@ -407,7 +416,7 @@ static void connect_upstream(struct session *s)
 			return;
 		}
 		s->tried |= 1ull << (srv - p->servers);
-		fd = upstream_connect(&srv->ep);
+		fd = upstream_connect(&srv->ep, express_lane(s) ? upstream_mss_for(s->client.fd) : 0);
 		if (fd < 0) {
 			log_warn("upstream %s:%s: %s", srv->ep.host, srv->ep.port, strerror(errno));
 			metrics_upstream_failure(srv->ep.host, srv->ep.port);

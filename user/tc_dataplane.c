@@ -3,8 +3,6 @@
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <net/if.h>
-#include <net/if_arp.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +10,7 @@
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include "ifroute.h"
 #include "log.h"
 #include "percpu.h"
 #include "tc_dataplane.h"
@@ -25,7 +24,7 @@
 /* A device other than lo: the program on its ingress translates, the
  * guard on its egress keeps the frozen sockets quiet. */
 struct tc_device {
-	unsigned ifindex;
+	unsigned ifindex, mtu; /* its MTU at the start */
 	int in_fd, out_fd;
 };
 
@@ -37,22 +36,6 @@ struct tc_dataplane {
 	struct ws_tc_owner nl; /* a netlink filter (before 6.6): nl.handle != 0 */
 	int flows_fd, tunnels_fd, figures_fd;
 };
-
-/* Whether name's frames have an Ethernet header (veth, a NIC, a bridge),
- * unlike a tun, a WireGuard or an ip tunnel device. */
-static bool is_ethernet(const char *name)
-{
-	struct ifreq ifr = { 0 };
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	bool yes;
-
-	if (fd < 0)
-		return false;
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-	yes = !ioctl(fd, SIOCGIFHWADDR, &ifr) && ifr.ifr_hwaddr.sa_family == ARPHRD_ETHER;
-	close(fd);
-	return yes;
-}
 
 /* Every device of the network namespace but lo, through tcx links: those
  * present now (a device made later, a container's veth, is not covered and
@@ -70,7 +53,7 @@ static void attach_devices(struct tc_dataplane *tp)
 
 		if (i->if_index == WS_LOOPBACK_IFINDEX)
 			continue;
-		if (!is_ethernet(i->if_name)) {
+		if (!ifroute_is_ethernet(i->if_name)) {
 			log_info("express lane: not on %s: no Ethernet header there (the program parses one, and "
 				 "bpf_redirect_neigh writes one)", i->if_name);
 			continue;
@@ -81,6 +64,7 @@ static void attach_devices(struct tc_dataplane *tp)
 			break;
 		}
 		d->ifindex = i->if_index;
+		d->mtu = ifroute_mtu(i->if_index);
 		d->in_fd = bpf_link_create(in, (int)i->if_index, WS_BPF_TCX_INGRESS, NULL);
 		d->out_fd = d->in_fd < 0 ? -1 : bpf_link_create(out, (int)i->if_index, WS_BPF_TCX_EGRESS, NULL);
 		if (d->out_fd < 0) {
@@ -108,6 +92,19 @@ bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex)
 		if (tp->dev[i].ifindex == ifindex)
 			return true;
 	return false;
+}
+
+unsigned tc_dataplane_listen_mtu(const struct tc_dataplane *tp)
+{
+	unsigned lo = 0, hi = 0;
+
+	for (size_t i = 0; i < tp->n_devs; i++) {
+		if (!tp->dev[i].mtu)
+			continue;
+		lo = lo && lo < tp->dev[i].mtu ? lo : tp->dev[i].mtu;
+		hi = hi > tp->dev[i].mtu ? hi : tp->dev[i].mtu;
+	}
+	return lo < hi ? lo : 0;
 }
 
 /* The inode of one of this process's namespaces ("net", "pid"). */

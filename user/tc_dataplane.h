@@ -24,6 +24,10 @@ void tc_dataplane_close(struct tc_dataplane *tp);
 /* Whether the program is on ifindex: lo always; other devices with tcx
  * (Linux 6.6+), those present at the load. */
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex);
+/* The smallest MTU of the devices covered, when their MTUs differ, or 0:
+ * a client's segments cross to the upstream's device unchanged, so the
+ * listeners advertise an MSS every device carries. */
+unsigned tc_dataplane_listen_mtu(const struct tc_dataplane *tp);
 
 /* A tunnel's keys: the client's and the upstream's segments to the proxy,
  * then the proxy sockets' own (the guard). */

@@ -605,6 +605,19 @@ int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap)
 	return n;
 }
 
+unsigned tunnel_shared_listen_mtu(const struct tunnel_shared *sh)
+{
+	unsigned mtu = 0;
+
+	for (int m = 0; m < MODE_COUNT; m++) {
+		unsigned u = sh->prepared[m] && engine_table[m]->listen_mtu ? engine_table[m]->listen_mtu(sh->shared[m]) : 0;
+
+		if (u && (!mtu || u < mtu))
+			mtu = u;
+	}
+	return mtu;
+}
+
 void tunnel_shared_disown(struct tunnel_shared *sh)
 {
 	for (int m = 0; m < MODE_COUNT; m++)

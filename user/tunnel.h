@@ -95,6 +95,9 @@ const char *tunnel_shared_engine(const struct tunnel_shared *sh);
  * them, disown: tunnel_release leaves the kernel's part in place. */
 int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap);
 void tunnel_shared_disown(struct tunnel_shared *sh);
+/* The largest packet a client's segment may make, or 0: any (engine.h,
+ * listen_mtu). */
+unsigned tunnel_shared_listen_mtu(const struct tunnel_shared *sh);
 /* The new process's tunnel_prepare: the old one's engine (its name), its
  * shared part adopted from fds (the descriptors are its own from now on,
  * even on failure). What they hold stays the old process's (tunnel_release

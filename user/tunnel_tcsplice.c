@@ -143,6 +143,11 @@ static void *tcs_prepare(const struct config *cfg, char *why, size_t whylen)
 	return tp;
 }
 
+static unsigned tcs_listen_mtu(void *shared)
+{
+	return tc_dataplane_listen_mtu(shared);
+}
+
 static void tcs_release(void *shared)
 {
 	metrics_collector_del(tcs_metrics, shared);
@@ -343,6 +348,32 @@ static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
 	return 0;
 }
 
+/* Why a direction's segments would not fit where the program sends them,
+ * or NULL: they fit. A sender's segments are at most the MSS this proxy
+ * advertised on its leg (the route's MTU, the listener's clamp,
+ * upstream_mss_for), and they must pass the other leg's device and, off
+ * lo, be no larger than that receiver's own MSS (our send MSS there, which
+ * left room for the timestamps). Segments are never split here: a misfit
+ * stays on the relay (docs/DESIGN-TC-SPLICE.md, "The MSS clamp"). */
+static const char *segments_misfit(const struct ws_tc_tunnel *v, const struct tcp_info ti[2], int family)
+{
+	unsigned hdr = family == 4 ? 40 : 60;
+
+	for (int d = 0; d < 2; d++) {
+		const struct tcp_info *in = &ti[dir_src(d)], *out = &ti[dir_dst(d)];
+		unsigned mtu = ifroute_mtu(v->dir[d].ifindex);
+		unsigned takes = out->tcpi_snd_mss + (out->tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
+
+		if (in->tcpi_advmss + hdr > mtu)
+			return d == WS_DIR_C2U ? "the client's segments exceed the upstream device's MTU"
+					       : "the upstream's segments exceed the client device's MTU";
+		if (v->dir[d].ifindex != WS_LOOPBACK_IFINDEX && in->tcpi_advmss > takes)
+			return d == WS_DIR_C2U ? "the client's MSS is above the upstream's"
+					       : "the upstream's MSS is above the client's";
+	}
+	return NULL;
+}
+
 /* Both sockets as quiet as before, looked at again. The state counts as
  * much as the queues: a FIN that reached a socket meanwhile is in no
  * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
@@ -436,8 +467,8 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		why = "timestamps on one leg only";
 	else if ((ti[0].tcpi_options | ti[1].tcpi_options) & TCPI_OPT_USEC_TS_BIT)
 		why = "microsecond timestamps";
-	else if (ti[0].tcpi_advmss != ti[1].tcpi_advmss)
-		why = "the legs' MSS differ";
+	else
+		why = segments_misfit(&v, ti, family[0]);
 	if (why) {
 		refuse(t, why, M_EXPRESS_REFUSED_MISMATCH);
 		return;
@@ -774,6 +805,7 @@ static void tcs_describe(void *st, char *out, size_t len)
 const struct engine_ops engine_tcsplice = {
 	.name = "tcsplice",
 	.prepare = tcs_prepare,
+	.listen_mtu = tcs_listen_mtu,
 	.release = tcs_release,
 	.export_shared = tcs_export,
 	.worker_gone = tcs_worker_gone,

@@ -32,13 +32,60 @@ void socket_tune(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int upstream_connect(const struct endpoint *ep)
+bool addr_is_loopback(const struct sockaddr_storage *a)
+{
+	const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+
+	if (a->ss_family == AF_INET)
+		return ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24 == 127;
+	return IN6_IS_ADDR_LOOPBACK(x) || (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127);
+}
+
+/* Whether a and b are the same address: a connection to oneself, which
+ * the kernel routes over lo. */
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+	return IN6_ARE_ADDR_EQUAL(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr);
+}
+
+unsigned upstream_mss_for(int client_fd)
+{
+	struct sockaddr_storage me, peer;
+	socklen_t a = sizeof(me), b = sizeof(peer);
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	unsigned takes;
+
+	/* Over lo any segment fits (and lo's send MSS is only half the
+	 * client's first window, tcp_bound_to_half_wnd: no clamp to take). */
+	if (getsockname(client_fd, (struct sockaddr *)&me, &a) || getpeername(client_fd, (struct sockaddr *)&peer, &b) ||
+	    same_addr(&me, &peer) || addr_is_loopback(&peer))
+		return 0;
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(client_fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
+		return 0;
+	/* What the client takes: its MSS (our send MSS, which left room for
+	 * the timestamps option), and what our device's MTU lets us tell it
+	 * (our advertised MSS, the listener's clamp included). */
+	takes = ti.tcpi_snd_mss + (ti.tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
+	return takes < ti.tcpi_advmss ? takes : ti.tcpi_advmss;
+}
+
+int upstream_connect(const struct endpoint *ep, unsigned mss)
 {
 	int fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int m = (int)mss;
 
 	if (fd < 0)
 		return -1;
 	socket_tune(fd);
+	/* Before the SYN: its MSS option says it. */
+	if (mss >= 536)
+		setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &m, sizeof(m));
 	if (connect(fd, (const struct sockaddr *)&ep->addr, ep->addrlen) < 0 && errno != EINPROGRESS) {
 		int e = errno;
 

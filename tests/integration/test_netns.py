@@ -175,13 +175,28 @@ def test_express_lane_across_veth_hosts(hosts, tmp_path):
         assert sums[1] >= 2 * 60 << 20, "tc_counters %s; %s" % (sums, sh(WSPLICE, "status", "--bpffs", pin).stdout)
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family):
+# Links whose MTU is 1280 instead of 1500: "client" is c0-p0, "upstream"
+# p1-u0. Each side's peers then advertise MSS 1240 (IPv4) or 1220 (IPv6),
+# the other side's 1460 or 1440.
+SMALL_LINK = {"client": (("client", "c0"), ("proxy", "p0")), "upstream": (("proxy", "p1"), ("upstream", "u0"))}
+
+
+@pytest.mark.parametrize("family,small", [(4, None), (6, None), (4, "upstream"), (6, "client")],
+                         ids=["4", "6", "4-mss-upstream-1280", "6-mss-client-1280"])
+def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
     """Integrity under faults where the legs are devices: the client's and
     the upstream's veth egress drop about 1 % of TCP segments and send
     about 0.5 % twice (bpf/fault_inject.bpf.c), so the express lane
     translates retransmissions, duplicates and SACKs both ways. 10 tunnels
-    of 128 MiB each way, every byte compared, all 10 express."""
+    of 128 MiB each way, every byte compared, all 10 express.
+
+    With one link's MTU at 1280, the legs' MSS differ, and the segments
+    cross unchanged: the hand-over needs both legs clamped. A small
+    upstream link takes the listener's clamp (the client is told 1240);
+    a small client link takes the upstream connection's (the upstream is
+    told the client's). Without them every tunnel stays on the relay."""
+    for host, dev in SMALL_LINK.get(small, ()):
+        sh("ip", "-n", hosts[host], "link", "set", "dev", dev, "mtu", "1280")
     injector_maps = []
     for host, dev in (("client", "c0"), ("upstream", "u0")):
         sh("ip", "netns", "exec", hosts[host], "tc", "qdisc", "add", "dev", dev, "clsact")
@@ -202,11 +217,14 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family):
                 if p.returncode != 0 or "verified=1" not in out:
                     failures.append("rep %d: %s %s" % (rep, out.strip(), err.strip()))
         express = express_handovers(pin) - before
+        if small:
+            assert "the listeners advertise an MSS that fits 1280 bytes" in (tmp_path / "wsplice.log").read_text()
         faults = [sum(percpu_sums(m)[k] for m in injector_maps) for k in range(3)]
         events = percpu_sums(counters)
         line = ("faults [tcsplice, veth, IPv%d]: %d segments seen, %d dropped, %d duplicated; %d of 10 tunnels "
-                "went express; the tc program translated %d segments (%d payload bytes), dropped %d from frozen "
-                "sockets" % (family, faults[0], faults[1], faults[2], express, events[0], events[1], events[3]))
+                "went express%s; the tc program translated %d segments (%d payload bytes), dropped %d from frozen "
+                "sockets" % (family, faults[0], faults[1], faults[2], express,
+                             ", the %s link's MTU 1280" % small if small else "", events[0], events[1], events[3]))
         report(line)
         assert faults[1] > 0.002 * faults[0] and faults[2] > 0.001 * faults[0], line
         failures += ["only %d of 10 tunnels went express" % express] if express < 10 else []
