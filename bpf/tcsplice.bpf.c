@@ -47,6 +47,11 @@ const volatile __u64 l4_ipv6_flag = 1ULL << 7;
 
 /* Written by the daemon only (include/wsplice_tc.h). */
 struct ws_tc_handovers tc_handovers = {};
+/* The guard keys in tc_flows, kept by the daemon: raised before a key goes
+ * in and lowered after it went, so the egress guard, which sees every
+ * locally sent segment on every device, looks nothing up while no tunnel
+ * is express. */
+__u32 guard_keys = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -604,7 +609,7 @@ int tcsplice_egress(struct __sk_buff *skb)
 	struct ws_tc_flow *f;
 	struct seg s = {};
 
-	if (!skb->sk || parse(skb, &key, &s) < 0)
+	if (!guard_keys || !skb->sk || parse(skb, &key, &s) < 0)
 		return TC_ACT_UNSPEC;
 	f = bpf_map_lookup_elem(&tc_flows, &key);
 	if (!f || f->role != WS_TC_GUARD || bpf_get_socket_cookie(skb) != f->cookie)

@@ -408,8 +408,13 @@ int tc_express_add(struct tc_dataplane *tp, uint32_t id, const struct ws_tc_tunn
 		struct ws_tc_flow f = { .tunnel_id = id, .dir = i & 1, .role = i < 2 ? WS_TC_PEER : WS_TC_GUARD,
 					.cookie = i < 2 ? 0 : k->cookie[i - 2] };
 
-		if (bpf_map_update_elem(tp->flows_fd, &k->key[i], &f, BPF_NOEXIST))
+		if (f.role == WS_TC_GUARD)
+			__atomic_add_fetch(&tp->skel->bss->guard_keys, 1, __ATOMIC_SEQ_CST);
+		if (bpf_map_update_elem(tp->flows_fd, &k->key[i], &f, BPF_NOEXIST)) {
+			if (f.role == WS_TC_GUARD)
+				__atomic_sub_fetch(&tp->skel->bss->guard_keys, 1, __ATOMIC_SEQ_CST);
 			goto undo;
+		}
 	}
 	return 0;
 undo:
@@ -507,8 +512,9 @@ void tc_express_del(struct tc_dataplane *tp, uint32_t id, const struct tc_keys *
 	for (int i = 0; i < 4; i++) {
 		struct ws_tc_flow f;
 
-		if (!bpf_map_lookup_elem(tp->flows_fd, &k->key[i], &f) && f.tunnel_id == id)
-			bpf_map_delete_elem(tp->flows_fd, &k->key[i]);
+		if (!bpf_map_lookup_elem(tp->flows_fd, &k->key[i], &f) && f.tunnel_id == id &&
+		    !bpf_map_delete_elem(tp->flows_fd, &k->key[i]) && f.role == WS_TC_GUARD)
+			__atomic_sub_fetch(&tp->skel->bss->guard_keys, 1, __ATOMIC_SEQ_CST);
 	}
 	bpf_map_delete_elem(tp->tunnels_fd, &id);
 	bpf_map_delete_elem(tp->figures_fd, &id);
