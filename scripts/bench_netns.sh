@@ -24,17 +24,10 @@ OUT=${OUT:-build/bench/results}
 export WS_LOAD_SETTLE_MS=${SETTLE_MS:-200}
 RTT1_MSGS=20000 RTT64_MSGS=500 TPUT_MIB=1024
 [ -n "${BENCH_QUICK:-}" ] && RTT1_MSGS=2000 RTT64_MSGS=50 TPUT_MIB=128
-WSPLICE=$(pwd)/build/wsplice LOAD=$(pwd)/build/bench/ws_load ECHO=$(pwd)/build/bench/ws_echo
+. scripts/netns_lib.sh
 tag=$$
 C=wnc-$tag P=wnp-$tag U=wnu-$tag PIN_DIR=/sys/fs/bpf/wsbn-$tag
 mkdir -p "$OUT"
-
-cleanup() {
-	kill $(jobs -p) 2>/dev/null || true
-	wait 2>/dev/null || true
-	for n in $C $P $U; do ip netns del "$n" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 # in_ns NS CMD...: CMD in that namespace, pinned. It execs, so call it in a
 # subshell: $(...), (...), or in the background, where $! is then CMD's pid.
 in_ns() {
@@ -44,7 +37,7 @@ in_ns() {
 	exec nsenter --net=/run/netns/"$n" taskset -c "$PIN" "$@"
 }
 
-for n in $C $P $U; do ip netns add "$n"; ip -n "$n" link set lo up; done
+netns_add $C $P $U
 ip link add c0-$tag netns $C type veth peer name p0-$tag netns $P
 ip link add p1-$tag netns $P type veth peer name u0-$tag netns $U
 for x in "$C c0 10.80.1.2" "$P p0 10.80.1.1" "$P p1 10.80.2.1" "$U u0 10.80.2.2"; do

@@ -26,22 +26,15 @@ XDP_REPS=${XDP_REPS:-3}
 XDP_RATE=${XDP_RATE:-200}
 XDP_FLOOD_PPS=${XDP_FLOOD_PPS:-300000}
 OUT=${OUT:-build/bench/results}
-WSPLICE=$(pwd)/build/wsplice LOAD=$(pwd)/build/bench/ws_load ECHO=$(pwd)/build/bench/ws_echo
+. scripts/netns_lib.sh
 FLOOD=$(pwd)/build/bench/syn_flood
 tag=$$
 C=wbc-$tag F=wbf-$tag P=wbp-$tag PIN_DIR=/sys/fs/bpf/wsbx-$tag
 mkdir -p "$OUT"
-
-cleanup() {
-	kill $(jobs -p) 2>/dev/null || true
-	wait 2>/dev/null || true
-	for n in $C $F $P; do ip netns del "$n" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 # nsenter execs the command: in the background, $! is its pid.
 ns() { echo --net=/run/netns/"$1"; }
 
-for n in $C $F $P; do ip netns add "$n"; ip -n "$n" link set lo up; done
+netns_add $C $F $P
 net=1
 for n in $C $F; do
 	ip link add v$tag netns "$n" type veth peer name p$net-$tag netns $P
