@@ -88,58 +88,11 @@ static void on_accept(struct ev_handler *h, uint32_t events)
 	}
 }
 
-static int bind_one(const struct sockaddr_storage *addr, socklen_t addrlen, bool reuseport)
-{
-	int one = 1, fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) ||
-	    bind(fd, (const struct sockaddr *)addr, addrlen) || listen(fd, 4096)) {
-		if (fd >= 0) {
-			int err = errno;
-
-			close(fd);
-			errno = err;
-		}
-		return -1;
-	}
-	return fd;
-}
-
-int listener_bind(const struct listener_cfg *lc, unsigned n, int *fds, char *err, size_t errlen)
-{
-	const struct endpoint *ep = &lc->ep;
-	struct sockaddr_storage addr = ep->addr;
-	socklen_t addrlen = ep->addrlen;
-	unsigned i = 0;
-	int probe;
-
-	/* SO_REUSEPORT would let us join a group another process holds
-	 * (another wsplice, an old one on the port): a plain bind first says
-	 * whether the port is free, as it does with one worker. */
-	if (n > 1) {
-		probe = bind_one(&addr, addrlen, false);
-		if (probe < 0)
-			goto fail;
-		close(probe);
-	}
-	for (; i < n; i++) {
-		fds[i] = bind_one(&addr, addrlen, n > 1);
-		if (fds[i] < 0)
-			goto fail;
-		/* Port 0: the others join the port the first one got. */
-		if (!i)
-			getsockname(fds[0], (struct sockaddr *)&addr, &addrlen);
-	}
-	return 0;
-fail:
-	snprintf(err, errlen, "cannot listen on %s:%s: %s", ep->host, ep->port, strerror(errno));
-	while (i-- > 0)
-		close(fds[i]);
-	return -1;
-}
-
-unsigned listener_clamp_mss(int fd, unsigned mtu)
+/* The MSS fd's SYN-ACKs advertise, so that a client's packets are at most
+ * mtu bytes: the MSS, or 0 when fd is left as it was (mtu 0, a loopback
+ * address, or an error). Before listen(): a SYN answered earlier would be
+ * told more than its socket's tcpi_advmss then says. */
+static unsigned clamp_mss(int fd, unsigned mtu)
 {
 	struct sockaddr_storage a;
 	socklen_t len = sizeof(a);
@@ -157,6 +110,65 @@ unsigned listener_clamp_mss(int fd, unsigned mtu)
 	if (mss < 536 || setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)))
 		return 0;
 	return (unsigned)mss;
+}
+
+static int bind_one(const struct sockaddr_storage *addr, socklen_t addrlen, bool reuseport, unsigned mtu,
+		    unsigned *mss)
+{
+	int one = 1, fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) ||
+	    bind(fd, (const struct sockaddr *)addr, addrlen))
+		goto fail;
+	*mss = clamp_mss(fd, mtu);
+	if (listen(fd, 4096))
+		goto fail;
+	return fd;
+fail:
+	if (fd >= 0) {
+		int err = errno;
+
+		close(fd);
+		errno = err;
+	}
+	return -1;
+}
+
+int listener_bind(const struct listener_cfg *lc, unsigned n, unsigned mtu, int *fds, char *err, size_t errlen)
+{
+	const struct endpoint *ep = &lc->ep;
+	struct sockaddr_storage addr = ep->addr;
+	socklen_t addrlen = ep->addrlen;
+	unsigned i = 0, mss = 0;
+	int probe;
+
+	/* SO_REUSEPORT would let us join a group another process holds
+	 * (another wsplice, an old one on the port): a plain bind first says
+	 * whether the port is free, as it does with one worker. */
+	if (n > 1) {
+		probe = bind_one(&addr, addrlen, false, 0, &mss);
+		if (probe < 0)
+			goto fail;
+		close(probe);
+	}
+	for (; i < n; i++) {
+		fds[i] = bind_one(&addr, addrlen, n > 1, mtu, &mss);
+		if (fds[i] < 0)
+			goto fail;
+		/* Port 0: the others join the port the first one got. */
+		if (!i)
+			getsockname(fds[0], (struct sockaddr *)&addr, &addrlen);
+	}
+	if (mss)
+		log_info("listener %s:%s: advertises MSS %u, so a client's segments fit the smallest device's MTU, %u "
+			 "(the express lane's devices differ)", ep->host, ep->port, mss, mtu);
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot listen on %s:%s: %s", ep->host, ep->port, strerror(errno));
+	while (i-- > 0)
+		close(fds[i]);
+	return -1;
 }
 
 struct listener *listener_open(struct proxy *px, const struct listener_cfg *lc, int fd, char *err, size_t errlen)

@@ -1057,20 +1057,6 @@ out:
 	return rc;
 }
 
-/* A client's segments must fit the smallest device a tunnel's other leg
- * may leave by (the express lane's MSS clamp). */
-static void clamp_listeners(struct daemon *d)
-{
-	unsigned mtu = d->sh ? tunnel_shared_listen_mtu(d->sh) : 0, mss = 0, m;
-
-	for (size_t i = 0; mtu && i < d->n_listen_fds; i++)
-		if (d->listen_fds[i] >= 0 && (m = listener_clamp_mss(d->listen_fds[i], mtu)))
-			mss = m;
-	if (mss)
-		log_info("express lane: the devices' MTUs differ: the listeners advertise an MSS that fits %u bytes "
-			 "(%u over IPv4)", mtu, mtu - 40);
-}
-
 int main(int argc, char **argv)
 {
 	static struct daemon d;
@@ -1170,11 +1156,10 @@ int main(int argc, char **argv)
 		d.arrival.n_listen_fds = 0;
 	} else {
 		for (size_t i = 0; i < cfg->n_listeners; i++)
-			if (listener_bind(&cfg->listeners[i], d.workers, &d.listen_fds[i * d.workers], err,
-					  sizeof(err)))
+			if (listener_bind(&cfg->listeners[i], d.workers, tunnel_shared_listen_mtu(d.sh),
+					  &d.listen_fds[i * d.workers], err, sizeof(err)))
 				goto out;
 	}
-	clamp_listeners(&d);
 	/* In front of the bound listeners, before anything is served (after
 	 * an upgrade, once the old process let go of the interfaces). */
 	if (d.arrival.n_guard_fds) {
