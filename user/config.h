@@ -63,6 +63,7 @@ struct route {
 	enum tunnel_mode mode;       /* the engine of its tunnels; MODE_AUTO: the daemon's */
 	struct route_state *st;
 	int line;
+	bool no_express;             /* express = off: stays on the relay where the daemon's tunnels go express */
 };
 
 struct listener_cfg {
@@ -121,6 +122,10 @@ struct config {
 };
 
 const char *mode_name(enum tunnel_mode m);
+/* The mode a route's tunnel is handed to the tunnel layer with, where the
+ * daemon's is daemon: the route's own (MODE_AUTO: the daemon's), or the
+ * copy relay for a route with express = off in an express daemon. */
+enum tunnel_mode route_mode(const struct route *r, enum tunnel_mode daemon);
 /* cfg->workers, with 0 (auto) resolved to the CPUs this process may run on. */
 uint32_t config_workers(const struct config *cfg);
 #define WORKERS_MAX 64

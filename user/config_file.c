@@ -282,6 +282,29 @@ static bool set_count(struct load *ld, const char *key, const char *value, uint6
 	return true;
 }
 
+/* express = on: the tunnels start on the copy relay and go express (mode
+ * tcsplice); a hand-over from sockmap or splice is not built, so on after
+ * those modes is an error. express = off: no express lane here ([global]'s
+ * mode back to auto where it was tcsplice; a route's tunnels stay on the
+ * relay where the daemon's go express: route_mode). The later of mode and
+ * express in a section rules. */
+static void set_express(struct load *ld, const char *value, enum tunnel_mode *mode, bool *no_express)
+{
+	bool on;
+
+	if (parse_bool(value, &on)) {
+		error_at(ld, ld->line, "express '%s': expected on or off", value);
+	} else if (on && (*mode == MODE_SOCKMAP || *mode == MODE_SPLICE)) {
+		error_at(ld, ld->line, "express = on: a %s tunnel cannot go express (the hand-over starts from the "
+			 "copy relay): say mode = copy, tcsplice or auto", mode_name(*mode));
+	} else {
+		if (on || *mode == MODE_TCSPLICE)
+			*mode = on ? MODE_TCSPLICE : MODE_AUTO;
+		if (no_express)
+			*no_express = !on;
+	}
+}
+
 static void global_key(struct load *ld, const char *key, const char *value)
 {
 	struct config *cfg = ld->cfg;
@@ -292,6 +315,8 @@ static void global_key(struct load *ld, const char *key, const char *value)
 	if (!strcmp(key, "mode")) {
 		if (parse_mode(value, &cfg->mode))
 			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice, copy or tcsplice", value);
+	} else if (!strcmp(key, "express")) {
+		set_express(ld, value, &cfg->mode, NULL);
 	} else if (!strcmp(key, "bpffs")) {
 		if (value[0] != '/' || strlen(value) >= sizeof(cfg->bpffs))
 			error_at(ld, ld->line, "bpffs '%s': expected an absolute path", value);
@@ -464,6 +489,10 @@ static void route_key(struct load *ld, const char *key, const char *value)
 	} else if (!strcmp(key, "mode")) {
 		if (parse_mode(value, &r->mode))
 			error_at(ld, ld->line, "mode '%s': expected auto, sockmap, splice, copy or tcsplice", value);
+		else
+			r->no_express = false;
+	} else if (!strcmp(key, "express")) {
+		set_express(ld, value, &r->mode, &r->no_express);
 	} else {
 		error_at(ld, ld->line, "unknown directive '%s' in [%s]", key, ld->section);
 	}

@@ -15,6 +15,13 @@ const char *mode_name(enum tunnel_mode m)
 	return names[m];
 }
 
+enum tunnel_mode route_mode(const struct route *r, enum tunnel_mode daemon)
+{
+	if (r->no_express && (r->mode == MODE_AUTO ? daemon : r->mode) == MODE_TCSPLICE)
+		return MODE_COPY;
+	return r->mode;
+}
+
 int parse_mode(const char *s, enum tunnel_mode *m)
 {
 	for (int i = MODE_AUTO; i < MODE_COUNT; i++) {

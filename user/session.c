@@ -373,9 +373,9 @@ void session_reply_error(struct session *s, int status)
  * clamped to the client's (the express lane's MSS clamp). */
 static bool express_lane(const struct session *s)
 {
-	enum tunnel_mode m = s->route->mode == MODE_AUTO ? s->cfg->mode : s->route->mode;
+	enum tunnel_mode m = route_mode(s->route, s->cfg->mode);
 
-	return m == MODE_TCSPLICE;
+	return (m == MODE_AUTO ? s->cfg->mode : m) == MODE_TCSPLICE;
 }
 
 /* Gives the request an upstream connection: an idle one to the next server
@@ -754,7 +754,7 @@ static void hand_off(struct session *s)
 		.payload_from = { s->payload_from[WS_DIR_C2U], s->payload_from[WS_DIR_U2C] },
 		.route_st = s->tunnel_slot,
 		.server_st = s->server ? s->server->st : NULL,
-		.mode = s->route->mode,
+		.mode = route_mode(s->route, s->cfg->mode),
 	};
 
 	uint64_t tunnel;

@@ -98,7 +98,8 @@ class Proxy:
             where = ["--listen", listen, "--upstream", "%s:%d" % (up, upstream_port)]
         # WSPLICE_TEST_USER=nobody: the suite again with workers that gave up root.
         as_user = ["--user", os.environ["WSPLICE_TEST_USER"]] if os.environ.get("WSPLICE_TEST_USER") else []
-        self.argv = [WSPLICE, *where, "--mode", mode, "--bpffs", self.pin_dir, *as_user, *extra] + \
+        # mode None: no --mode, the file's mode (and express) rule.
+        self.argv = [WSPLICE, *where, *(["--mode", mode] if mode else []), "--bpffs", self.pin_dir, *as_user, *extra] + \
             (["-v"] if os.environ.get("WSPLICE_TEST_VERBOSE") else [])
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 10

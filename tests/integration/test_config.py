@@ -121,7 +121,12 @@ mode = kernel
      1, "cannot resolve"),
     ("[listener a]\nlisten = 127.0.0.1:1\n[pool p]\nserver = 127.0.0.1:2\n[route r]\npool = p\nlistener = b\n",
      5, "no [listener b]"),
-], ids=["missing-pool", "empty-pool", "duplicate", "syntax", "long-line", "unresolvable", "missing-listener"])
+    ("[global]\nmode = sockmap\nexpress = on\n[listener a]\nlisten = 127.0.0.1:1\n[pool p]\nserver = 127.0.0.1:2\n"
+     "[route r]\npool = p\n", 3, "express = on: a sockmap tunnel cannot go express"),
+    ("[listener a]\nlisten = 127.0.0.1:1\n[pool p]\nserver = 127.0.0.1:2\n[route r]\npool = p\nexpress = fast\n",
+     7, "express 'fast': expected on or off"),
+], ids=["missing-pool", "empty-pool", "duplicate", "syntax", "long-line", "unresolvable", "missing-listener",
+        "express-on-sockmap", "express-value"])
 def test_check_rejects_inconsistent_files(text, line, what):
     r, path = check(text)
     assert r.returncode == 1

@@ -107,6 +107,30 @@ def pump(s, total, seed):
     return sent.hexdigest(), back.hexdigest()
 
 
+def test_express_on_in_the_file_and_a_route_with_express_off(upstream, start_proxy):
+    """express = on in [global], with no --mode, is the express lane; a
+    route with express = off keeps its tunnels on the copy relay however
+    quiet they are."""
+    up = upstream(reading_echo)
+    config = one_route_config(up.port, global_="express = on\nworkers = 1",
+                              extra="[route plain]\npool = p\npath = /plain\nexpress = off\n")
+    px = start_proxy(0, None, config=config)
+    assert re.search(r", mode tcsplice, 1 worker", px.read_log()), px.read_log()
+    tunnels = [open_tunnel(px.port, path)[0] for path in ("/", "/plain/x")]
+    for s in tunnels:
+        s.sendall(b"hello")
+        assert recv_exact(s, 5) == b"hello"
+    wait_express(px)
+    # Ten times the quiet moment the express one needed.
+    time.sleep(0.3)
+    by_engine = sorted((t["engine"], t["detail"].startswith("express")) for t in conns(px))
+    assert by_engine == [("copy", False), ("tcsplice", True)], conns(px)
+    for s in tunnels:
+        s.sendall(b"again")
+        assert recv_exact(s, 5) == b"again"
+        s.close()
+
+
 def test_a_quiet_tunnel_goes_express_and_every_byte_passes_the_proxy_by(upstream, start_proxy):
     up = upstream(reading_echo)
     px = start_proxy(up.port, "tcsplice", extra=("--workers", "1"))
