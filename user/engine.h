@@ -68,6 +68,11 @@ struct engine_ops {
 	/* In the process that prepared: a worker died, and what it left in
 	 * the shared part goes. NULL when nothing is left. */
 	void (*worker_gone)(void *shared, uint32_t worker);
+	/* In the process that prepared, once its event loop runs (the master's,
+	 * or the only worker's): what the engine watches daemon-wide (the
+	 * express lane: devices made later). loop NULL, in a worker forked
+	 * after it: the worker's copy of the watch goes. NULL: nothing. */
+	void (*watch)(void *shared, struct ev_loop *loop);
 	/* The largest packet a client's segments may make, when this engine
 	 * carries them unchanged onto devices of smaller MTUs (the express
 	 * lane): the listeners advertise an MSS that fits it. NULL or 0: any. */

@@ -657,6 +657,7 @@ static void forget_master(void *ctx)
 	snapshot_fd = -1;
 	xdp_guard_forget(guard);
 	guard = NULL;
+	tunnel_shared_watch(d->sh, NULL);
 	upgrade_forget(d->upgrade);
 	d->upgrade = NULL;
 	if (d->arrival.sock >= 0) /* the master's: it answers, and learns the old process left */
@@ -868,6 +869,8 @@ static int serve(void *ctx, uint32_t w, int channel)
 		log_error("%s", err);
 		goto out;
 	}
+	if (!d->forked) /* the process that prepared */
+		tunnel_shared_watch(d->sh, px.loop);
 	if (d->forked) {
 		/* SIGHUP and SIGUSR1 are the master's (systemctl kill sends to
 		 * every process of the unit): they come over the channel. */
@@ -988,6 +991,7 @@ static int supervise(struct daemon *d)
 	if (!px->loop || route_bind_states(px, px->cfg) || pool_bind_states(px, px->cfg) ||
 	    watch_signals(&d->sw, px, &d->signals) || (d->arrival.sock < 0 && open_servers(d, px)))
 		goto out;
+	tunnel_shared_watch(d->sh, px->loop);
 	sigdelset(&d->signals, SIGCHLD); /* the workers' signalfd */
 	/* Each worker writes its own lines; a path that cannot work is said
 	 * once, here. */

@@ -3,6 +3,10 @@
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <net/if.h>
+#include <net/if_arp.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +14,7 @@
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include "event_loop.h"
 #include "ifroute.h"
 #include "log.h"
 #include "percpu.h"
@@ -24,7 +29,7 @@
 /* A device other than lo: the program on its ingress translates, the
  * guard on its egress keeps the frozen sockets quiet. */
 struct tc_device {
-	unsigned ifindex, mtu; /* its MTU at the start */
+	unsigned ifindex, mtu; /* its MTU when attached */
 	int in_fd, out_fd;
 };
 
@@ -35,47 +40,57 @@ struct tc_dataplane {
 	struct tc_device dev[TC_MAX_DEVICES];
 	struct ws_tc_owner nl; /* a netlink filter (before 6.6): nl.handle != 0 */
 	int flows_fd, tunnels_fd, figures_fd;
+	uint32_t in_id, out_id;   /* the programs' ids, as the kernel lists a device's tcx chain */
+	struct ev_handler links;  /* RTM_NEWLINK and RTM_DELLINK, in the process that loaded (tc_dataplane_watch) */
 };
 
+/* The program on one more device: 0, or -1 with a warning (its tunnels stay
+ * on the relay). */
+static int attach_device(struct tc_dataplane *tp, unsigned ifindex, const char *name)
+{
+	struct tc_device *d = &tp->dev[tp->n_devs];
+
+	if (tp->n_devs == TC_MAX_DEVICES) {
+		log_warn("express lane: more than %d devices: not on %s", TC_MAX_DEVICES, name);
+		return -1;
+	}
+	d->ifindex = ifindex;
+	d->mtu = ifroute_mtu(ifindex);
+	d->in_fd = bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_ingress), (int)ifindex, WS_BPF_TCX_INGRESS,
+				   NULL);
+	d->out_fd = d->in_fd < 0 ? -1
+				 : bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_egress), (int)ifindex,
+						   WS_BPF_TCX_EGRESS, NULL);
+	if (d->out_fd < 0) {
+		log_warn("express lane: cannot attach to %s: %s; its tunnels stay on the relay", name, strerror(errno));
+		if (d->in_fd >= 0)
+			close(d->in_fd);
+		return -1;
+	}
+	tp->n_devs++;
+	return 0;
+}
+
+static void not_ethernet(const char *name)
+{
+	log_info("express lane: not on %s: no Ethernet header there (the program parses one, and bpf_redirect_neigh "
+		 "writes one)", name);
+}
+
 /* Every device of the network namespace but lo, through tcx links: those
- * present now (a device made later, a container's veth, is not covered and
- * its tunnels stay on the relay). */
+ * present now; tc_dataplane_watch adds those made later. */
 static void attach_devices(struct tc_dataplane *tp)
 {
 	struct if_nameindex *all = if_nameindex();
-	int in = bpf_program__fd(tp->skel->progs.tcsplice_ingress);
-	int out = bpf_program__fd(tp->skel->progs.tcsplice_egress);
 	char names[512] = "";
 	size_t at = 0;
 
 	for (struct if_nameindex *i = all; i && i->if_index; i++) {
-		struct tc_device *d = &tp->dev[tp->n_devs];
-
 		if (i->if_index == WS_LOOPBACK_IFINDEX)
 			continue;
-		if (!ifroute_is_ethernet(i->if_name)) {
-			log_info("express lane: not on %s: no Ethernet header there (the program parses one, and "
-				 "bpf_redirect_neigh writes one)", i->if_name);
-			continue;
-		}
-		if (tp->n_devs == TC_MAX_DEVICES) {
-			log_warn("express lane: more than %d devices: %s and the next are not covered", TC_MAX_DEVICES,
-				 i->if_name);
-			break;
-		}
-		d->ifindex = i->if_index;
-		d->mtu = ifroute_mtu(i->if_index);
-		d->in_fd = bpf_link_create(in, (int)i->if_index, WS_BPF_TCX_INGRESS, NULL);
-		d->out_fd = d->in_fd < 0 ? -1 : bpf_link_create(out, (int)i->if_index, WS_BPF_TCX_EGRESS, NULL);
-		if (d->out_fd < 0) {
-			log_warn("express lane: cannot attach to %s: %s; its tunnels stay on the relay", i->if_name,
-				 strerror(errno));
-			if (d->in_fd >= 0)
-				close(d->in_fd);
-			continue;
-		}
-		tp->n_devs++;
-		if (at < sizeof(names))
+		if (!ifroute_is_ethernet(i->if_name))
+			not_ethernet(i->if_name);
+		else if (!attach_device(tp, i->if_index, i->if_name) && at < sizeof(names))
 			at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", at ? ", " : "", i->if_name);
 	}
 	if (all)
@@ -84,14 +99,123 @@ static void attach_devices(struct tc_dataplane *tp)
 		log_info("express lane: also on %s (tcx ingress, and the guard on egress)", names);
 }
 
+static struct tc_device *device_of(struct tc_dataplane *tp, unsigned ifindex)
+{
+	for (size_t i = 0; i < tp->n_devs; i++)
+		if (tp->dev[i].ifindex == ifindex)
+			return &tp->dev[i];
+	return NULL;
+}
+
+/* A device came or went. A new Ethernet device gets the program; one that
+ * went took its links' attachment with it, and its descriptors go here.
+ * RTM_NEWLINK also says a known device changed (up, down, its MTU). */
+static void on_link(struct tc_dataplane *tp, const struct nlmsghdr *n)
+{
+	const struct ifinfomsg *ifi = NLMSG_DATA(n);
+	unsigned ifindex = (unsigned)ifi->ifi_index;
+	struct tc_device *d = device_of(tp, ifindex);
+	char name[IF_NAMESIZE] = "?";
+	int left = (int)IFLA_PAYLOAD(n);
+
+	if (n->nlmsg_len < NLMSG_LENGTH(sizeof(*ifi)) || ifindex == WS_LOOPBACK_IFINDEX)
+		return;
+	for (const struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, left); a = RTA_NEXT(a, left))
+		if (a->rta_type == IFLA_IFNAME)
+			snprintf(name, sizeof(name), "%.*s", (int)RTA_PAYLOAD(a), (const char *)RTA_DATA(a));
+	if (n->nlmsg_type == RTM_DELLINK && d) {
+		close(d->in_fd);
+		close(d->out_fd);
+		*d = tp->dev[--tp->n_devs];
+		log_info("express lane: %s (ifindex %u) is gone, and the program with it", name, ifindex);
+	} else if (n->nlmsg_type == RTM_NEWLINK && d) {
+		d->mtu = ifroute_mtu(ifindex);
+	} else if (n->nlmsg_type == RTM_NEWLINK) {
+		if (ifi->ifi_type != ARPHRD_ETHER)
+			not_ethernet(name);
+		else if (!attach_device(tp, ifindex, name))
+			log_info("express lane: now also on %s (a device made after the start)", name);
+	}
+}
+
+static void on_links(struct ev_handler *h, uint32_t events)
+{
+	struct tc_dataplane *tp = container_of(h, struct tc_dataplane, links);
+	char buf[16384] __attribute__((aligned(NLMSG_ALIGNTO)));
+	ssize_t got;
+
+	(void)events;
+	while ((got = recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+		int left = (int)got;
+
+		for (const struct nlmsghdr *n = (const struct nlmsghdr *)buf;
+		     left >= (int)sizeof(*n) && n->nlmsg_len >= sizeof(*n) && (int)n->nlmsg_len <= left;
+		     left -= (int)NLMSG_ALIGN(n->nlmsg_len), n = (const struct nlmsghdr *)((const char *)n + NLMSG_ALIGN(n->nlmsg_len)))
+			on_link(tp, n);
+	}
+	/* ENOBUFS: the kernel dropped messages; what exists now is looked at. */
+	if (got < 0 && errno == ENOBUFS)
+		attach_devices(tp);
+}
+
+int tc_dataplane_watch(struct tc_dataplane *tp, struct ev_loop *loop)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+
+	if (!loop) {
+		if (tp->links.fd >= 0)
+			close(tp->links.fd);
+		tp->links.fd = -1;
+		return 0;
+	}
+	if (tp->link_fd < 0)
+		return 0; /* no tcx: lo only */
+	tp->links.fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+	tp->links.on_event = on_links;
+	if (tp->links.fd < 0 || bind(tp->links.fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    ev_watch(loop, &tp->links, EPOLLIN)) {
+		log_warn("express lane: cannot watch for new devices (%s): only those present at the start are covered",
+			 strerror(errno));
+		if (tp->links.fd >= 0)
+			close(tp->links.fd);
+		tp->links.fd = -1;
+		return -1;
+	}
+	/* One made between the start's walk and the subscription. */
+	{
+		struct if_nameindex *all = if_nameindex();
+
+		for (struct if_nameindex *i = all; i && i->if_index; i++)
+			if (i->if_index != WS_LOOPBACK_IFINDEX && !device_of(tp, i->if_index) &&
+			    ifroute_is_ethernet(i->if_name) && !attach_device(tp, i->if_index, i->if_name))
+				log_info("express lane: now also on %s (a device made after the start)", i->if_name);
+		if (all)
+			if_freenameindex(all);
+	}
+	return 0;
+}
+
+/* Whether prog_id is in the device's tcx chain at that attach point, as the
+ * kernel says now: any process's view (a worker's copy of dev[] is its
+ * fork's), and a device gone and its ifindex reused is not covered. */
+static bool in_chain(unsigned ifindex, int attach, uint32_t prog_id)
+{
+	uint32_t ids[64], n = 64;
+
+	if (bpf_prog_query((int)ifindex, (enum bpf_attach_type)attach, 0, NULL, ids, &n))
+		return false;
+	for (uint32_t i = 0; i < n && i < 64; i++)
+		if (ids[i] == prog_id)
+			return true;
+	return false;
+}
+
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex)
 {
 	if (ifindex == WS_LOOPBACK_IFINDEX)
 		return true;
-	for (size_t i = 0; i < tp->n_devs; i++)
-		if (tp->dev[i].ifindex == ifindex)
-			return true;
-	return false;
+	return tp->link_fd >= 0 && in_chain(ifindex, WS_BPF_TCX_INGRESS, tp->in_id) &&
+	       in_chain(ifindex, WS_BPF_TCX_EGRESS, tp->out_id);
 }
 
 unsigned tc_dataplane_listen_mtu(const struct tc_dataplane *tp)
@@ -319,6 +443,7 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 		return NULL;
 	}
 	tp->link_fd = -1;
+	tp->links.fd = -1;
 	tp->skel = tcsplice_bpf__open();
 	if (!tp->skel) {
 		snprintf(why, whylen, "cannot open the tc program: %s", strerror(errno));
@@ -357,6 +482,8 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 			goto fail;
 		log_info("express lane: no tcx here (Linux 6.6+): only tunnels on lo go express");
 	} else {
+		tp->in_id = obj_id(bpf_program__fd(tp->skel->progs.tcsplice_ingress), true);
+		tp->out_id = obj_id(bpf_program__fd(tp->skel->progs.tcsplice_egress), true);
 		attach_devices(tp);
 	}
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
@@ -379,6 +506,8 @@ void tc_dataplane_close(struct tc_dataplane *tp)
 		return;
 	if (tp->link_fd >= 0)
 		close(tp->link_fd);
+	if (tp->links.fd >= 0)
+		close(tp->links.fd);
 	for (size_t i = 0; i < tp->n_devs; i++) {
 		close(tp->dev[i].in_fd);
 		close(tp->dev[i].out_fd);

@@ -22,8 +22,13 @@ void tc_dataplane_close(struct tc_dataplane *tp);
 #define WS_LOOPBACK_IFINDEX 1u
 
 /* Whether the program is on ifindex: lo always; other devices with tcx
- * (Linux 6.6+), those present at the load. */
+ * (Linux 6.6+), when the kernel lists both programs in its chains. */
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex);
+struct ev_loop;
+/* In the process that loaded, its loop: devices made later get the program
+ * too (rtnetlink's link group). 0, or -1 with a warning; nothing without
+ * tcx. loop NULL (a forked worker): closes this process's copy. */
+int tc_dataplane_watch(struct tc_dataplane *tp, struct ev_loop *loop);
 /* The smallest MTU of the devices covered, when their MTUs differ, or 0:
  * a client's segments cross to the upstream's device unchanged, so the
  * listeners advertise an MSS every device carries. */

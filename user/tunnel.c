@@ -605,6 +605,13 @@ int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap)
 	return n;
 }
 
+void tunnel_shared_watch(struct tunnel_shared *sh, struct ev_loop *loop)
+{
+	for (int m = 0; m < MODE_COUNT; m++)
+		if (sh->prepared[m] && engine_table[m]->watch)
+			engine_table[m]->watch(sh->shared[m], loop);
+}
+
 unsigned tunnel_shared_listen_mtu(const struct tunnel_shared *sh)
 {
 	unsigned mtu = 0;

@@ -95,6 +95,9 @@ const char *tunnel_shared_engine(const struct tunnel_shared *sh);
  * them, disown: tunnel_release leaves the kernel's part in place. */
 int tunnel_shared_export(struct tunnel_shared *sh, int *fds, size_t cap);
 void tunnel_shared_disown(struct tunnel_shared *sh);
+/* In the process that prepared, its loop: what the engines watch
+ * daemon-wide (engine.h, watch). */
+void tunnel_shared_watch(struct tunnel_shared *sh, struct ev_loop *loop);
 /* The largest packet a client's segment may make, or 0: any (engine.h,
  * listen_mtu). */
 unsigned tunnel_shared_listen_mtu(const struct tunnel_shared *sh);

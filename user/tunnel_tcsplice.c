@@ -148,6 +148,11 @@ static unsigned tcs_listen_mtu(void *shared)
 	return tc_dataplane_listen_mtu(shared);
 }
 
+static void tcs_watch(void *shared, struct ev_loop *loop)
+{
+	tc_dataplane_watch(shared, loop);
+}
+
 static void tcs_release(void *shared)
 {
 	metrics_collector_del(tcs_metrics, shared);
@@ -263,7 +268,7 @@ static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, 
 		return -1;
 	}
 	if (!tc_dataplane_covers(tp, dev)) {
-		*why = "a leg's device has no express program (made after the start, or no tcx)";
+		*why = "a leg's device has no express program (no tcx, no Ethernet header, or past 64 devices)";
 		return -1;
 	}
 	*family = wire_family(&peer);
@@ -806,6 +811,7 @@ const struct engine_ops engine_tcsplice = {
 	.name = "tcsplice",
 	.prepare = tcs_prepare,
 	.listen_mtu = tcs_listen_mtu,
+	.watch = tcs_watch,
 	.release = tcs_release,
 	.export_shared = tcs_export,
 	.worker_gone = tcs_worker_gone,

@@ -175,6 +175,33 @@ def test_express_lane_across_veth_hosts(hosts, tmp_path):
         assert sums[1] >= 2 * 60 << 20, "tc_counters %s; %s" % (sums, sh(WSPLICE, "status", "--bpffs", pin).stdout)
 
 
+def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
+    """A device made while the daemon runs (a container's veth) gets the
+    program too: the upstream's link is deleted and made again after the
+    start, with a new ifindex, and its tunnels still go express."""
+    with express_proxy(hosts, tmp_path) as (run_load, pin, counters):
+        log = tmp_path / "wsplice.log"
+        sh("ip", "-n", hosts["proxy"], "link", "del", "p1")
+        assert wait_for(lambda: "express lane: p1 (ifindex" in log.read_text(), timeout=5), log.read_text()
+        # Made in the namespaces themselves, with the names they keep.
+        sh("ip", "-n", hosts["proxy"], "link", "add", "p1", "type", "veth", "peer", "name", "u0", "netns",
+           hosts["upstream"])
+        for host, dev, addr in (("proxy", "p1", "10.77.2.1/24"), ("upstream", "u0", "10.77.2.2/24")):
+            sh("ip", "-n", hosts[host], "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", hosts[host], "link", "set", dev, "up")
+        sh("ip", "-n", hosts["upstream"], "route", "add", "default", "via", "10.77.2.1")
+        assert wait_for(lambda: "express lane: now also on p1 (a device made after the start)" in log.read_text(),
+                        timeout=5), log.read_text()
+        before, bytes_before = express_handovers(pin), percpu_sums(counters)[1]
+        assert wait_for(lambda: run_load("hs", "0.1", check=False).returncode == 0, timeout=5), log.read_text()
+        out = run_load("tput", "64").stdout
+        assert "verified=1" in out, out
+        out = run_load("rtt", "4", "200").stdout
+        assert "samples=800" in out, out
+        assert express_handovers(pin) - before >= 5, sh(WSPLICE, "status", "--bpffs", pin).stdout + log.read_text()
+        assert percpu_sums(counters)[1] - bytes_before >= 2 * 60 << 20
+
+
 # Links whose MTU is 1280 instead of 1500: "client" is c0-p0, "upstream"
 # p1-u0. Each side's peers then advertise MSS 1240 (IPv4) or 1220 (IPv6),
 # the other side's 1460 or 1440.
