@@ -539,6 +539,11 @@ int tcsplice_ingress(struct __sk_buff *skb)
 	__u32 id, d;
 	int r;
 
+	/* Translated already, on a device (WS_TC_LO_INGRESS). */
+	if (skb->mark == WS_TC_MARK) {
+		skb->mark = 0;
+		return TC_ACT_UNSPEC;
+	}
 	r = parse(skb, &key, &s);
 	if (r < 0)
 		return TC_ACT_UNSPEC;
@@ -595,6 +600,16 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return bpf_redirect_peer(o->ifindex, 0);
 	if (o->redirect == WS_TC_NEIGH)
 		return bpf_redirect_neigh(o->ifindex, NULL, 0, 0);
+	if (o->redirect == WS_TC_LO_INGRESS) {
+		__u8 lo_mac[6] = {};
+
+		if (bpf_skb_store_bytes(skb, 0, lo_mac, sizeof(lo_mac), 0)) {
+			count(WS_TCC_REWRITE_FAILS, 1);
+			return TC_ACT_SHOT;
+		}
+		skb->mark = WS_TC_MARK;
+		return bpf_redirect(o->ifindex, BPF_F_INGRESS);
+	}
 	return TC_ACT_OK;
 }
 

@@ -70,7 +70,17 @@ enum ws_tc_redirect {
 	 * neighbour entry for the new destination give the link-layer
 	 * header, as for a segment the proxy's own socket would send there. */
 	WS_TC_NEIGH = 3,
+	/* Into lo's ingress (bpf_redirect with BPF_F_INGRESS), from a device:
+	 * the other peer is local, and a loopback destination arriving on a
+	 * device would be a martian. The link-layer destination is zeroed (lo's
+	 * own address: anything else is another host's frame) and the segment
+	 * carries WS_TC_MARK, so the program on lo lets it pass instead of
+	 * taking it for the frozen socket's own (same addresses). */
+	WS_TC_LO_INGRESS = 4,
 };
+
+/* skb->mark of a segment redirected into lo's ingress; cleared there. */
+#define WS_TC_MARK 0x77737031u
 
 /* Flags of struct ws_tc_dir. */
 #define WS_TC_FIN_SEEN 0x1  /* this direction's FIN went through */

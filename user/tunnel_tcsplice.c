@@ -48,7 +48,7 @@ struct tcs_ctx {
 	uint32_t worker, next;
 	uint64_t next_state_ms;
 	int raw[2]; /* IPv4, IPv6: for the resets a live express tunnel ends with */
-	bool told_no_repair;
+	bool told_no_repair, told_localnet;
 };
 
 struct tcs_tunnel {
@@ -280,20 +280,64 @@ static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, 
 
 /* How each direction leaves. Both legs on lo: up the stack where it came
  * in (a local destination). Both on devices: out of the out leg's device,
- * with the link-layer header its neighbour entry gives. One of each is
- * refused: a segment from a device to a loopback address is a martian, and
- * one from lo to a device would need its header built here. */
-static int legs_route(struct ws_tc_tunnel *v, unsigned lo, const char **why)
+ * with the link-layer header its neighbour entry gives. One on each: into
+ * lo's ingress where the out leg is lo's, out of the device where it is
+ * the device's (the local peer's segments come in on lo). */
+static void legs_route(struct ws_tc_tunnel *v, unsigned lo)
 {
 	bool c_lo = v->dir[WS_DIR_U2C].ifindex == lo, u_lo = v->dir[WS_DIR_C2U].ifindex == lo;
 
-	if (c_lo != u_lo) {
-		*why = "one leg on lo, the other on a device";
-		return -1;
+	for (int d = 0; d < 2; d++) {
+		bool out_lo = v->dir[d].ifindex == lo;
+
+		v->dir[d].redirect = c_lo && u_lo ? WS_TC_INPLACE : out_lo ? WS_TC_LO_INGRESS : WS_TC_NEIGH;
 	}
-	for (int d = 0; d < 2; d++)
-		v->dir[d].redirect = c_lo ? WS_TC_INPLACE : WS_TC_NEIGH;
-	return 0;
+}
+
+/* A sysctl of lo or of all (the kernel takes either, IN_DEV_ORCONF). */
+static bool lo_or_all(const char *name)
+{
+	const char *dev[] = { "lo", "all" };
+
+	for (int i = 0; i < 2; i++) {
+		char path[96];
+		int v = 0;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/sys/net/ipv4/conf/%s/%s", dev[i], name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fscanf(f, "%d", &v) != 1)
+			v = 0;
+		fclose(f);
+		if (v)
+			return true;
+	}
+	return false;
+}
+
+/* Whether lo's IPv4 input takes a segment redirected into it from a device
+ * (WS_TC_LO_INGRESS), or NULL. It comes without the route a locally sent
+ * one carries, so the input route is looked up: its source is a local
+ * address (the proxy's), a martian unless accept_local, and a destination
+ * in 127.0.0.0/8 is one unless route_localnet. Only the receiving socket's
+ * cached route (early demux) would let it in otherwise, until any route or
+ * link change in the namespace drops that cache: the tunnel would then stall
+ * for good. IPv6 has no such rule for lo. */
+static const char *lo_takes_ipv4(const struct ws_tc_tunnel *v)
+{
+	for (int d = 0; d < 2; d++) {
+		const uint8_t *dst = (const uint8_t *)v->dir[d].daddr;
+
+		if (v->dir[d].redirect != WS_TC_LO_INGRESS)
+			continue;
+		if (!lo_or_all("accept_local"))
+			return "IPv4 from a device to a local peer needs net.ipv4.conf.lo.accept_local=1";
+		if (dst[0] == 127 && !lo_or_all("route_localnet"))
+			return "IPv4 from a device to 127.0.0.0/8 needs net.ipv4.conf.lo.route_localnet=1";
+	}
+	return NULL;
 }
 
 static int queued(int fd, unsigned long req)
@@ -354,25 +398,26 @@ static int tcp_info_of(int fd, struct tcp_info *ti, uint32_t *seg)
 }
 
 /* Why a direction's segments would not fit where the program sends them,
- * or NULL: they fit. A sender's segments are at most the MSS this proxy
+ * or NULL: they fit. A sender's segments carry at most the MSS this proxy
  * advertised on its leg (the route's MTU, the listener's clamp,
- * upstream_mss_for), and they must pass the other leg's device and, off
- * lo, be no larger than that receiver's own MSS (our send MSS there, which
- * left room for the timestamps). Segments are never split here: a misfit
- * stays on the relay (docs/DESIGN-TC-SPLICE.md, "The MSS clamp"). */
+ * upstream_mss_for), and with their headers and the timestamps option
+ * they must pass the other leg's device and, off lo, carry no more than
+ * that receiver's own MSS (our send MSS there). tcpi_advmss and
+ * tcpi_snd_mss both leave out the timestamps option, the same on both
+ * legs. Segments are never split here: a misfit stays on the relay
+ * (docs/DESIGN-TC-SPLICE.md, "The MSS clamp"). */
 static const char *segments_misfit(const struct ws_tc_tunnel *v, const struct tcp_info ti[2], int family)
 {
-	unsigned hdr = family == 4 ? 40 : 60;
+	unsigned hdr = (family == 4 ? 40 : 60) + (ti[0].tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
 
 	for (int d = 0; d < 2; d++) {
 		const struct tcp_info *in = &ti[dir_src(d)], *out = &ti[dir_dst(d)];
 		unsigned mtu = ifroute_mtu(v->dir[d].ifindex);
-		unsigned takes = out->tcpi_snd_mss + (out->tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
 
 		if (in->tcpi_advmss + hdr > mtu)
 			return d == WS_DIR_C2U ? "the client's segments exceed the upstream device's MTU"
 					       : "the upstream's segments exceed the client device's MTU";
-		if (v->dir[d].ifindex != WS_LOOPBACK_IFINDEX && in->tcpi_advmss > takes)
+		if (v->dir[d].ifindex != WS_LOOPBACK_IFINDEX && in->tcpi_advmss > out->tcpi_snd_mss)
 			return d == WS_DIR_C2U ? "the client's MSS is above the upstream's"
 					       : "the upstream's MSS is above the client's";
 	}
@@ -461,8 +506,17 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	/* Direction d leaves through the other end's socket, so its out leg
 	 * is that end's. */
 	if (leg_of(c->tp, t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
-	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why) ||
-	    legs_route(&v, WS_LOOPBACK_IFINDEX, &why)) {
+	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why)) {
+		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
+		return;
+	}
+	legs_route(&v, WS_LOOPBACK_IFINDEX);
+	if (family[0] == 4 && (why = lo_takes_ipv4(&v))) {
+		if (!c->told_localnet) {
+			c->told_localnet = true;
+			log_info("express lane: %s (lo's input takes the segments of such a tunnel for martians): its "
+				 "tunnels stay on the relay (docs/DESIGN-TC-SPLICE.md, \"One leg on lo\")", why);
+		}
 		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
 		return;
 	}

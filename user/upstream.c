@@ -68,11 +68,12 @@ unsigned upstream_mss_for(int client_fd)
 	memset(&ti, 0, sizeof(ti));
 	if (getsockopt(client_fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
 		return 0;
-	/* What the client takes: its MSS (our send MSS, which left room for
-	 * the timestamps option), and what our device's MTU lets us tell it
-	 * (our advertised MSS, the listener's clamp included). */
-	takes = ti.tcpi_snd_mss + (ti.tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
-	return takes < ti.tcpi_advmss ? takes : ti.tcpi_advmss;
+	/* What the client takes: its MSS (our send MSS) and what our device's
+	 * MTU let us tell it (our advertised MSS, the listener's clamp
+	 * included). Both are the payload a segment carries, the timestamps
+	 * option left out once it was agreed; the SYN's MSS counts it. */
+	takes = ti.tcpi_snd_mss < ti.tcpi_advmss ? ti.tcpi_snd_mss : ti.tcpi_advmss;
+	return takes + (ti.tcpi_options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
 }
 
 int upstream_connect(const struct endpoint *ep, unsigned mss)

@@ -112,17 +112,20 @@ ADDRS = {4: ("10.77.1.1", "10.77.1.1:8080", "10.77.2.2", "10.77.2.2:9000"),
 
 
 @contextlib.contextmanager
-def express_proxy(hosts, tmp_path, family=4, timeout=60, settle_ms="200"):
-    """ws_echo on the upstream host, wsplice --mode tcsplice on the proxy
-    host; yields run_load(*args) (ws_load on the client host, each tunnel
-    quiet for settle_ms after its upgrade so that it goes express), the pin
-    directory and the tc_counters map's id."""
+def express_proxy(hosts, tmp_path, family=4, timeout=60, settle_ms="200", local_upstream=False):
+    """ws_echo on the upstream host (local_upstream: on the proxy host's
+    loopback address), wsplice --mode tcsplice on the proxy host; yields
+    run_load(*args) (ws_load on the client host, each tunnel quiet for
+    settle_ms after its upgrade so that it goes express), the pin directory
+    and the tc_counters map's id."""
     need_bpf()
     listen_host, listen, up_host, up = ADDRS[family]
+    if local_upstream:
+        up_host, up = {4: ("127.0.0.1", "127.0.0.1:9000"), 6: ("::1", "[::1]:9000")}[family]
     pin = "/sys/fs/bpf/wsplice-netns-x%d" % os.getpid()
     log = tmp_path / "wsplice.log"
-    echo = subprocess.Popen(in_ns(hosts["upstream"], os.path.join(BENCH, "ws_echo"), "9000", up_host),
-                            stdout=subprocess.PIPE, text=True)
+    echo = subprocess.Popen(in_ns(hosts["proxy" if local_upstream else "upstream"], os.path.join(BENCH, "ws_echo"),
+                                  "9000", up_host), stdout=subprocess.PIPE, text=True)
     proxy = None
     try:
         assert echo.stdout.readline().strip() == "ready"
@@ -175,6 +178,38 @@ def test_express_lane_across_veth_hosts(hosts, tmp_path):
         assert sums[1] >= 2 * 60 << 20, "tc_counters %s; %s" % (sums, sh(WSPLICE, "status", "--bpffs", pin).stdout)
 
 
+@pytest.mark.parametrize("family,localnet", [(4, True), (6, False), (4, False)],
+                         ids=["4", "6", "4-lo-refuses-martians"])
+def test_express_lane_from_a_device_to_a_local_upstream(hosts, tmp_path, family, localnet):
+    """The usual deployment: clients come in on a device, the application
+    listens on the proxy host's loopback address. The client's segments go
+    from p0's ingress into lo's (their link-layer destination zeroed, and
+    marked so that the program on lo passes them), the upstream's from lo's
+    ingress out of p0 (bpf_redirect_neigh); the upstream connection's SYN
+    told the upstream the client's MSS, so its segments fit p0.
+
+    IPv4's input takes such a segment on lo for a martian (a local source,
+    a 127/8 destination) unless lo has accept_local and route_localnet: the
+    tunnel then stays on the relay, intact, and one line says why."""
+    if localnet:
+        sh("ip", "netns", "exec", hosts["proxy"], "sysctl", "-qw", "net.ipv4.conf.lo.route_localnet=1",
+           "net.ipv4.conf.lo.accept_local=1")
+    with express_proxy(hosts, tmp_path, family, local_upstream=True) as (run_load, pin, counters):
+        before = express_handovers(pin)
+        out = run_load("tput", "64").stdout
+        assert "verified=1" in out, out
+        out = run_load("rtt", "4", "200").stdout
+        assert "samples=800" in out, out
+        status = sh(WSPLICE, "status", "--bpffs", pin).stdout
+        if family == 4 and not localnet:
+            assert express_handovers(pin) == before, status
+            assert "needs net.ipv4.conf.lo.accept_local=1" in (tmp_path / "wsplice.log").read_text()
+            return
+        assert express_handovers(pin) - before >= 5, status
+        sums = percpu_sums(counters)
+        assert sums[1] >= 2 * 60 << 20, "tc_counters %s; %s" % (sums, status)
+
+
 def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
     """A device made while the daemon runs (a container's veth) gets the
     program too: the upstream's link is deleted and made again after the
@@ -208,8 +243,8 @@ def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
 SMALL_LINK = {"client": (("client", "c0"), ("proxy", "p0")), "upstream": (("proxy", "p1"), ("upstream", "u0"))}
 
 
-@pytest.mark.parametrize("family,small", [(4, None), (6, None), (4, "upstream"), (6, "client")],
-                         ids=["4", "6", "4-mss-upstream-1280", "6-mss-client-1280"])
+@pytest.mark.parametrize("family,small", [(4, None), (6, None), (4, "upstream"), (6, "client"), (4, "local")],
+                         ids=["4", "6", "4-mss-upstream-1280", "6-mss-client-1280", "4-local-upstream"])
 def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
     """Integrity under faults where the legs are devices: the client's and
     the upstream's veth egress drop about 1 % of TCP segments and send
@@ -221,11 +256,18 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
     cross unchanged: the hand-over needs both legs clamped. A small
     upstream link takes the listener's clamp (the client is told 1240);
     a small client link takes the upstream connection's (the upstream is
-    told the client's). Without them every tunnel stays on the relay."""
+    told the client's). Without them every tunnel stays on the relay.
+
+    "local": the upstream on the proxy host's 127.0.0.1, the injector on the
+    client's c0 and the proxy host's lo (what the upstream sends)."""
+    local = small == "local"
     for host, dev in SMALL_LINK.get(small, ()):
         sh("ip", "-n", hosts[host], "link", "set", "dev", dev, "mtu", "1280")
+    if local:
+        sh("ip", "netns", "exec", hosts["proxy"], "sysctl", "-qw", "net.ipv4.conf.lo.route_localnet=1",
+           "net.ipv4.conf.lo.accept_local=1")
     injector_maps = []
-    for host, dev in (("client", "c0"), ("upstream", "u0")):
+    for host, dev in (("client", "c0"), ("proxy", "lo") if local else ("upstream", "u0")):
         sh("ip", "netns", "exec", hosts[host], "tc", "qdisc", "add", "dev", dev, "clsact")
         sh("ip", "netns", "exec", hosts[host], "tc", "filter", "add", "dev", dev, "egress", "bpf", "direct-action",
            "obj", INJECTOR, "sec", "tc")
@@ -234,7 +276,8 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
         injector_maps += json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog_id)).stdout)["map_ids"]
     # A lost request or 101 comes again after an RTO: a longer quiet
     # moment (test_faults.py, SETTLE_LOSSY_MS).
-    with express_proxy(hosts, tmp_path, family, timeout=300, settle_ms="600") as (run_load, pin, counters):
+    with express_proxy(hosts, tmp_path, family, timeout=300, settle_ms="600", local_upstream=local) as \
+            (run_load, pin, counters):
         before = express_handovers(pin)
         failures = []
         for rep in range(5):
@@ -244,7 +287,7 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
                 if p.returncode != 0 or "verified=1" not in out:
                     failures.append("rep %d: %s %s" % (rep, out.strip(), err.strip()))
         express = express_handovers(pin) - before
-        if small:
+        if small in SMALL_LINK:
             want = "advertises MSS %d, so a client's segments fit the smallest device's MTU, 1280" % {4: 1240, 6: 1220}[family]
             assert want in (tmp_path / "wsplice.log").read_text()
         faults = [sum(percpu_sums(m)[k] for m in injector_maps) for k in range(3)]
@@ -252,6 +295,7 @@ def test_express_lane_across_lossy_veth_hosts(hosts, tmp_path, family, small):
         line = ("faults [tcsplice, veth, IPv%d]: %d segments seen, %d dropped, %d duplicated; %d of 10 tunnels "
                 "went express%s; the tc program translated %d segments (%d payload bytes), dropped %d from frozen "
                 "sockets" % (family, faults[0], faults[1], faults[2], express,
+                             ", the upstream on the proxy's lo" if local else
                              ", the %s link's MTU 1280" % small if small else "", events[0], events[1], events[3]))
         report(line)
         assert faults[1] > 0.002 * faults[0] and faults[2] > 0.001 * faults[0], line
