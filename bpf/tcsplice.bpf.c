@@ -52,6 +52,11 @@ struct ws_tc_handovers tc_handovers = {};
  * locally sent segment on every device, looks nothing up while no tunnel
  * is express. */
 __u32 guard_keys = 0;
+/* The devices besides lo the programs are on, by ifindex (0: a free slot),
+ * kept by the process that attached them: its workers, forked before a
+ * device came, read here whether a leg's device is covered. Not read by
+ * the programs; bpftool shows it. */
+__u32 covered_ifindex[64] = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -40,9 +40,19 @@ struct tc_dataplane {
 	struct tc_device dev[TC_MAX_DEVICES];
 	struct ws_tc_owner nl; /* a netlink filter (before 6.6): nl.handle != 0 */
 	int flows_fd, tunnels_fd, figures_fd;
-	uint32_t in_id, out_id;   /* the programs' ids, as the kernel lists a device's tcx chain */
 	struct ev_handler links;  /* RTM_NEWLINK and RTM_DELLINK, in the process that loaded (tc_dataplane_watch) */
+	bool told_full;
 };
+
+/* dev[] mirrored into the .bss every process maps (covered_ifindex). */
+static void publish(struct tc_dataplane *tp)
+{
+	__u32 *out = tp->skel->bss->covered_ifindex;
+	size_t cap = sizeof(tp->skel->bss->covered_ifindex) / sizeof(*out);
+
+	for (size_t i = 0; i < cap; i++)
+		__atomic_store_n(&out[i], i < tp->n_devs ? tp->dev[i].ifindex : 0, __ATOMIC_RELEASE);
+}
 
 /* The program on one more device: 0, or -1 with a warning (its tunnels stay
  * on the relay). */
@@ -51,7 +61,10 @@ static int attach_device(struct tc_dataplane *tp, unsigned ifindex, const char *
 	struct tc_device *d = &tp->dev[tp->n_devs];
 
 	if (tp->n_devs == TC_MAX_DEVICES) {
-		log_warn("express lane: more than %d devices: not on %s", TC_MAX_DEVICES, name);
+		if (!tp->told_full)
+			log_warn("express lane: more than %d devices: not on %s, nor on any made later", TC_MAX_DEVICES,
+				 name);
+		tp->told_full = true;
 		return -1;
 	}
 	d->ifindex = ifindex;
@@ -68,7 +81,16 @@ static int attach_device(struct tc_dataplane *tp, unsigned ifindex, const char *
 		return -1;
 	}
 	tp->n_devs++;
+	publish(tp);
 	return 0;
+}
+
+static void detach_device(struct tc_dataplane *tp, struct tc_device *d)
+{
+	close(d->in_fd);
+	close(d->out_fd);
+	*d = tp->dev[--tp->n_devs];
+	publish(tp);
 }
 
 static void not_ethernet(const char *name)
@@ -109,33 +131,56 @@ static struct tc_device *device_of(struct tc_dataplane *tp, unsigned ifindex)
 
 /* A device came or went. A new Ethernet device gets the program; one that
  * went took its links' attachment with it, and its descriptors go here.
- * RTM_NEWLINK also says a known device changed (up, down, its MTU). */
+ * RTM_NEWLINK also says a known device changed (up, down, its MTU); a
+ * bridge's own messages about its ports (AF_BRIDGE) are not about devices
+ * coming or going. */
 static void on_link(struct tc_dataplane *tp, const struct nlmsghdr *n)
 {
 	const struct ifinfomsg *ifi = NLMSG_DATA(n);
-	unsigned ifindex = (unsigned)ifi->ifi_index;
-	struct tc_device *d = device_of(tp, ifindex);
-	char name[IF_NAMESIZE] = "?";
-	int left = (int)IFLA_PAYLOAD(n);
+	char name[IF_NAMESIZE] = "?", now[IF_NAMESIZE];
+	struct tc_device *d;
+	unsigned ifindex;
+	int left;
 
-	if (n->nlmsg_len < NLMSG_LENGTH(sizeof(*ifi)) || ifindex == WS_LOOPBACK_IFINDEX)
+	if (n->nlmsg_len < NLMSG_LENGTH(sizeof(*ifi)) || ifi->ifi_family != AF_UNSPEC)
 		return;
+	ifindex = (unsigned)ifi->ifi_index;
+	if (ifindex == WS_LOOPBACK_IFINDEX)
+		return;
+	d = device_of(tp, ifindex);
+	left = (int)IFLA_PAYLOAD(n);
 	for (const struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, left); a = RTA_NEXT(a, left))
 		if (a->rta_type == IFLA_IFNAME)
 			snprintf(name, sizeof(name), "%.*s", (int)RTA_PAYLOAD(a), (const char *)RTA_DATA(a));
-	if (n->nlmsg_type == RTM_DELLINK && d) {
-		close(d->in_fd);
-		close(d->out_fd);
-		*d = tp->dev[--tp->n_devs];
+	if (n->nlmsg_type == RTM_DELLINK && d && !if_indextoname(ifindex, now)) {
+		detach_device(tp, d);
 		log_info("express lane: %s (ifindex %u) is gone, and the program with it", name, ifindex);
 	} else if (n->nlmsg_type == RTM_NEWLINK && d) {
 		d->mtu = ifroute_mtu(ifindex);
-	} else if (n->nlmsg_type == RTM_NEWLINK) {
-		if (ifi->ifi_type != ARPHRD_ETHER)
-			not_ethernet(name);
-		else if (!attach_device(tp, ifindex, name))
+	} else if (n->nlmsg_type == RTM_NEWLINK && ifi->ifi_type == ARPHRD_ETHER) {
+		if (!attach_device(tp, ifindex, name))
 			log_info("express lane: now also on %s (a device made after the start)", name);
 	}
+}
+
+/* After messages were lost (ENOBUFS), and once at the subscription: the
+ * devices as they are now. Those gone leave, those new come. */
+static void resync(struct tc_dataplane *tp)
+{
+	struct if_nameindex *all = if_nameindex();
+	char now[IF_NAMESIZE];
+
+	for (size_t i = tp->n_devs; i-- > 0;)
+		if (!if_indextoname(tp->dev[i].ifindex, now)) {
+			log_info("express lane: ifindex %u is gone, and the program with it", tp->dev[i].ifindex);
+			detach_device(tp, &tp->dev[i]);
+		}
+	for (struct if_nameindex *i = all; i && i->if_index; i++)
+		if (i->if_index != WS_LOOPBACK_IFINDEX && !device_of(tp, i->if_index) &&
+		    ifroute_is_ethernet(i->if_name) && !attach_device(tp, i->if_index, i->if_name))
+			log_info("express lane: now also on %s (a device made after the start)", i->if_name);
+	if (all)
+		if_freenameindex(all);
 }
 
 static void on_links(struct ev_handler *h, uint32_t events)
@@ -155,7 +200,7 @@ static void on_links(struct ev_handler *h, uint32_t events)
 	}
 	/* ENOBUFS: the kernel dropped messages; what exists now is looked at. */
 	if (got < 0 && errno == ENOBUFS)
-		attach_devices(tp);
+		resync(tp);
 }
 
 int tc_dataplane_watch(struct tc_dataplane *tp, struct ev_loop *loop)
@@ -163,9 +208,17 @@ int tc_dataplane_watch(struct tc_dataplane *tp, struct ev_loop *loop)
 	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
 
 	if (!loop) {
+		/* A worker: the devices' links are the master's alone, or a
+		 * device moved to another namespace (which is no RTM_DELLINK to
+		 * tcx) would keep the programs through the worker's copies. */
 		if (tp->links.fd >= 0)
 			close(tp->links.fd);
 		tp->links.fd = -1;
+		for (size_t i = 0; i < tp->n_devs; i++) {
+			close(tp->dev[i].in_fd);
+			close(tp->dev[i].out_fd);
+		}
+		tp->n_devs = 0;
 		return 0;
 	}
 	if (tp->link_fd < 0)
@@ -181,41 +234,21 @@ int tc_dataplane_watch(struct tc_dataplane *tp, struct ev_loop *loop)
 		tp->links.fd = -1;
 		return -1;
 	}
-	/* One made between the start's walk and the subscription. */
-	{
-		struct if_nameindex *all = if_nameindex();
-
-		for (struct if_nameindex *i = all; i && i->if_index; i++)
-			if (i->if_index != WS_LOOPBACK_IFINDEX && !device_of(tp, i->if_index) &&
-			    ifroute_is_ethernet(i->if_name) && !attach_device(tp, i->if_index, i->if_name))
-				log_info("express lane: now also on %s (a device made after the start)", i->if_name);
-		if (all)
-			if_freenameindex(all);
-	}
+	/* One made or gone between the start's walk and the subscription. */
+	resync(tp);
 	return 0;
-}
-
-/* Whether prog_id is in the device's tcx chain at that attach point, as the
- * kernel says now: any process's view (a worker's copy of dev[] is its
- * fork's), and a device gone and its ifindex reused is not covered. */
-static bool in_chain(unsigned ifindex, int attach, uint32_t prog_id)
-{
-	uint32_t ids[64], n = 64;
-
-	if (bpf_prog_query((int)ifindex, (enum bpf_attach_type)attach, 0, NULL, ids, &n))
-		return false;
-	for (uint32_t i = 0; i < n && i < 64; i++)
-		if (ids[i] == prog_id)
-			return true;
-	return false;
 }
 
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex)
 {
+	const __u32 *c = tp->skel->bss->covered_ifindex;
+
 	if (ifindex == WS_LOOPBACK_IFINDEX)
 		return true;
-	return tp->link_fd >= 0 && in_chain(ifindex, WS_BPF_TCX_INGRESS, tp->in_id) &&
-	       in_chain(ifindex, WS_BPF_TCX_EGRESS, tp->out_id);
+	for (size_t i = 0; i < sizeof(tp->skel->bss->covered_ifindex) / sizeof(*c); i++)
+		if (__atomic_load_n(&c[i], __ATOMIC_ACQUIRE) == ifindex)
+			return true;
+	return false;
 }
 
 unsigned tc_dataplane_listen_mtu(const struct tc_dataplane *tp)
@@ -482,8 +515,6 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 			goto fail;
 		log_info("express lane: no tcx here (Linux 6.6+): only tunnels on lo go express");
 	} else {
-		tp->in_id = obj_id(bpf_program__fd(tp->skel->progs.tcsplice_ingress), true);
-		tp->out_id = obj_id(bpf_program__fd(tp->skel->progs.tcsplice_egress), true);
 		attach_devices(tp);
 	}
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);

@@ -22,7 +22,8 @@ void tc_dataplane_close(struct tc_dataplane *tp);
 #define WS_LOOPBACK_IFINDEX 1u
 
 /* Whether the program is on ifindex: lo always; other devices with tcx
- * (Linux 6.6+), when the kernel lists both programs in its chains. */
+ * (Linux 6.6+), as the process that attached them last published (any
+ * process: the list is in the .bss they all map). */
 bool tc_dataplane_covers(const struct tc_dataplane *tp, unsigned ifindex);
 struct ev_loop;
 /* In the process that loaded, its loop: devices made later get the program

@@ -213,7 +213,9 @@ def test_express_lane_from_a_device_to_a_local_upstream(hosts, tmp_path, family,
 def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
     """A device made while the daemon runs (a container's veth) gets the
     program too: the upstream's link is deleted and made again after the
-    start, with a new ifindex, and its tunnels still go express."""
+    start, with a new ifindex, and its tunnels still go express. The
+    client's device goes into a bridge and out again meanwhile, which
+    must not take its programs."""
     with express_proxy(hosts, tmp_path) as (run_load, pin, counters):
         log = tmp_path / "wsplice.log"
         sh("ip", "-n", hosts["proxy"], "link", "del", "p1")
@@ -227,6 +229,14 @@ def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
         sh("ip", "-n", hosts["upstream"], "route", "add", "default", "via", "10.77.2.1")
         assert wait_for(lambda: "express lane: now also on p1 (a device made after the start)" in log.read_text(),
                         timeout=5), log.read_text()
+        # A port leaving a bridge is an RTM_DELLINK too, from the bridge
+        # (AF_BRIDGE), about a device that stays: p0 keeps its programs.
+        sh("ip", "-n", hosts["proxy"], "link", "add", "brt", "type", "bridge")
+        sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "master", "brt")
+        sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "nomaster")
+        sh("ip", "-n", hosts["proxy"], "link", "del", "brt")
+        assert wait_for(lambda: "express lane: brt (ifindex" in log.read_text(), timeout=5), log.read_text()
+        assert "express lane: p0 (ifindex" not in log.read_text(), log.read_text()
         before, bytes_before = express_handovers(pin), percpu_sums(counters)[1]
         assert wait_for(lambda: run_load("hs", "0.1", check=False).returncode == 0, timeout=5), log.read_text()
         out = run_load("tput", "64").stdout
