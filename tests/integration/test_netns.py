@@ -231,12 +231,16 @@ def test_express_lane_on_a_device_made_after_the_start(hosts, tmp_path):
                         timeout=5), log.read_text()
         # A port leaving a bridge is an RTM_DELLINK too, from the bridge
         # (AF_BRIDGE), about a device that stays: p0 keeps its programs.
-        sh("ip", "-n", hosts["proxy"], "link", "add", "brt", "type", "bridge")
-        sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "master", "brt")
-        sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "nomaster")
-        sh("ip", "-n", hosts["proxy"], "link", "del", "brt")
-        assert wait_for(lambda: "express lane: brt (ifindex" in log.read_text(), timeout=5), log.read_text()
-        assert "express lane: p0 (ifindex" not in log.read_text(), log.read_text()
+        # A kernel without the bridge module (make vmtest's 6.12 guest)
+        # skips this step, and says so.
+        if sh("ip", "-n", hosts["proxy"], "link", "add", "brt", "type", "bridge", check=False).returncode == 0:
+            sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "master", "brt")
+            sh("ip", "-n", hosts["proxy"], "link", "set", "p0", "nomaster")
+            sh("ip", "-n", hosts["proxy"], "link", "del", "brt")
+            assert wait_for(lambda: "express lane: brt (ifindex" in log.read_text(), timeout=5), log.read_text()
+            assert "express lane: p0 (ifindex" not in log.read_text(), log.read_text()
+        else:
+            report("device made after the start: no bridge devices on this kernel, the bridge-port step skipped")
         before, bytes_before = express_handovers(pin), percpu_sums(counters)[1]
         assert wait_for(lambda: run_load("hs", "0.1", check=False).returncode == 0, timeout=5), log.read_text()
         out = run_load("tput", "64").stdout
