@@ -144,15 +144,16 @@ out:
 	return 0;
 }
 
-/* One interface ioctl on a throwaway socket; false when it fails. */
-static bool if_ioctl(unsigned long req, struct ifreq *ifr)
+/* One or two interface ioctls on a throwaway socket, in order; false when
+ * one fails. */
+static bool if_ioctl(unsigned long req, struct ifreq *ifr, unsigned long then)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	bool ok;
 
 	if (fd < 0)
 		return false;
-	ok = !ioctl(fd, req, ifr);
+	ok = !ioctl(fd, req, ifr) && (!then || !ioctl(fd, then, ifr));
 	close(fd);
 	return ok;
 }
@@ -162,14 +163,16 @@ bool ifroute_is_ethernet(const char *name)
 	struct ifreq ifr = { 0 };
 
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-	return if_ioctl(SIOCGIFHWADDR, &ifr) && ifr.ifr_hwaddr.sa_family == ARPHRD_ETHER;
+	return if_ioctl(SIOCGIFHWADDR, &ifr, 0) && ifr.ifr_hwaddr.sa_family == ARPHRD_ETHER;
 }
 
 unsigned ifroute_mtu(unsigned ifindex)
 {
-	struct ifreq ifr = { 0 };
+	struct ifreq ifr = { .ifr_ifindex = (int)ifindex };
 
-	if (!if_indextoname(ifindex, ifr.ifr_name) || !if_ioctl(SIOCGIFMTU, &ifr) || ifr.ifr_mtu < 0)
+	/* The name from the index, then the MTU by name: one socket, where
+	 * if_indextoname would open its own (a hand-over asks twice). */
+	if (!if_ioctl(SIOCGIFNAME, &ifr, SIOCGIFMTU) || ifr.ifr_mtu < 0)
 		return 0;
 	return (unsigned)ifr.ifr_mtu;
 }

@@ -29,7 +29,7 @@
 /* A device other than lo: the program on its ingress translates, the
  * guard on its egress keeps the frozen sockets quiet. */
 struct tc_device {
-	unsigned ifindex, mtu; /* its MTU when attached */
+	unsigned ifindex;
 	int in_fd, out_fd;
 };
 
@@ -68,7 +68,6 @@ static int attach_device(struct tc_dataplane *tp, unsigned ifindex, const char *
 		return -1;
 	}
 	d->ifindex = ifindex;
-	d->mtu = ifroute_mtu(ifindex);
 	d->in_fd = bpf_link_create(bpf_program__fd(tp->skel->progs.tcsplice_ingress), (int)ifindex, WS_BPF_TCX_INGRESS,
 				   NULL);
 	d->out_fd = d->in_fd < 0 ? -1
@@ -97,28 +96,6 @@ static void not_ethernet(const char *name)
 {
 	log_info("express lane: not on %s: no Ethernet header there (the program parses one, and bpf_redirect_neigh "
 		 "writes one)", name);
-}
-
-/* Every device of the network namespace but lo, through tcx links: those
- * present now; tc_dataplane_watch adds those made later. */
-static void attach_devices(struct tc_dataplane *tp)
-{
-	struct if_nameindex *all = if_nameindex();
-	char names[512] = "";
-	size_t at = 0;
-
-	for (struct if_nameindex *i = all; i && i->if_index; i++) {
-		if (i->if_index == WS_LOOPBACK_IFINDEX)
-			continue;
-		if (!ifroute_is_ethernet(i->if_name))
-			not_ethernet(i->if_name);
-		else if (!attach_device(tp, i->if_index, i->if_name) && at < sizeof(names))
-			at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", at ? ", " : "", i->if_name);
-	}
-	if (all)
-		if_freenameindex(all);
-	if (tp->n_devs)
-		log_info("express lane: also on %s (tcx ingress, and the guard on egress)", names);
 }
 
 static struct tc_device *device_of(struct tc_dataplane *tp, unsigned ifindex)
@@ -155,19 +132,45 @@ static void on_link(struct tc_dataplane *tp, const struct nlmsghdr *n)
 	if (n->nlmsg_type == RTM_DELLINK && d && !if_indextoname(ifindex, now)) {
 		detach_device(tp, d);
 		log_info("express lane: %s (ifindex %u) is gone, and the program with it", name, ifindex);
-	} else if (n->nlmsg_type == RTM_NEWLINK && d) {
-		d->mtu = ifroute_mtu(ifindex);
-	} else if (n->nlmsg_type == RTM_NEWLINK && ifi->ifi_type == ARPHRD_ETHER) {
+	} else if (n->nlmsg_type == RTM_NEWLINK && !d && ifi->ifi_type == ARPHRD_ETHER) {
 		if (!attach_device(tp, ifindex, name))
 			log_info("express lane: now also on %s (a device made after the start)", name);
 	}
+}
+
+/* Every device of the network namespace but lo not covered yet, through
+ * tcx links. At the start one line lists them; later (the subscription,
+ * lost messages) each has its own line. */
+static void attach_present(struct tc_dataplane *tp, bool at_start)
+{
+	struct if_nameindex *all = if_nameindex();
+	char names[512] = "";
+	size_t at = 0;
+
+	for (struct if_nameindex *i = all; i && i->if_index; i++) {
+		if (i->if_index == WS_LOOPBACK_IFINDEX || device_of(tp, i->if_index))
+			continue;
+		if (!ifroute_is_ethernet(i->if_name)) {
+			if (at_start)
+				not_ethernet(i->if_name);
+		} else if (attach_device(tp, i->if_index, i->if_name)) {
+			continue;
+		} else if (!at_start) {
+			log_info("express lane: now also on %s (a device made after the start)", i->if_name);
+		} else if (at < sizeof(names)) {
+			at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", at ? ", " : "", i->if_name);
+		}
+	}
+	if (all)
+		if_freenameindex(all);
+	if (at)
+		log_info("express lane: also on %s (tcx ingress, and the guard on egress)", names);
 }
 
 /* After messages were lost (ENOBUFS), and once at the subscription: the
  * devices as they are now. Those gone leave, those new come. */
 static void resync(struct tc_dataplane *tp)
 {
-	struct if_nameindex *all = if_nameindex();
 	char now[IF_NAMESIZE];
 
 	for (size_t i = tp->n_devs; i-- > 0;)
@@ -175,12 +178,7 @@ static void resync(struct tc_dataplane *tp)
 			log_info("express lane: ifindex %u is gone, and the program with it", tp->dev[i].ifindex);
 			detach_device(tp, &tp->dev[i]);
 		}
-	for (struct if_nameindex *i = all; i && i->if_index; i++)
-		if (i->if_index != WS_LOOPBACK_IFINDEX && !device_of(tp, i->if_index) &&
-		    ifroute_is_ethernet(i->if_name) && !attach_device(tp, i->if_index, i->if_name))
-			log_info("express lane: now also on %s (a device made after the start)", i->if_name);
-	if (all)
-		if_freenameindex(all);
+	attach_present(tp, false);
 }
 
 static void on_links(struct ev_handler *h, uint32_t events)
@@ -256,10 +254,12 @@ unsigned tc_dataplane_listen_mtu(const struct tc_dataplane *tp)
 	unsigned lo = 0, hi = 0;
 
 	for (size_t i = 0; i < tp->n_devs; i++) {
-		if (!tp->dev[i].mtu)
+		unsigned mtu = ifroute_mtu(tp->dev[i].ifindex);
+
+		if (!mtu)
 			continue;
-		lo = lo && lo < tp->dev[i].mtu ? lo : tp->dev[i].mtu;
-		hi = hi > tp->dev[i].mtu ? hi : tp->dev[i].mtu;
+		lo = lo && lo < mtu ? lo : mtu;
+		hi = hi > mtu ? hi : mtu;
 	}
 	return lo < hi ? lo : 0;
 }
@@ -515,7 +515,7 @@ struct tc_dataplane *tc_dataplane_open(uint32_t max_tunnels, char *why, size_t w
 			goto fail;
 		log_info("express lane: no tcx here (Linux 6.6+): only tunnels on lo go express");
 	} else {
-		attach_devices(tp);
+		attach_present(tp, true);
 	}
 	tp->flows_fd = bpf_map__fd(tp->skel->maps.tc_flows);
 	tp->tunnels_fd = bpf_map__fd(tp->skel->maps.tc_tunnels);
