@@ -19,7 +19,7 @@ import pytest
 import urllib.request
 
 from conftest import NO_BPF, Proxy, free_port
-from wsutil import (one_route_config, open_tunnel, reading_echo, recv_exact, recv_head, status_of,
+from wsutil import (echo_until_reset, one_route_config, open_tunnel, reading_echo, recv_exact, recv_head, status_of,
                     switching_protocols, key_of, upgrade_request, wait_for)
 
 pytestmark = pytest.mark.skipif(NO_BPF, reason="WSPLICE_TEST_NO_BPF=1")
@@ -60,22 +60,6 @@ def proxy_queues(px):
             f = line.split()
             total += int(f[1]) + int(f[2])
     return total
-
-
-def echo_until_reset(conn, head, seen):
-    """Upstream handler: echoes, and says in seen how its stream ended
-    ("fin" or "reset"; a reset is what these tests expect, not an error)."""
-    conn.sendall(switching_protocols(key_of(head)))
-    conn.settimeout(10)
-    try:
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                seen.append("fin")
-                return
-            conn.sendall(data)
-    except (ConnectionResetError, socket.timeout):
-        seen.append("reset")
 
 
 def pump(s, total, seed):

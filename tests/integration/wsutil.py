@@ -150,6 +150,22 @@ def echo_after_101(conn, head, rest, greeting=b""):
             raise
 
 
+def echo_until_reset(conn, head, seen):
+    """Upstream handler: echoes, and says in seen how its stream ended
+    ("fin" or "reset"; a reset is what these tests expect, not an error)."""
+    conn.sendall(switching_protocols(key_of(head)))
+    conn.settimeout(10)
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                seen.append("fin")
+                return
+            conn.sendall(data)
+    except (ConnectionResetError, socket.timeout):
+        seen.append("reset")
+
+
 def _reset_after_close_frame(e, last):
     """Whether OSError e came right after a stop's masked 1001 close frame
     (the last 8 bytes received): the proxy closed behind it."""
