@@ -246,6 +246,31 @@ static __always_inline void add_be32(__u8 *h, __u32 at, __u32 delta)
 	h[idx(at + 3)] = v;
 }
 
+/* The socket a segment from saddr:sport to daddr:dport (network order)
+ * reaches: a proxy's, or the listener on its address (the caller looks
+ * at the state). To be released. */
+static __always_inline struct bpf_sock *proxy_sock(struct __sk_buff *skb, __u32 family, const __u32 *saddr,
+						   const __u32 *daddr, __u16 sport, __u16 dport)
+{
+	struct bpf_sock_tuple tuple = {};
+	__u32 len;
+
+	if (family == 4) {
+		tuple.ipv4.saddr = saddr[0];
+		tuple.ipv4.daddr = daddr[0];
+		tuple.ipv4.sport = sport;
+		tuple.ipv4.dport = dport;
+		len = sizeof(tuple.ipv4);
+	} else {
+		__builtin_memcpy(tuple.ipv6.saddr, saddr, 16);
+		__builtin_memcpy(tuple.ipv6.daddr, daddr, 16);
+		tuple.ipv6.sport = sport;
+		tuple.ipv6.dport = dport;
+		len = sizeof(tuple.ipv6);
+	}
+	return bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+}
+
 /* The timestamps' deltas, set at a tunnel's first segment with the clocks
  * of the proxy's two frozen sockets: a peer's TSval moves onto the clock of
  * the proxy's socket on the other leg, past the last TSval that socket sent
@@ -262,25 +287,10 @@ static __always_inline int arm_timestamps(struct __sk_buff *skb, struct ws_tc_tu
 		 * from the other direction's out leg: a segment its peer
 		 * would send it. */
 		struct ws_tc_dir *o = &t->dir[1 - d];
-		struct bpf_sock_tuple tuple = {};
 		struct bpf_sock *sk;
 		struct tcp_sock *tp;
-		__u32 len;
 
-		if (t->family == 4) {
-			tuple.ipv4.saddr = o->daddr[0];
-			tuple.ipv4.daddr = o->saddr[0];
-			tuple.ipv4.sport = o->dport;
-			tuple.ipv4.dport = o->sport;
-			len = sizeof(tuple.ipv4);
-		} else {
-			__builtin_memcpy(tuple.ipv6.saddr, o->daddr, 16);
-			__builtin_memcpy(tuple.ipv6.daddr, o->saddr, 16);
-			tuple.ipv6.sport = o->dport;
-			tuple.ipv6.dport = o->sport;
-			len = sizeof(tuple.ipv6);
-		}
-		sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+		sk = proxy_sock(skb, t->family, o->daddr, o->saddr, o->dport, o->sport);
 		if (!sk)
 			return -1;
 		/* The lookup falls back to a listener on the same address
@@ -460,7 +470,92 @@ static __always_inline int rewrite_in(struct __sk_buff *skb, const struct seg *s
 	return bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, 0, diff, 0);
 }
 
-static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
+
+/* DRAIN: whether the segment fills the hole before the proxy's socket's
+ * out-of-order queue, and must go in whole. Bytes past a hole are
+ * acknowledged selectively, so the peer sends only the hole again; cut
+ * off, it would never be filled, the queue never empty, and the drain
+ * never end. The key is the segment's own tuple: the proxy's socket. */
+static __always_inline bool fills_hole(struct __sk_buff *skb, const struct ws_tc_key *key, const struct seg *s)
+{
+	struct bpf_sock *sk = proxy_sock(skb, key->family, key->saddr, key->daddr, key->sport, key->dport);
+	struct tcp_sock *tp;
+	bool fills = false;
+
+	if (!sk)
+		return false;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp && tp->out_of_order_queue.rb_node) {
+		__u32 nxt = tp->rcv_nxt;
+
+		fills = (__s32)(s->seq - nxt) <= 0 && (__s32)(s->seq + s->payload - nxt) > 0;
+	}
+	bpf_sk_release(sk);
+	return fills;
+}
+
+/* DRAIN: the segment reaches the proxy's socket as a pure ACK. Its payload
+ * is cut off the tail and its FIN cleared; the IP length follows, and the
+ * TCP checksum is summed again over the header alone (a difference would
+ * need the payload's sum). A trimmed skb's CHECKSUM_COMPLETE turns into
+ * CHECKSUM_NONE, which the full sum satisfies; CHECKSUM_PARTIAL (lo,
+ * veth) and UNNECESSARY are not verified on local delivery. A FIN without
+ * payload keeps its length: only the flags change, by difference. */
+static __always_inline int strip_in(struct __sk_buff *skb, const struct seg *s, struct tcp_scratch *sc)
+{
+	__u32 optlen = s->optlen, ipl = s->family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	__u32 alen = s->family == 4 ? 4 : 16, aat = s->family == 4 ? 12 : 8;
+	__u32 len, hlen, sum;
+	__u16 check;
+	__u8 *h;
+
+	if (optlen > 40)
+		return -1;
+	if (!s->payload) {
+		/* The flags are the low byte of the 16-bit word at 12. */
+		__u8 flags = s->flags & ~TH_FIN;
+
+		if (bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, bpf_htons(s->flags), bpf_htons(flags), 2))
+			return -1;
+		return bpf_skb_store_bytes(skb, s->l4 + TH_FLAGS, &flags, 1, 0);
+	}
+	/* As in rewrite_in: 40 <= len <= 103 by arithmetic. */
+	len = ipl - sizeof(struct iphdr) + optlen;
+	asm volatile("" : "+r"(len));
+	len = (len & 0x3f) + sizeof(struct iphdr) + sizeof(struct tcphdr);
+	hlen = len - ipl;
+	if (bpf_skb_load_bytes(skb, s->l3, sc->h, len))
+		return -1;
+	h = sc->h;
+	if (s->family == 4) {
+		__u32 was = (__u32)h[2] << 8 | h[3];
+
+		check = ~fold((__u16)~((__u32)h[10] << 8 | h[11]) + (__u16)~was + len);
+		h[2] = len >> 8;
+		h[3] = len;
+		h[10] = check >> 8;
+		h[11] = check;
+	} else {
+		h[4] = hlen >> 8;
+		h[5] = hlen;
+	}
+	h[idx(ipl + TH_FLAGS)] &= ~TH_FIN;
+	h[idx(ipl + TH_CSUM)] = 0;
+	h[idx(ipl + TH_CSUM + 1)] = 0;
+	sum = sum_words(h, aat, 2 * alen) + PROTO_TCP + hlen + sum_words(h, ipl, hlen < 32 ? hlen : 32);
+	if (hlen > 32)
+		sum += sum_words(h, ipl + 32, hlen - 32);
+	check = ~fold(sum);
+	h[idx(ipl + TH_CSUM)] = check >> 8;
+	h[idx(ipl + TH_CSUM + 1)] = check;
+	if (bpf_skb_change_tail(skb, s->l3 + len, 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, s->l3, h, len, 0);
+}
+
+/* The segment rewritten into out leg o's, or, without o, stripped
+ * (DRAIN), in this CPU's scratch copy. */
+static __always_inline int edit(struct __sk_buff *skb, const struct seg *s, const struct ws_tc_dir *o)
 {
 	__u32 zero = 0;
 	struct tcp_scratch *sc = bpf_map_lookup_elem(&tc_scratch, &zero);
@@ -469,7 +564,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct seg *s, c
 	if (!sc || sc->busy)
 		return -1;
 	sc->busy = 1;
-	r = rewrite_in(skb, s, o, sc);
+	r = o ? rewrite_in(skb, s, o, sc) : strip_in(skb, s, sc);
 	sc->busy = 0;
 	return r;
 }
@@ -533,6 +628,15 @@ static __always_inline void track(struct ws_tc_tunnel *t, __u32 id, __u32 d, con
 	}
 }
 
+/* A guard key's tunnel is draining: its proxy socket still speaks. */
+static __always_inline bool draining(const struct ws_tc_flow *f)
+{
+	__u32 id = f->tunnel_id;
+	struct ws_tc_tunnel *t = bpf_map_lookup_elem(&tc_tunnels, &id);
+
+	return t && t->state == WS_TC_DRAIN;
+}
+
 SEC("tc")
 int tcsplice_ingress(struct __sk_buff *skb)
 {
@@ -557,7 +661,10 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (f->role == WS_TC_GUARD) {
 		/* A frozen proxy socket spoke (a delayed ACK, a probe): its
-		 * peer hears only the other peer now. */
+		 * peer hears only the other peer now. While the tunnel drains,
+		 * the relay still writes through it. */
+		if (draining(f))
+			return TC_ACT_UNSPEC;
 		count(WS_TCC_GUARD_DROPS, 1);
 		return TC_ACT_SHOT;
 	}
@@ -573,6 +680,22 @@ int tcsplice_ingress(struct __sk_buff *skb)
 	if (r > 0) {
 		count(WS_TCC_OPTION_DROPS, 1);
 		return TC_ACT_SHOT;
+	}
+	if (t->state == WS_TC_DRAIN) {
+		if (s.flags & TH_RST) {
+			count(WS_TCC_FROZEN_DROPS, 1);
+			return TC_ACT_SHOT;
+		}
+		if (!(t->dir[d].flags & WS_TC_STRIP) || (!s.payload && !(s.flags & TH_FIN)))
+			return TC_ACT_UNSPEC;
+		if (s.payload && fills_hole(skb, &key, &s))
+			return TC_ACT_UNSPEC;
+		if (edit(skb, &s, NULL)) {
+			count(WS_TCC_REWRITE_FAILS, 1);
+			return TC_ACT_SHOT;
+		}
+		count(WS_TCC_STRIPPED, 1);
+		return TC_ACT_UNSPEC;
 	}
 	if (t->state == WS_TC_FROZEN) {
 		/* A reset is not sent again: the daemon sees the peer gone
@@ -590,7 +713,7 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	o = &t->dir[d];
-	if (rewrite(skb, &s, o)) {
+	if (edit(skb, &s, o)) {
 		count(WS_TCC_REWRITE_FAILS, 1);
 		return TC_ACT_SHOT;
 	}
@@ -632,7 +755,7 @@ int tcsplice_egress(struct __sk_buff *skb)
 	if (!guard_keys || !skb->sk || parse(skb, &key, &s) < 0)
 		return TC_ACT_UNSPEC;
 	f = bpf_map_lookup_elem(&tc_flows, &key);
-	if (!f || f->role != WS_TC_GUARD || bpf_get_socket_cookie(skb) != f->cookie)
+	if (!f || f->role != WS_TC_GUARD || bpf_get_socket_cookie(skb) != f->cookie || draining(f))
 		return TC_ACT_UNSPEC;
 	count(WS_TCC_GUARD_DROPS, 1);
 	return TC_ACT_SHOT;

@@ -56,6 +56,15 @@ enum ws_tc_state {
 	/* Both FINs acknowledged, or a reset passed: still translated (a
 	 * last ACK, a retransmitted FIN) until the daemon removes it. */
 	WS_TC_ENDED = 3,
+	/* A busy tunnel on its way to FROZEN ("strip-freeze"): in a
+	 * direction marked WS_TC_STRIP, a peer's segment reaches the proxy's
+	 * socket with its payload and FIN cut off, so its ACK still drains
+	 * the socket's send queue while nothing new fills the receive queue;
+	 * the peer sends the rest again, after the hand-over, to the other
+	 * peer. Resets are dropped. A direction not marked yet passes
+	 * untouched, and so do the proxy sockets' own segments (the relay is
+	 * still writing). */
+	WS_TC_DRAIN = 4,
 };
 
 /* How a translated segment leaves. */
@@ -86,6 +95,7 @@ enum ws_tc_redirect {
 #define WS_TC_FIN_SEEN 0x1  /* this direction's FIN went through */
 #define WS_TC_FIN_ACKED 0x2 /* ... and the other peer acknowledged it */
 #define WS_TC_RST 0x4       /* a reset went through */
+#define WS_TC_STRIP 0x8     /* DRAIN: this direction's payload and FIN are cut off (set by the daemon) */
 
 /* One direction: segments from its source peer, rewritten into the other
  * leg's. Sequence numbers are the other leg's: what the proxy's socket
@@ -142,6 +152,8 @@ struct ws_tc_handovers {
 	__u64 refused_window;
 	__u64 refused_no_repair;
 	__u64 refused_error;
+	__u64 drains;              /* busy tunnels that began a drain (WS_TC_DRAIN) */
+	__u64 drains_timed_out;    /* ... whose queues did not empty in time: thawed */
 };
 
 /* Value of tc_owner (one entry), written by the daemon when it attached
@@ -174,6 +186,7 @@ enum ws_tc_counter {
 	WS_TCC_DELIVERED_U2C,
 	WS_TCC_PACKETS_C2U,
 	WS_TCC_PACKETS_U2C,
+	WS_TCC_STRIPPED, /* payload or FIN cut off while DRAIN: the ACK went on */
 	WS_TCC_MAX,
 };
 

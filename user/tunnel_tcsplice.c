@@ -10,6 +10,7 @@
  * stays on the relay for its life, with one debug line saying why. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -34,6 +35,13 @@ extern const struct engine_ops engine_copy;
 #define EXPRESS_QUIET_MS 20  /* both directions this long without a byte before a hand-over */
 #define EXPRESS_SCAN_MS 10   /* how often a worker looks at its tunnels */
 #define EXPRESS_STATE_MS 100 /* how often it reads an express tunnel's state */
+/* Strip-freeze: a tunnel busy this long from its start drains into the
+ * hand-over; the queues get this long to empty; a drain that timed out
+ * waits this long for the next, twice as long each time, up to the max. */
+#define EXPRESS_BUSY_MS 200
+#define EXPRESS_DRAIN_MS 500
+#define EXPRESS_DRAIN_BACKOFF_MS 1000
+#define EXPRESS_DRAIN_BACKOFF_MAX_MS 60000
 #define TCPI_OPT_USEC_TS_BIT 64 /* Linux 6.7's microsecond timestamps; not in 6.1's headers */
 #define TCP_ST_ESTABLISHED 1
 
@@ -49,6 +57,7 @@ struct tcs_ctx {
 	uint64_t next_state_ms;
 	int raw[2]; /* IPv4, IPv6: for the resets a live express tunnel ends with */
 	bool told_no_repair, told_localnet;
+	int8_t can_repair; /* -1: not asked yet */
 };
 
 struct tcs_tunnel {
@@ -65,6 +74,15 @@ struct tcs_tunnel {
 	uint64_t relay_last_ms;
 	uint64_t next_try_ms;
 	uint64_t backoff_ms;
+	uint64_t next_drain_ms; /* a busy tunnel's next drain, no sooner */
+	uint64_t drain_backoff_ms;
+	struct tcs_drain *drain; /* while the entries are in as DRAIN */
+};
+
+/* A drain under way: the entries as they went in, for the freeze. */
+struct tcs_drain {
+	struct ws_tc_tunnel v;
+	uint64_t until_ms;
 };
 
 /* ---- the worker's look at its tunnels -------------------------------- */
@@ -118,7 +136,7 @@ static void tcs_metrics(void *shared, FILE *out)
 		{ WS_TCC_SEGMENTS, "segments" },	  { WS_TCC_FROZEN_DROPS, "frozen_drops" },
 		{ WS_TCC_GUARD_DROPS, "guard_drops" },	  { WS_TCC_OPTION_DROPS, "option_drops" },
 		{ WS_TCC_ENDED, "ended" },		  { WS_TCC_ARM_FAILS, "arm_fails" },
-		{ WS_TCC_REWRITE_FAILS, "rewrite_fails" },
+		{ WS_TCC_REWRITE_FAILS, "rewrite_fails" }, { WS_TCC_STRIPPED, "stripped" },
 	};
 	uint64_t v;
 
@@ -199,6 +217,7 @@ static void *tcs_open(const struct config *cfg, void *shared, uint32_t worker, s
 	c->kick = kick;
 	c->worker = worker;
 	c->raw[0] = c->raw[1] = -1;
+	c->can_repair = -1;
 	TAILQ_INIT(&c->all);
 	c->timer = (struct ev_handler){ .on_event = on_timer };
 	c->timer.fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -347,10 +366,19 @@ static int queued(int fd, unsigned long req)
 	return ioctl(fd, req, &n) ? 1 : n;
 }
 
+/* Nothing unacknowledged, nothing queued either way. SIOCINQ leaves out
+ * the out-of-order queue: bytes past a hole, which the peer saw
+ * acknowledged selectively and will not send again soon, would be lost
+ * to the other peer with the frozen socket. Its memory is in the receive
+ * allocation, which is 0 only when no skb waits anywhere in the socket. */
 static bool socket_quiet(int fd, const struct tcp_info *ti)
 {
+	uint32_t mem[SK_MEMINFO_VARS] = { 0 };
+	socklen_t len = sizeof(mem);
+
 	return ti->tcpi_state == TCP_ST_ESTABLISHED && !ti->tcpi_unacked && !queued(fd, SIOCINQ) &&
-	       !queued(fd, SIOCOUTQ);
+	       !queued(fd, SIOCOUTQ) && !getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) &&
+	       !mem[SK_MEMINFO_RMEM_ALLOC];
 }
 
 static int repair(int fd, int on)
@@ -424,6 +452,14 @@ static const char *segments_misfit(const struct ws_tc_tunnel *v, const struct tc
 	return NULL;
 }
 
+/* Each peer's window must take the other peer's segments, or that
+ * direction moves by window probes only (docs/KERNEL-LOG.md, "The tc
+ * splice"). */
+static bool windows_fit(const struct tcp_info ti[2], const uint32_t seg[2])
+{
+	return ti[0].tcpi_snd_wnd >= seg[1] && ti[1].tcpi_snd_wnd >= seg[0];
+}
+
 /* Both sockets as quiet as before, looked at again. The state counts as
  * much as the queues: a FIN that reached a socket meanwhile is in no
  * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
@@ -468,57 +504,77 @@ static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 	t->next_try_ms = UINT64_MAX;
 }
 
-static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
+/* TCP_REPAIR failed with err: EPERM is a worker without CAP_NET_ADMIN
+ * (one warning each), anything else an error. */
+static void refuse_no_repair(struct tcs_tunnel *t, int err)
+{
+	if (err == EPERM && !t->c->told_no_repair) {
+		t->c->told_no_repair = true;
+		log_warn("express lane: the worker may not freeze sockets (TCP_REPAIR needs CAP_NET_ADMIN; "
+			 "a worker with user = drops it): its tunnels stay on the copy relay");
+	}
+	refuse(t, strerror(err), err == EPERM ? M_EXPRESS_REFUSED_NO_REPAIR : M_EXPRESS_REFUSED_ERROR);
+}
+
+/* Whether this worker may freeze sockets (TCP_REPAIR needs CAP_NET_ADMIN,
+ * which a worker with user = drops), asked once with a socket never
+ * connected, which asks for the same capability: a tunnel that would be
+ * refused at the freeze goes in neither FROZEN nor DRAIN (a drain costs
+ * the peers a retransmission timeout). false with errno: EPERM, or the
+ * question could not be asked (asked again next time). */
+static bool may_repair(struct tcs_ctx *c)
+{
+	int fd;
+
+	if (c->can_repair >= 0) {
+		errno = EPERM;
+		return c->can_repair;
+	}
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	if (repair(fd, 1)) {
+		int err = errno;
+
+		close(fd);
+		if (err == EPERM)
+			c->can_repair = 0;
+		errno = err;
+		return false;
+	}
+	close(fd);
+	c->can_repair = 1;
+	return true;
+}
+
+/* The tunnel's entries as they would go in (legs, keys, cookies), or -1
+ * when a precondition does not hold: refused, for its life. The window
+ * check needs a moment with nothing in flight (at a drain's start the
+ * windows may be shut by the very bytes in flight): window false leaves
+ * it to the caller. */
+static int express_plan(struct tcs_tunnel *t, struct ws_tc_tunnel *v, struct tcp_info ti[2], uint32_t seg[2],
+			bool window)
 {
 	struct tcs_ctx *c = t->c;
-	struct ws_tc_tunnel v = { .state = WS_TC_FROZEN };
-	struct tcp_info ti[2];
-	uint32_t seg[2];
-	struct tunnel_stats rs;
-	struct tunnel_handoff h = { .fd = { t->fd[0], t->fd[1] } };
-	uint32_t snd[2], rcv[2];
-	int family[2], off = 0, one = 1, err;
 	const char *why = NULL;
-	uint64_t now = ev_now_ms();
+	int family[2];
 
-	engine_copy.stats(t->relay, &rs);
-	if (now < rs.last_active_ms + EXPRESS_QUIET_MS) {
-		t->next_try_ms = rs.last_active_ms + EXPRESS_QUIET_MS;
-		return;
-	}
-	if (!engine_copy.quiet(t->relay)) {
-		/* A FIN seen, or bytes held for a reader that does not read
-		 * yet: looked at less and less often. */
-		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
-		later(t, "not quiet: a FIN, or bytes held", t->backoff_ms);
-		return;
-	}
-	for (int e = 0; e < 2; e++) {
-		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
-			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
-			return;
-		}
-	}
-	if (!socket_quiet(t->fd[0], &ti[0]) || !socket_quiet(t->fd[1], &ti[1])) {
-		later(t, "bytes in flight", EXPRESS_QUIET_MS);
-		return;
-	}
 	/* Direction d leaves through the other end's socket, so its out leg
 	 * is that end's. */
-	if (leg_of(c->tp, t->fd[TUNNEL_END_CLIENT], &v.dir[WS_DIR_U2C], &family[0], &why) ||
-	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v.dir[WS_DIR_C2U], &family[1], &why)) {
+	if (leg_of(c->tp, t->fd[TUNNEL_END_CLIENT], &v->dir[WS_DIR_U2C], &family[0], &why) ||
+	    leg_of(c->tp, t->fd[TUNNEL_END_UPSTREAM], &v->dir[WS_DIR_C2U], &family[1], &why)) {
 		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
-		return;
+		return -1;
 	}
-	legs_route(&v, WS_LOOPBACK_IFINDEX);
-	if (family[0] == 4 && (why = lo_takes_ipv4(&v))) {
+	legs_route(v, WS_LOOPBACK_IFINDEX);
+	if (family[0] == 4 && (why = lo_takes_ipv4(v))) {
 		if (!c->told_localnet) {
 			c->told_localnet = true;
 			log_info("express lane: %s (lo's input takes the segments of such a tunnel for martians): its "
 				 "tunnels stay on the relay (docs/DESIGN-TC-SPLICE.md, \"One leg on lo\")", why);
 		}
 		refuse(t, why, M_EXPRESS_REFUSED_DEVICE);
-		return;
+		return -1;
 	}
 	if (family[0] != family[1])
 		why = "IPv4 on one leg, IPv6 on the other";
@@ -527,44 +583,66 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	else if ((ti[0].tcpi_options | ti[1].tcpi_options) & TCPI_OPT_USEC_TS_BIT)
 		why = "microsecond timestamps";
 	else
-		why = segments_misfit(&v, ti, family[0]);
+		why = segments_misfit(v, ti, family[0]);
 	if (why) {
 		refuse(t, why, M_EXPRESS_REFUSED_MISMATCH);
-		return;
+		return -1;
 	}
-	/* Each peer's window must take the other peer's segments, or that
-	 * direction moves by window probes only (docs/KERNEL-LOG.md, "The tc
-	 * splice"). */
-	if (ti[0].tcpi_snd_wnd < seg[1] || ti[1].tcpi_snd_wnd < seg[0]) {
+	if (window && !windows_fit(ti, seg)) {
 		refuse(t, "a peer's window is below the other's segments", M_EXPRESS_REFUSED_WINDOW);
-		return;
+		return -1;
 	}
-	v.family = (uint32_t)family[0];
-	tc_keys_of(&v, &t->keys);
+	v->family = (uint32_t)family[0];
+	tc_keys_of(v, &t->keys);
 	for (int e = 0; e < 2; e++) {
 		socklen_t len = sizeof(t->keys.cookie[e]);
 
 		if (getsockopt(t->fd[e == 0 ? TUNNEL_END_CLIENT : TUNNEL_END_UPSTREAM], SOL_SOCKET, SO_COOKIE,
 			       &t->keys.cookie[e], &len)) {
 			refuse(t, "no SO_COOKIE", M_EXPRESS_REFUSED_ERROR);
-			return;
+			return -1;
 		}
 	}
-	/* An ACK the proxy owes goes now: once the guard keys are in, what
-	 * the frozen sockets send is dropped. */
-	for (int e = 0; e < 2; e++)
-		setsockopt(t->fd[e], IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
-	/* Frozen: payload to the proxy is dropped from here on, so its
-	 * queues can only stay empty. */
+	return 0;
+}
+
+/* The entries in, under a fresh id (v's state: FROZEN or DRAIN). */
+static int express_enter(struct tcs_tunnel *t, const struct ws_tc_tunnel *v)
+{
+	struct tcs_ctx *c = t->c;
+
 	for (int tries = 0;; tries++) {
 		t->id = ++c->next << 6 | c->worker;
-		if (!tc_express_add(c->tp, t->id, &v, &t->keys))
-			break;
+		if (!tc_express_add(c->tp, t->id, v, &t->keys))
+			return 0;
 		if (errno != EEXIST || tries == 8) {
 			refuse(t, "the flow tables refused it", M_EXPRESS_REFUSED_ERROR);
-			return;
+			return -1;
 		}
 	}
+}
+
+/* An ACK the proxy owes goes now: once the guard drops what the frozen
+ * sockets send, it never would. */
+static void ack_now(struct tcs_tunnel *t)
+{
+	int one = 1;
+
+	for (int e = 0; e < 2; e++)
+		setsockopt(t->fd[e], IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
+/* The entries are in, FROZEN: payload to the proxy is dropped from here
+ * on, so its queues can only stay empty. The sockets freeze, their
+ * sequence numbers give the deltas, and the tunnel goes ACTIVE. */
+static void freeze(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tcp_info ti[2],
+		   const struct tunnel_stats *rs, struct engine_io *io)
+{
+	struct tcs_ctx *c = t->c;
+	struct tunnel_handoff h = { .fd = { t->fd[0], t->fd[1] } };
+	uint32_t snd[2], rcv[2];
+	int off = 0, err;
+
 	note(&tc_dataplane_handovers(c->tp)->tried);
 	if (!still_quiet(t)) {
 		tc_express_del(c->tp, t->id, &t->keys);
@@ -577,12 +655,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		err = errno;
 		repair(t->fd[0], TCP_REPAIR_OFF_NO_WP);
 		tc_express_del(c->tp, t->id, &t->keys);
-		if (err == EPERM && !c->told_no_repair) {
-			c->told_no_repair = true;
-			log_warn("express lane: the worker may not freeze sockets (TCP_REPAIR needs CAP_NET_ADMIN; "
-				 "a worker with user = drops it): its tunnels stay on the copy relay");
-		}
-		refuse(t, strerror(err), err == EPERM ? M_EXPRESS_REFUSED_NO_REPAIR : M_EXPRESS_REFUSED_ERROR);
+		refuse_no_repair(t, err);
 		return;
 	}
 	for (int e = 0; e < 2; e++)
@@ -598,24 +671,24 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	}
 	/* Pa = the client end's socket, Pb = the upstream end's
 	 * (docs/DESIGN-TC-SPLICE.md, "The sequence spaces"). */
-	v.dir[WS_DIR_C2U].seq_delta = snd[1] - rcv[0];
-	v.dir[WS_DIR_C2U].ack_delta = rcv[1] - snd[0];
-	v.dir[WS_DIR_U2C].seq_delta = snd[0] - rcv[1];
-	v.dir[WS_DIR_U2C].ack_delta = rcv[0] - snd[1];
-	v.dir[WS_DIR_C2U].nxt = v.dir[WS_DIR_C2U].acked = snd[1];
-	v.dir[WS_DIR_U2C].nxt = v.dir[WS_DIR_U2C].acked = snd[0];
-	v.dir[WS_DIR_C2U].wscale_in = ti[0].tcpi_snd_wscale;
-	v.dir[WS_DIR_C2U].wscale_out = ti[1].tcpi_rcv_wscale;
-	v.dir[WS_DIR_U2C].wscale_in = ti[1].tcpi_snd_wscale;
-	v.dir[WS_DIR_U2C].wscale_out = ti[0].tcpi_rcv_wscale;
-	v.dir[0].ts = v.dir[1].ts = !!(ti[0].tcpi_options & TCPI_OPT_TIMESTAMPS);
-	v.armed = !v.dir[0].ts;
-	v.state = WS_TC_ACTIVE;
-	if (tc_express_update(c->tp, t->id, &v))
+	v->dir[WS_DIR_C2U].seq_delta = snd[1] - rcv[0];
+	v->dir[WS_DIR_C2U].ack_delta = rcv[1] - snd[0];
+	v->dir[WS_DIR_U2C].seq_delta = snd[0] - rcv[1];
+	v->dir[WS_DIR_U2C].ack_delta = rcv[0] - snd[1];
+	v->dir[WS_DIR_C2U].nxt = v->dir[WS_DIR_C2U].acked = snd[1];
+	v->dir[WS_DIR_U2C].nxt = v->dir[WS_DIR_U2C].acked = snd[0];
+	v->dir[WS_DIR_C2U].wscale_in = ti[0].tcpi_snd_wscale;
+	v->dir[WS_DIR_C2U].wscale_out = ti[1].tcpi_rcv_wscale;
+	v->dir[WS_DIR_U2C].wscale_in = ti[1].tcpi_snd_wscale;
+	v->dir[WS_DIR_U2C].wscale_out = ti[0].tcpi_rcv_wscale;
+	v->dir[0].ts = v->dir[1].ts = !!(ti[0].tcpi_options & TCPI_OPT_TIMESTAMPS);
+	v->armed = !v->dir[0].ts;
+	v->state = WS_TC_ACTIVE;
+	if (tc_express_update(c->tp, t->id, v))
 		goto undo;
 	for (int d = 0; d < 2; d++)
-		t->relay_bytes[d] = rs.bytes[d];
-	t->relay_last_ms = rs.last_active_ms;
+		t->relay_bytes[d] = rs->bytes[d];
+	t->relay_last_ms = rs->last_active_ms;
 	engine_copy.stop(t->relay, &h);
 	for (int d = 0; d < 2; d++)
 		buf_release(&h.queue[d]);
@@ -639,6 +712,210 @@ undo:
 		later(t, "a byte or a FIN came while the sockets froze", EXPRESS_QUIET_MS);
 	else
 		refuse(t, strerror(err), M_EXPRESS_REFUSED_ERROR);
+}
+
+/* ---- strip-freeze: a busy tunnel drains into the hand-over ------------- */
+
+/* A tunnel busy since it began gets no quiet moment: its entries go in as
+ * DRAIN, where the program passes the peers' ACKs to the proxy's sockets
+ * and cuts off their payload and FINs. The relay writes out what it holds;
+ * once every queue is empty the tunnel freezes as at a quiet moment. The
+ * peers send what was cut off again, at their retransmission timeout,
+ * and then it goes end to end (docs/DESIGN-TC-SPLICE.md, "Strip-freeze"). */
+static void drain_start(struct tcs_tunnel *t, uint64_t now)
+{
+	struct tcs_drain *d;
+	struct tcp_info ti[2];
+	uint32_t seg[2];
+
+	/* The next drain, should this one not end express, waits longer. */
+	t->drain_backoff_ms = t->drain_backoff_ms ? (t->drain_backoff_ms < EXPRESS_DRAIN_BACKOFF_MAX_MS
+							     ? 2 * t->drain_backoff_ms
+							     : EXPRESS_DRAIN_BACKOFF_MAX_MS)
+						  : EXPRESS_DRAIN_BACKOFF_MS;
+	t->next_drain_ms = now + t->drain_backoff_ms;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		later(t, "out of memory", EXPRESS_DRAIN_BACKOFF_MS);
+		return;
+	}
+	d->v.state = WS_TC_DRAIN;
+	for (int e = 0; e < 2; e++) {
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
+			free(d);
+			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
+			return;
+		}
+	}
+	if (express_plan(t, &d->v, ti, seg, false))
+		return (void)free(d);
+	d->v.dir[WS_DIR_C2U].flags = WS_TC_STRIP;
+	if (express_enter(t, &d->v))
+		return (void)free(d);
+	d->until_ms = now + EXPRESS_DRAIN_MS;
+	t->drain = d;
+	t->next_try_ms = now + EXPRESS_SCAN_MS;
+	note(&tc_dataplane_handovers(t->c->tp)->drains);
+	log_debug("tunnel: busy since it began: draining into the express lane (id %u; %d and %d bytes to send)", t->id,
+		  queued(t->fd[TUNNEL_END_CLIENT], SIOCOUTQ), queued(t->fd[TUNNEL_END_UPSTREAM], SIOCOUTQ));
+}
+
+/* Back on the relay: the entries go, and the peers' retransmissions reach
+ * the proxy's sockets again (the next drain waits: drain_start). */
+static void drain_thaw(struct tcs_tunnel *t, const char *why)
+{
+	tc_express_del(t->c->tp, t->id, &t->keys);
+	free(t->drain);
+	t->drain = NULL;
+	later(t, why, EXPRESS_QUIET_MS);
+}
+
+/* What a drain that timed out left, for the debug log. */
+static void drain_left(const struct tcs_tunnel *t)
+{
+	char what[256], rel[128];
+	size_t n = 0;
+
+	engine_copy.describe(t->relay, rel, sizeof(rel));
+	for (int e = 0; e < 2; e++) {
+		uint32_t mem[SK_MEMINFO_VARS] = { 0 }, seg;
+		socklen_t len = sizeof(mem);
+		struct tcp_info ti;
+
+		memset(&ti, 0, sizeof(ti));
+		tcp_info_of(t->fd[e], &ti, &seg);
+		getsockopt(t->fd[e], SOL_SOCKET, SO_MEMINFO, mem, &len);
+		n += (size_t)snprintf(what + n, sizeof(what) - n, "%s: state %u unacked %u inq %d outq %d rmem %u; ",
+				      e == TUNNEL_END_CLIENT ? "client" : "upstream", ti.tcpi_state, ti.tcpi_unacked,
+				      queued(t->fd[e], SIOCINQ), queued(t->fd[e], SIOCOUTQ), mem[SK_MEMINFO_RMEM_ALLOC]);
+		if (n >= sizeof(what))
+			break;
+	}
+	log_debug("tunnel: a drain left %srelay %s", what, rel);
+}
+
+/* Not there yet: looked at again at the next scan, or, past the drain's
+ * time, thawed for why. */
+static void drain_wait(struct tcs_tunnel *t, uint64_t now, const char *why)
+{
+	if (now < t->drain->until_ms) {
+		t->next_try_ms = now + EXPRESS_SCAN_MS;
+		return;
+	}
+	note(&tc_dataplane_handovers(t->c->tp)->drains_timed_out);
+	drain_left(t);
+	drain_thaw(t, why);
+}
+
+static void drain_step(struct tcs_tunnel *t, struct engine_io *io, const struct tunnel_stats *rs, uint64_t now)
+{
+	struct tcs_drain *d = t->drain;
+	struct ws_tc_tunnel v;
+	struct tcp_info ti[2];
+	uint32_t seg[2];
+
+	if (io->half_closed) {
+		drain_thaw(t, "a FIN while draining");
+		return;
+	}
+	if (!(d->v.dir[WS_DIR_U2C].flags & WS_TC_STRIP)) {
+		/* First the client's payload alone is cut off, until all it
+		 * sent before reached the upstream: the upstream still reads
+		 * while its own writes go on. Then the upstream's too: what
+		 * it must still take is the relay's buffer at most, and the
+		 * client reads what is on its way to it. An upstream that
+		 * stops reading while its writes block (an echo loop) would
+		 * otherwise leave the proxy's queue to it full for good. */
+		if (queued(t->fd[TUNNEL_END_CLIENT], SIOCINQ) || queued(t->fd[TUNNEL_END_UPSTREAM], SIOCOUTQ)) {
+			drain_wait(t, now, "what the client sent did not reach the upstream while draining");
+			return;
+		}
+		d->v.dir[WS_DIR_U2C].flags |= WS_TC_STRIP;
+		if (tc_express_update(t->c->tp, t->id, &d->v)) {
+			drain_thaw(t, "the flow tables refused it");
+			return;
+		}
+		d->until_ms = now + EXPRESS_DRAIN_MS;
+	}
+	if (!engine_copy.quiet(t->relay) || !still_quiet(t)) {
+		drain_wait(t, now, "the queues did not empty while draining");
+		return;
+	}
+	for (int e = 0; e < 2; e++)
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
+			drain_thaw(t, "no TCP_INFO");
+			return;
+		}
+	if (!windows_fit(ti, seg)) {
+		drain_thaw(t, "a peer's window is below the other's segments");
+		return;
+	}
+	ack_now(t);
+	v = d->v;
+	v.state = WS_TC_FROZEN;
+	v.dir[0].flags = v.dir[1].flags = 0;
+	if (tc_express_update(t->c->tp, t->id, &v)) {
+		drain_thaw(t, "the flow tables refused it");
+		return;
+	}
+	free(d);
+	t->drain = NULL;
+	freeze(t, &v, ti, rs, io);
+}
+
+static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
+{
+	struct ws_tc_tunnel v = { .state = WS_TC_FROZEN };
+	struct tcp_info ti[2];
+	uint32_t seg[2];
+	struct tunnel_stats rs;
+	uint64_t now = ev_now_ms();
+	bool quiet;
+
+	engine_copy.stats(t->relay, &rs);
+	if (t->drain) {
+		drain_step(t, io, &rs, now);
+		return;
+	}
+	if (!may_repair(t->c)) {
+		if (errno == EPERM)
+			refuse_no_repair(t, EPERM);
+		else
+			later(t, "cannot ask for TCP_REPAIR", EXPRESS_DRAIN_BACKOFF_MS);
+		return;
+	}
+	quiet = now >= rs.last_active_ms + EXPRESS_QUIET_MS && engine_copy.quiet(t->relay);
+	if (!quiet && !io->half_closed && now >= t->next_drain_ms) {
+		drain_start(t, now);
+		return;
+	}
+	if (now < rs.last_active_ms + EXPRESS_QUIET_MS) {
+		t->next_try_ms = rs.last_active_ms + EXPRESS_QUIET_MS;
+		return;
+	}
+	if (!quiet) {
+		/* A FIN seen, or bytes held for a reader that does not read
+		 * yet: looked at less and less often. */
+		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
+		later(t, "not quiet: a FIN, or bytes held", t->backoff_ms);
+		return;
+	}
+	for (int e = 0; e < 2; e++) {
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
+			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
+			return;
+		}
+	}
+	if (!socket_quiet(t->fd[0], &ti[0]) || !socket_quiet(t->fd[1], &ti[1])) {
+		later(t, "bytes in flight", EXPRESS_QUIET_MS);
+		return;
+	}
+	if (express_plan(t, &v, ti, seg, true))
+		return;
+	ack_now(t);
+	if (express_enter(t, &v))
+		return;
+	freeze(t, &v, ti, &rs, io);
 }
 
 /* ---- an express tunnel's end ------------------------------------------- */
@@ -778,6 +1055,7 @@ static void *tcs_start(void *ctx, struct tunnel_handoff *h, void *owner, struct 
 	t->fd[0] = h->fd[0];
 	t->fd[1] = h->fd[1];
 	t->next_try_ms = ev_now_ms() + EXPRESS_QUIET_MS;
+	t->next_drain_ms = ev_now_ms() + EXPRESS_BUSY_MS;
 	TAILQ_INSERT_TAIL(&c->all, t, link);
 	return t;
 }
@@ -805,6 +1083,10 @@ static void tcs_stop(void *st, struct tunnel_handoff *h)
 	struct tcs_tunnel *t = st;
 
 	TAILQ_REMOVE(&t->c->all, t, link);
+	if (t->drain) {
+		tc_express_del(t->c->tp, t->id, &t->keys);
+		free(t->drain);
+	}
 	if (t->express)
 		express_end(t);
 	else
@@ -847,7 +1129,8 @@ static void tcs_describe(void *st, char *out, size_t len)
 	size_t n;
 
 	if (!t->express) {
-		n = (size_t)snprintf(out, len, "relay: ");
+		n = t->drain ? (size_t)snprintf(out, len, "relay, draining (id %u): ", t->id)
+			     : (size_t)snprintf(out, len, "relay: ");
 		if (n < len)
 			engine_copy.describe(t->relay, out + n, len - n);
 		return;

@@ -317,6 +317,12 @@ def pytest_terminal_summary(terminalreporter):
         express = sum(1 for _, n in _EXPRESS if n)
         report("tcsplice: %d of %d proxies handed tunnels to the express lane (%d tunnels)" %
                (express, len(_EXPRESS), sum(n for _, n in _EXPRESS)))
+        # Where a tunnel test's tunnels all stayed on the relay (too short
+        # for a quiet moment or a drain): the suite's tunnel tests by name.
+        none = sorted(set(t.split("::")[-1] for t, n in _EXPRESS
+                          if not n and t.split("::")[0] in ("test_tunnel.py", "test_stress.py", "test_integrity.py")))
+        if none:
+            report("tcsplice: no tunnel went express in %s" % ", ".join(none))
     if _REPORT:
         terminalreporter.section("wsplice figures")
         for line in _REPORT:

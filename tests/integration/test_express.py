@@ -91,6 +91,109 @@ def pump(s, total, seed):
     return sent.hexdigest(), back.hexdigest()
 
 
+def stream_until(s, done, seed, then=0, timeout=30):
+    """Sends a pattern on s without a pause, and reads it back at once,
+    until done() (asked from a third thread every 20 ms, so that asking
+    never pauses the stream) or the timeout; then `then` bytes more.
+    Returns the sha256 of what was sent and of what came back, and how many
+    bytes went each way."""
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
+    sent, back = hashlib.sha256(), hashlib.sha256()
+    n = {"sent": 0, "got": 0, "final": None}
+    stop = threading.Event()
+
+    def reader():
+        s.settimeout(30)
+        while n["final"] is None or n["got"] < n["final"]:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            back.update(data)
+            n["got"] += len(data)
+
+    def watcher():
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.set()
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=watcher)]
+    for th in threads:
+        th.start()
+    left = None
+    while left is None or left > 0:
+        s.sendall(block)
+        sent.update(block)
+        n["sent"] += len(block)
+        if left is not None:
+            left -= len(block)
+        elif stop.is_set():
+            left = then
+    n["final"] = n["sent"]
+    for th in threads:
+        th.join(60)
+    assert n["got"] == n["final"], "%d of %d bytes came back" % (n["got"], n["final"])
+    return sent.hexdigest(), back.hexdigest(), n["sent"]
+
+
+def test_a_busy_tunnel_drains_into_the_express_lane(upstream, start_proxy):
+    """Strip-freeze: peers that never pause leave no quiet moment. After a
+    while busy, the tunnel's entries go in as DRAIN: the program cuts the
+    peers' payload off their ACKs while the relay empties the proxy's
+    queues, the tunnel freezes, and the peers send the cut-off bytes again,
+    through the program. Every byte comes back, in order."""
+    mport = free_port()
+    up = upstream(reading_echo)
+    px = start_proxy(up.port, "tcsplice", extra=("--workers", "1", "--metrics", "127.0.0.1:%d" % mport))
+    s, _ = open_tunnel(px.port)
+    went = []
+
+    def express():
+        if any(t["detail"].startswith("express") for t in conns(px)):
+            went.append(time.monotonic())
+        return bool(went)
+    t0 = time.monotonic()
+    sent, back, total = stream_until(s, express, b"busy", then=64 << 20)
+    assert sent == back
+    assert express(), (conns(px), px.read_log())
+    h = bpf_handovers(px)
+    assert h["drains"] >= 1 and h["done"] == 1, h
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+    stripped = re.search(r'wsplice_express_events_total\{event="stripped"\} (\d+)', text)
+    assert stripped and int(stripped.group(1)) > 0, text
+    # The 64 MiB after the hand-over crossed the program, each way.
+    kernel = [int(v) for v in re.findall(r'wsplice_tunnel_kernel_bytes_total\{direction="[^"]+"\} (\d+)', text)]
+    print("busy tunnel: express after %.0f ms and %d MiB each way; %d drains (%d timed out), %s segments stripped"
+          % ((went[0] - t0) * 1000, (total - (64 << 20)) >> 20, h["drains"], h["drains_timed_out"],
+             stripped.group(1)))
+    assert len(kernel) == 2 and min(kernel) >= 64 << 20, text
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(5)
+    assert s.recv(1) == b""
+    s.close()
+
+
+def test_a_worker_that_cannot_freeze_drains_no_busy_tunnel(upstream, start_proxy):
+    """With user = the workers lack CAP_NET_ADMIN, which TCP_REPAIR needs: a
+    busy tunnel is refused (no_repair) without a drain first, which would
+    cost its peers a retransmission timeout for nothing."""
+    mport = free_port()
+    px = start_proxy(upstream(reading_echo).port, "tcsplice",
+                     extra=("--workers", "1", "--user", "nobody", "--metrics", "127.0.0.1:%d" % mport))
+    s, _ = open_tunnel(px.port)
+
+    def refused():
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        return 'wsplice_express_refused_total{reason="no_repair"} 1' in text
+    sent, back, _ = stream_until(s, refused, b"nobody", timeout=10)
+    assert sent == back and refused(), px.read_log()
+    h = bpf_handovers(px)
+    assert h["drains"] == 0 and h["refused_no_repair"] == 1 and h["tried"] == 0, h
+    assert px.read_log().count("may not freeze sockets") == 1, px.read_log()
+    assert conns(px)[0]["detail"].startswith("relay"), conns(px)
+    s.close()
+
+
 def test_express_on_in_the_file_and_a_route_with_express_off(upstream, start_proxy):
     """express = on in [global], with no --mode, is the express lane; a
     route with express = off keeps its tunnels on the copy relay however

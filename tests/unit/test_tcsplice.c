@@ -465,6 +465,96 @@ static void frozen_drops_payload_and_guard_drops_the_proxy(void **state)
 	clear_maps();
 }
 
+/* A busy tunnel draining into the hand-over (strip-freeze): in a direction
+ * marked to strip, a peer's segment reaches the proxy's socket as a pure
+ * ACK, its payload cut off
+ * and its FIN cleared, with lengths and checksums right; a reset is
+ * dropped; the proxy's own segments pass (its relay still writes). */
+static void draining(int family)
+{
+	struct spec s = { .seq = 100, .ack = 500, .win = 3000, .flags = 0x18, .ts = true, .tsval = 9, .tsecr = 8,
+			  .nsack = 2, .sack = { 600, 700 } };
+	struct ws_tc_flow g = { .tunnel_id = 7, .role = WS_TC_GUARD };
+	uint8_t in[2048], out[2048];
+	uint32_t out_len;
+	uint64_t before, after;
+	size_t l4, len, hdr;
+	struct {
+		uint8_t flags;
+		size_t payload;
+		int verdict;
+	} cases[] = { { 0x10, 0, TC_ACT_UNSPEC }, { 0x18, 1000, TC_ACT_UNSPEC }, { 0x19, 1400, TC_ACT_UNSPEC },
+		      { 0x11, 0, TC_ACT_UNSPEC }, { 0x14, 0, TC_ACT_SHOT } };
+
+	struct ws_tc_tunnel t;
+	uint32_t id = 7;
+	int tunnels = bpf_map__fd(skel->maps.tc_tunnels);
+
+	put_tunnel(family, WS_TC_DRAIN, &s.k);
+	/* Not marked yet: the client's payload passes whole. */
+	s.payload = 700;
+	len = build(in, &s, &l4);
+	assert_int_equal(run(in, len, out, &out_len), TC_ACT_UNSPEC);
+	assert_int_equal(out_len, len);
+	assert_memory_equal(out, in, len);
+	assert_int_equal(bpf_map_lookup_elem(tunnels, &id, &t), 0);
+	t.dir[WS_DIR_C2U].flags |= WS_TC_STRIP;
+	assert_int_equal(bpf_map_update_elem(tunnels, &id, &t, BPF_EXIST), 0);
+	assert_int_equal(percpu_counter(bpf_map__fd(skel->maps.tc_counters), WS_TCC_STRIPPED, &before, NULL), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		s.flags = cases[i].flags;
+		s.payload = cases[i].payload;
+		len = build(in, &s, &l4);
+		hdr = len - s.payload;
+		assert_int_equal(run(in, len, out, &out_len), cases[i].verdict);
+		if (cases[i].verdict != TC_ACT_UNSPEC)
+			continue;
+		/* Untouched but for the length, the FIN and the checksums. */
+		assert_int_equal(out_len, hdr);
+		assert_int_equal(out[l4 + 13], cases[i].flags & ~0x01);
+		assert_memory_equal(out + l4, in + l4, 13);
+		assert_memory_equal(out + l4 + 14, in + l4 + 14, 2);
+		assert_memory_equal(out + l4 + 18, in + l4 + 18, hdr - l4 - 18);
+		assert_int_equal(tcp_sum(out, family, l4, out_len), 0xffff);
+		if (family == 4) {
+			assert_int_equal(out[16] << 8 | out[17], out_len - 14);
+			assert_int_equal(fold(sum16(0, out + 14, 20)), 0xffff);
+		} else {
+			assert_int_equal(out[18] << 8 | out[19], out_len - l4);
+		}
+	}
+	assert_int_equal(percpu_counter(bpf_map__fd(skel->maps.tc_counters), WS_TCC_STRIPPED, &after, NULL), 0);
+	assert_int_equal(after - before, 3);
+	/* Pa -> C: the proxy's socket on the client leg speaks, payload and all. */
+	{
+		struct ws_tc_key gk = { .family = (uint8_t)family, .sport = s.k.dport, .dport = s.k.sport };
+
+		memcpy(gk.saddr, s.k.daddr, 16);
+		memcpy(gk.daddr, s.k.saddr, 16);
+		assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.tc_flows), &gk, &g, BPF_ANY), 0);
+		s.k = gk;
+		s.flags = 0x18;
+		s.payload = 100;
+		len = build(in, &s, &l4);
+		assert_int_equal(run(in, len, out, &out_len), TC_ACT_UNSPEC);
+		assert_int_equal(out_len, len);
+		assert_memory_equal(out, in, len);
+	}
+	clear_maps();
+}
+
+static void draining_strips_ipv4(void **state)
+{
+	(void)state;
+	draining(4);
+}
+
+static void draining_strips_ipv6(void **state)
+{
+	(void)state;
+	draining(6);
+}
+
 /* On a device's egress the guard drops only the frozen socket's own
  * segments: one the program redirected there has the same addresses and
  * another socket (BPF_PROG_TEST_RUN gives every run a socket of its own,
@@ -1019,6 +1109,8 @@ int main(void)
 		cmocka_unit_test(translates_the_longest_options),
 		cmocka_unit_test(passes_what_is_not_its_own),
 		cmocka_unit_test(frozen_drops_payload_and_guard_drops_the_proxy),
+		cmocka_unit_test(draining_strips_ipv4),
+		cmocka_unit_test(draining_strips_ipv6),
 		cmocka_unit_test(the_egress_guard_knows_the_frozen_socket),
 		cmocka_unit_test(fins_and_resets_end_it),
 		cmocka_unit_test(ip_options_are_dropped),
