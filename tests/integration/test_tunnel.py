@@ -237,12 +237,14 @@ def test_client_frame_in_same_write_as_request(upstream, start_proxy, mode):
     px = start_proxy(up.port, mode)
     s, rest = open_tunnel(px.port, with_request=b"0123456789")
     assert rest + recv_exact(s, 3 - len(rest)) == b"ack"
+    px.wait_express()  # tcsplice: "more" and the FINs cross the tc program
     s.sendall(b"more")
     s.shutdown(socket.SHUT_WR)
     assert recv_until_eof(s) == b""
     s.close()
     assert wait_for(lambda: "after" in seen, timeout=5)
     assert seen == {"first": b"0123456789", "after": b"more"}
+    px.assert_kernel_path()
 
 
 def test_half_close_client_first(upstream, start_proxy, mode):
@@ -332,17 +334,21 @@ def test_client_reset_reaches_upstream(upstream, start_proxy, mode):
     s, _ = open_tunnel(px.port)
     s.sendall(b"hello")
     time.sleep(0.05)
+    px.wait_express()  # tcsplice: the reset crosses the tc program
     _reset(s)
     deadline = time.monotonic() + 3
     while "closed" not in outcome and time.monotonic() < deadline:
         time.sleep(0.01)
     assert outcome.get("closed"), outcome
+    px.assert_kernel_path()
 
 
 def test_upstream_reset_reaches_client(upstream, start_proxy, mode):
+    go = threading.Event()
+
     def handler(conn, head, rest):
         conn.sendall(switching_protocols(key_of(head)) + b"x")
-        time.sleep(0.05)
+        go.wait(10)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     up = upstream(handler)
@@ -350,8 +356,12 @@ def test_upstream_reset_reaches_client(upstream, start_proxy, mode):
     s, rest = open_tunnel(px.port)
     if not rest:
         recv_exact(s, 1)
+    time.sleep(0.05)
+    px.wait_express()  # tcsplice: the reset crosses the tc program
+    go.set()
     assert _sees_close_within(s, 1.0)
     s.close()
+    px.assert_kernel_path(at_least=0)  # sockmap: no byte after the 101's, only the reset
 
 
 def _mark_broken(pin_dir, direction, state=1):
