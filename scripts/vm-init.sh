@@ -35,11 +35,11 @@ mount -t tmpfs tmpfs $r/dev/shm 2>/dev/null
 mount -t bpf bpf $r/sys/fs/bpf
 ip link set lo up
 echo "vmtest: kernel $(uname -r), running: $cmd"
-# Hold the sock_ops static key on, so no daemon start or stop patches kernel
-# text under TCG (scripts/vm-keep-static-keys.sh says why).
+# Hold the sock_ops and tc static keys on, so no daemon start or stop
+# patches kernel text under TCG (scripts/vm-keep-static-keys.sh says why).
 chroot $r /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	/bin/bash "$work/scripts/vm-keep-static-keys.sh" ||
-	echo "vmtest: warning: the sock_ops static key is not held; a daemon start may patch kernel text"
+	echo "vmtest: warning: the static keys are not all held; a daemon start may patch kernel text"
 # Under TCG every instruction is emulated: the suite's liveness bounds
 # (wait_for) stretch threefold, its figures do not change.
 chroot $r /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

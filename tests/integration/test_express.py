@@ -18,7 +18,7 @@ import pytest
 
 import urllib.request
 
-from conftest import NO_BPF, Proxy, free_port
+from conftest import NO_BPF, Proxy, free_port, report
 from wsutil import (echo_until_reset, one_route_config, open_tunnel, reading_echo, recv_exact, recv_head, status_of,
                     switching_protocols, key_of, upgrade_request, wait_for)
 
@@ -95,19 +95,23 @@ def stream_until(s, done, seed, then=0, timeout=30):
     """Sends a pattern on s without a pause, and reads it back at once,
     until done() (asked from a third thread every 20 ms, so that asking
     never pauses the stream) or the timeout; then `then` bytes more.
-    Returns the sha256 of what was sent and of what came back, and how many
-    bytes went each way."""
+    Returns the sha256 of what was sent and of what came back, how many
+    bytes went each way, and the longest wait between two reads (s)."""
     block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
     sent, back = hashlib.sha256(), hashlib.sha256()
-    n = {"sent": 0, "got": 0, "final": None}
+    n = {"sent": 0, "got": 0, "final": None, "gap": 0.0}
     stop = threading.Event()
 
     def reader():
         s.settimeout(30)
+        last = time.monotonic()
         while n["final"] is None or n["got"] < n["final"]:
             data = s.recv(1 << 20)
             if not data:
                 break
+            now = time.monotonic()
+            n["gap"] = max(n["gap"], now - last)
+            last = now
             back.update(data)
             n["got"] += len(data)
 
@@ -133,7 +137,7 @@ def stream_until(s, done, seed, then=0, timeout=30):
     for th in threads:
         th.join(60)
     assert n["got"] == n["final"], "%d of %d bytes came back" % (n["got"], n["final"])
-    return sent.hexdigest(), back.hexdigest(), n["sent"]
+    return sent.hexdigest(), back.hexdigest(), n["sent"], n["gap"]
 
 
 def test_a_busy_tunnel_drains_into_the_express_lane(upstream, start_proxy):
@@ -153,7 +157,7 @@ def test_a_busy_tunnel_drains_into_the_express_lane(upstream, start_proxy):
             went.append(time.monotonic())
         return bool(went)
     t0 = time.monotonic()
-    sent, back, total = stream_until(s, express, b"busy", then=64 << 20)
+    sent, back, total, gap = stream_until(s, express, b"busy", then=64 << 20)
     assert sent == back
     assert express(), (conns(px), px.read_log())
     h = bpf_handovers(px)
@@ -163,9 +167,10 @@ def test_a_busy_tunnel_drains_into_the_express_lane(upstream, start_proxy):
     assert stripped and int(stripped.group(1)) > 0, text
     # The 64 MiB after the hand-over crossed the program, each way.
     kernel = [int(v) for v in re.findall(r'wsplice_tunnel_kernel_bytes_total\{direction="[^"]+"\} (\d+)', text)]
-    print("busy tunnel: express after %.0f ms and %d MiB each way; %d drains (%d timed out), %s segments stripped"
-          % ((went[0] - t0) * 1000, (total - (64 << 20)) >> 20, h["drains"], h["drains_timed_out"],
-             stripped.group(1)))
+    report("busy tunnel [tcsplice]: express after %.0f ms and %d MiB each way; %d drains (%d timed out), %s "
+           "segments stripped; the stream's longest pause %.0f ms"
+           % ((went[0] - t0) * 1000, (total - (64 << 20)) >> 20, h["drains"], h["drains_timed_out"],
+              stripped.group(1), gap * 1000))
     assert len(kernel) == 2 and min(kernel) >= 64 << 20, text
     s.shutdown(socket.SHUT_WR)
     s.settimeout(5)
@@ -185,7 +190,7 @@ def test_a_worker_that_cannot_freeze_drains_no_busy_tunnel(upstream, start_proxy
     def refused():
         text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
         return 'wsplice_express_refused_total{reason="no_repair"} 1' in text
-    sent, back, _ = stream_until(s, refused, b"nobody", timeout=10)
+    sent, back, _, _ = stream_until(s, refused, b"nobody", timeout=10)
     assert sent == back and refused(), px.read_log()
     h = bpf_handovers(px)
     assert h["drains"] == 0 and h["refused_no_repair"] == 1 and h["tried"] == 0, h
