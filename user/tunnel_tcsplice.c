@@ -6,8 +6,11 @@
  * sequence numbers give the deltas, and the tunnel goes ACTIVE. From then
  * on the peers' segments are rewritten into each other's and pass the
  * proxy's stack by; this process only looks at the program's state now and
- * then, for the end and for the timeouts. A tunnel that cannot go express
- * stays on the relay for its life, with one debug line saying why. */
+ * then, for the end and for the timeouts. A tunnel that is never quiet
+ * drains into it instead: the program cuts the peers' payload off while
+ * the relay empties the proxy's queues (strip-freeze). A tunnel that
+ * cannot go express stays on the relay for its life, with one debug line
+ * saying why. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/sock_diag.h>
@@ -721,7 +724,8 @@ undo:
  * and cuts off their payload and FINs. The relay writes out what it holds;
  * once every queue is empty the tunnel freezes as at a quiet moment. The
  * peers send what was cut off again, at their retransmission timeout,
- * and then it goes end to end (docs/DESIGN-TC-SPLICE.md, "Strip-freeze"). */
+ * and then it goes end to end (docs/DESIGN-TC-SPLICE.md, "A busy tunnel:
+ * strip-freeze"). */
 static void drain_start(struct tcs_tunnel *t, uint64_t now)
 {
 	struct tcs_drain *d;
