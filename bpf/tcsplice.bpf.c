@@ -470,7 +470,6 @@ static __always_inline int rewrite_in(struct __sk_buff *skb, const struct seg *s
 	return bpf_l4_csum_replace(skb, s->l4 + TH_CSUM, 0, diff, 0);
 }
 
-
 /* DRAIN: whether the segment fills the hole before the proxy's socket's
  * out-of-order queue, and must go in whole. Bytes past a hole are
  * acknowledged selectively, so the peer sends only the hole again; cut
@@ -681,29 +680,26 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		count(WS_TCC_OPTION_DROPS, 1);
 		return TC_ACT_SHOT;
 	}
-	if (t->state == WS_TC_DRAIN) {
+	if (t->state == WS_TC_FROZEN || t->state == WS_TC_DRAIN) {
+		/* A reset is not sent again: the daemon sees the peer gone
+		 * when it thaws, or times the tunnel out. Pure ACKs pass. */
 		if (s.flags & TH_RST) {
 			count(WS_TCC_FROZEN_DROPS, 1);
 			return TC_ACT_SHOT;
 		}
-		if (!(t->dir[d].flags & WS_TC_STRIP) || (!s.payload && !(s.flags & TH_FIN)))
+		if (!s.payload && !(s.flags & TH_FIN))
 			return TC_ACT_UNSPEC;
-		if (s.payload && fills_hole(skb, &key, &s))
+		if (t->state == WS_TC_FROZEN) {
+			count(WS_TCC_FROZEN_DROPS, 1);
+			return TC_ACT_SHOT;
+		}
+		if (!(t->dir[d].flags & WS_TC_STRIP) || (s.payload && fills_hole(skb, &key, &s)))
 			return TC_ACT_UNSPEC;
 		if (edit(skb, &s, NULL)) {
 			count(WS_TCC_REWRITE_FAILS, 1);
 			return TC_ACT_SHOT;
 		}
 		count(WS_TCC_STRIPPED, 1);
-		return TC_ACT_UNSPEC;
-	}
-	if (t->state == WS_TC_FROZEN) {
-		/* A reset is not sent again: the daemon sees the peer gone
-		 * when it thaws, or times the tunnel out. */
-		if (s.payload || (s.flags & (TH_FIN | TH_RST))) {
-			count(WS_TCC_FROZEN_DROPS, 1);
-			return TC_ACT_SHOT;
-		}
 		return TC_ACT_UNSPEC;
 	}
 	if (t->state != WS_TC_ACTIVE && t->state != WS_TC_ENDED)

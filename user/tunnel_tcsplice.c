@@ -369,6 +369,16 @@ static int queued(int fd, unsigned long req)
 	return ioctl(fd, req, &n) ? 1 : n;
 }
 
+/* The socket's receive memory (SO_MEMINFO): every skb it holds, the
+ * out-of-order queue's too; 1 when it cannot be read. */
+static uint32_t rmem_of(int fd)
+{
+	uint32_t mem[SK_MEMINFO_VARS] = { 0 };
+	socklen_t len = sizeof(mem);
+
+	return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) ? 1 : mem[SK_MEMINFO_RMEM_ALLOC];
+}
+
 /* Nothing unacknowledged, nothing queued either way. SIOCINQ leaves out
  * the out-of-order queue: bytes past a hole, which the peer saw
  * acknowledged selectively and will not send again soon, would be lost
@@ -376,12 +386,8 @@ static int queued(int fd, unsigned long req)
  * allocation, which is 0 only when no skb waits anywhere in the socket. */
 static bool socket_quiet(int fd, const struct tcp_info *ti)
 {
-	uint32_t mem[SK_MEMINFO_VARS] = { 0 };
-	socklen_t len = sizeof(mem);
-
 	return ti->tcpi_state == TCP_ST_ESTABLISHED && !ti->tcpi_unacked && !queued(fd, SIOCINQ) &&
-	       !queued(fd, SIOCOUTQ) && !getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) &&
-	       !mem[SK_MEMINFO_RMEM_ALLOC];
+	       !queued(fd, SIOCOUTQ) && !rmem_of(fd);
 }
 
 static int repair(int fd, int on)
@@ -468,15 +474,21 @@ static bool windows_fit(const struct tcp_info ti[2], const uint32_t seg[2])
  * queue SIOCINQ counts, yet it moved rcv_nxt and left the socket in
  * CLOSE_WAIT, and the program would then translate every later segment
  * one byte off while the peer waits for that FIN forever. */
-static bool still_quiet(const struct tcs_tunnel *t)
+static bool still_quiet(const struct tcs_tunnel *t, struct tcp_info ti[2], uint32_t seg[2])
 {
-	struct tcp_info ti;
-	uint32_t seg;
-
 	for (int e = 0; e < 2; e++)
-		if (tcp_info_of(t->fd[e], &ti, &seg) || !socket_quiet(t->fd[e], &ti))
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e]) || !socket_quiet(t->fd[e], &ti[e]))
 			return false;
 	return true;
+}
+
+/* TCP_INFO of both ends (tcp_info_of), or -1. */
+static int tcp_infos(const struct tcs_tunnel *t, struct tcp_info ti[2], uint32_t seg[2])
+{
+	for (int e = 0; e < 2; e++)
+		if (tcp_info_of(t->fd[e], &ti[e], &seg[e]))
+			return -1;
+	return 0;
 }
 
 /* Not yet: looks again after retry_ms. */
@@ -643,11 +655,12 @@ static void freeze(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tc
 {
 	struct tcs_ctx *c = t->c;
 	struct tunnel_handoff h = { .fd = { t->fd[0], t->fd[1] } };
-	uint32_t snd[2], rcv[2];
+	struct tcp_info now[2];
+	uint32_t snd[2], rcv[2], seg[2];
 	int off = 0, err;
 
 	note(&tc_dataplane_handovers(c->tp)->tried);
-	if (!still_quiet(t)) {
+	if (!still_quiet(t, now, seg)) {
 		tc_express_del(c->tp, t->id, &t->keys);
 		later(t, "a byte or a FIN came meanwhile", EXPRESS_QUIET_MS);
 		return;
@@ -668,7 +681,7 @@ static void freeze(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tc
 	 * can reach a socket late (its backlog runs when the lock goes): then
 	 * rcv_nxt counts a byte nobody would deliver. Looked at once more,
 	 * now that the numbers are read. */
-	if (!still_quiet(t)) {
+	if (!still_quiet(t, now, seg)) {
 		errno = EAGAIN;
 		goto undo;
 	}
@@ -744,12 +757,10 @@ static void drain_start(struct tcs_tunnel *t, uint64_t now)
 		return;
 	}
 	d->v.state = WS_TC_DRAIN;
-	for (int e = 0; e < 2; e++) {
-		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
-			free(d);
-			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
-			return;
-		}
+	if (tcp_infos(t, ti, seg)) {
+		free(d);
+		refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
+		return;
 	}
 	if (express_plan(t, &d->v, ti, seg, false))
 		return (void)free(d);
@@ -782,16 +793,14 @@ static void drain_left(const struct tcs_tunnel *t)
 
 	engine_copy.describe(t->relay, rel, sizeof(rel));
 	for (int e = 0; e < 2; e++) {
-		uint32_t mem[SK_MEMINFO_VARS] = { 0 }, seg;
-		socklen_t len = sizeof(mem);
 		struct tcp_info ti;
+		uint32_t seg;
 
 		memset(&ti, 0, sizeof(ti));
 		tcp_info_of(t->fd[e], &ti, &seg);
-		getsockopt(t->fd[e], SOL_SOCKET, SO_MEMINFO, mem, &len);
 		n += (size_t)snprintf(what + n, sizeof(what) - n, "%s: state %u unacked %u inq %d outq %d rmem %u; ",
 				      e == TUNNEL_END_CLIENT ? "client" : "upstream", ti.tcpi_state, ti.tcpi_unacked,
-				      queued(t->fd[e], SIOCINQ), queued(t->fd[e], SIOCOUTQ), mem[SK_MEMINFO_RMEM_ALLOC]);
+				      queued(t->fd[e], SIOCINQ), queued(t->fd[e], SIOCOUTQ), rmem_of(t->fd[e]));
 		if (n >= sizeof(what))
 			break;
 	}
@@ -841,15 +850,10 @@ static void drain_step(struct tcs_tunnel *t, struct engine_io *io, const struct 
 		}
 		d->until_ms = now + EXPRESS_DRAIN_MS;
 	}
-	if (!engine_copy.quiet(t->relay) || !still_quiet(t)) {
+	if (!engine_copy.quiet(t->relay) || !still_quiet(t, ti, seg)) {
 		drain_wait(t, now, "the queues did not empty while draining");
 		return;
 	}
-	for (int e = 0; e < 2; e++)
-		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
-			drain_thaw(t, "no TCP_INFO");
-			return;
-		}
 	if (!windows_fit(ti, seg)) {
 		drain_thaw(t, "a peer's window is below the other's segments");
 		return;
@@ -904,11 +908,9 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		later(t, "not quiet: a FIN, or bytes held", t->backoff_ms);
 		return;
 	}
-	for (int e = 0; e < 2; e++) {
-		if (tcp_info_of(t->fd[e], &ti[e], &seg[e])) {
-			refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
-			return;
-		}
+	if (tcp_infos(t, ti, seg)) {
+		refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
+		return;
 	}
 	if (!socket_quiet(t->fd[0], &ti[0]) || !socket_quiet(t->fd[1], &ti[1])) {
 		later(t, "bytes in flight", EXPRESS_QUIET_MS);
