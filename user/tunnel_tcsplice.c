@@ -70,6 +70,7 @@ struct tcs_tunnel {
 	void *relay; /* the copy relay's state, until the hand-over */
 	int fd[2];
 	bool express;
+	bool told_window; /* counted once among the refusals */
 	uint8_t seen_flags[2]; /* the program's flags at the last look */
 	uint32_t id;
 	struct tc_keys keys;
@@ -463,10 +464,31 @@ static const char *segments_misfit(const struct ws_tc_tunnel *v, const struct tc
 
 /* Each peer's window must take the other peer's segments, or that
  * direction moves by window probes only (docs/KERNEL-LOG.md, "The tc
- * splice"). */
-static bool windows_fit(const struct tcp_info ti[2], const uint32_t seg[2])
+ * splice"). What a peer's buffer takes is the largest window it ever
+ * advertised: the last one may be stale, since a reader that emptied its
+ * buffer sends no update until more comes (tcp_cleanup_rbuf), and a quiet
+ * tunnel has nothing coming. TCP_REPAIR_WINDOW tells it, in repair mode
+ * only: on and off again (no window probe), which sends nothing. 1: they
+ * fit, 0: not, -1: not asked (errno). */
+static int windows_fit(const struct tcs_tunnel *t, const uint32_t seg[2])
 {
-	return ti[0].tcpi_snd_wnd >= seg[1] && ti[1].tcpi_snd_wnd >= seg[0];
+	struct tcp_repair_window w[2];
+
+	for (int e = 0; e < 2; e++) {
+		socklen_t len = sizeof(w[e]);
+		int r, err;
+
+		if (repair(t->fd[e], 1))
+			return -1;
+		r = getsockopt(t->fd[e], IPPROTO_TCP, TCP_REPAIR_WINDOW, &w[e], &len);
+		err = errno;
+		repair(t->fd[e], TCP_REPAIR_OFF_NO_WP);
+		if (r) {
+			errno = err;
+			return -1;
+		}
+	}
+	return w[0].max_window >= seg[1] && w[1].max_window >= seg[0];
 }
 
 /* Both sockets as quiet as before, looked at again. The state counts as
@@ -519,6 +541,35 @@ static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 	t->next_try_ms = UINT64_MAX;
 }
 
+/* Whether a peer's window is short of the other's segments: with why, the
+ * tunnel tries again later, less and less often (a buffer can grow), and
+ * the refusal counts once. Checked at a quiet moment, when nothing in
+ * flight shuts a window (at a drain's start the bytes in flight may). */
+static bool windows_short(struct tcs_tunnel *t, const uint32_t seg[2], const char *why)
+{
+	struct ws_tc_handovers *n = tc_dataplane_handovers(t->c->tp);
+	int fit = windows_fit(t, seg);
+
+	if (fit > 0)
+		return false;
+	if (fit < 0) {
+		/* A FIN came (repair wants ESTABLISHED): quiet no longer. */
+		if (why)
+			later(t, "cannot read the peers' windows", EXPRESS_QUIET_MS);
+		return true;
+	}
+	if (!t->told_window) {
+		t->told_window = true;
+		metrics_inc(M_EXPRESS_REFUSED_WINDOW);
+		note(&n->refused_window);
+	}
+	if (why) {
+		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
+		later(t, why, t->backoff_ms);
+	}
+	return true;
+}
+
 /* TCP_REPAIR failed with err: EPERM is a worker without CAP_NET_ADMIN
  * (one warning each), anything else an error. */
 static void refuse_no_repair(struct tcs_tunnel *t, int err)
@@ -563,12 +614,9 @@ static bool may_repair(struct tcs_ctx *c)
 }
 
 /* The tunnel's entries as they would go in (legs, keys, cookies), or -1
- * when a precondition does not hold: refused, for its life. The window
- * check needs a moment with nothing in flight (at a drain's start the
- * windows may be shut by the very bytes in flight): window false leaves
- * it to the caller. */
-static int express_plan(struct tcs_tunnel *t, struct ws_tc_tunnel *v, struct tcp_info ti[2], uint32_t seg[2],
-			bool window)
+ * when a precondition does not hold: refused, for its life. The windows
+ * are the caller's (windows_short). */
+static int express_plan(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tcp_info ti[2])
 {
 	struct tcs_ctx *c = t->c;
 	const char *why = NULL;
@@ -601,10 +649,6 @@ static int express_plan(struct tcs_tunnel *t, struct ws_tc_tunnel *v, struct tcp
 		why = segments_misfit(v, ti, family[0]);
 	if (why) {
 		refuse(t, why, M_EXPRESS_REFUSED_MISMATCH);
-		return -1;
-	}
-	if (window && !windows_fit(ti, seg)) {
-		refuse(t, "a peer's window is below the other's segments", M_EXPRESS_REFUSED_WINDOW);
 		return -1;
 	}
 	v->family = (uint32_t)family[0];
@@ -762,7 +806,7 @@ static void drain_start(struct tcs_tunnel *t, uint64_t now)
 		refuse(t, "no TCP_INFO", M_EXPRESS_REFUSED_ERROR);
 		return;
 	}
-	if (express_plan(t, &d->v, ti, seg, false))
+	if (express_plan(t, &d->v, ti))
 		return (void)free(d);
 	d->v.dir[WS_DIR_C2U].flags = WS_TC_STRIP;
 	if (express_enter(t, &d->v))
@@ -854,7 +898,7 @@ static void drain_step(struct tcs_tunnel *t, struct engine_io *io, const struct 
 		drain_wait(t, now, "the queues did not empty while draining");
 		return;
 	}
-	if (!windows_fit(ti, seg)) {
+	if (windows_short(t, seg, NULL)) {
 		drain_thaw(t, "a peer's window is below the other's segments");
 		return;
 	}
@@ -916,7 +960,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 		later(t, "bytes in flight", EXPRESS_QUIET_MS);
 		return;
 	}
-	if (express_plan(t, &v, ti, seg, true))
+	if (express_plan(t, &v, ti) || windows_short(t, seg, "a peer's window is below the other's segments"))
 		return;
 	ack_now(t);
 	if (express_enter(t, &v))

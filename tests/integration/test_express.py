@@ -400,8 +400,9 @@ def test_two_instances_on_lo_each_carry_their_own(upstream, start_proxy):
 def test_a_peer_whose_window_cannot_take_the_other_peers_segments_stays_on_the_relay(upstream, start_proxy):
     """A client with an 8 KiB receive buffer: the upstream's segments (up to
     half the proxy's window, 32 KiB and more) would not fit its window, and
-    after a hand-over only window probes would carry them. The tunnel is
-    refused once, with the reason counted, and still carries every byte."""
+    after a hand-over only window probes would carry them. The largest
+    window it ever advertised says so (a stale last one would not): the
+    tunnel is refused, counted once, and still carries every byte."""
     mport = free_port()
     px = start_proxy(upstream(reading_echo).port, "tcsplice",
                      extra=("--workers", "1", "--metrics", "127.0.0.1:%d" % mport))

@@ -241,7 +241,7 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
         assert expected.startswith(rest)
         stalled_reader(conn, expected[len(rest):], random.Random(seed + "u"), up_ok, seed, "upstream")
         w.join()
-        recv_until_eof(conn)
+        recv_until_eof(conn, 60)  # tcsplice: the client waits for all 200 hand-overs first
         up_eof[seed] = time.monotonic()
 
     up = upstream(handler)
@@ -250,10 +250,15 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
 
     client_errors = {}
     handshake_s = {}
+    # tcsplice: each client, its streams done, waits here until every
+    # tunnel went express, so the 200 FINs go through the tc program.
+    streamed = threading.Semaphore(0)
+    all_express = threading.Event()
     connect_at, handler_at = {}, {}
 
     def client(i):
         s = None
+        released = False
         try:
             # 200 handshakes at once: under qemu some took over 5 s (the
             # Python upstream starts a thread per connection), which is
@@ -267,18 +272,35 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
             assert expected.startswith(rest)
             stalled_reader(s, expected[len(rest):], random.Random(i), client_ok, str(i), "client")
             w.join()
+            streamed.release()
+            released = True
+            all_express.wait(60)
             s.shutdown(socket.SHUT_WR)
         except Exception as e:
             # Said in the failure, not left to a thread warning that holds the socket open.
             client_errors[str(i)] = "%s at %.1f s" % (repr(e)[:200], time.monotonic() - started)
+            if not released:
+                streamed.release()
         finally:
             if s:
                 s.close()
 
     started = time.monotonic()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    if mode != "tcsplice":
+        all_express.set()
     for t in threads:
         t.start()
+    express = express_wait = 0
+    if mode == "tcsplice":
+        for _ in range(n):
+            streamed.acquire(timeout=120)
+        # A quiet tunnel goes express at once; all of these are quiet now.
+        express_wait = time.monotonic()
+        wait_for(lambda: px.express_handovers() >= n, timeout=30)
+        express_wait = time.monotonic() - express_wait
+        express = px.express_handovers()
+        all_express.set()
     for t in threads:
         t.join(120)
     done = wait_for(lambda: len(up_ok) == n, timeout=30)
@@ -297,12 +319,13 @@ def test_200_tunnels_with_random_stalls(upstream, start_proxy, mode):
         raise AssertionError("the client's FIN never reached the upstream for %s\n%s"
                              % (missing[:20], what_the_proxy_saw(px, up, mode)))
     px.assert_kernel_path(at_least=n)
-    # tcsplice: a long enough stall is a quiet moment, and a tunnel busy
-    # for 200 ms drains; most end sooner (0.8 s for all 200 here), and
-    # stay on the relay: some must not.
-    express = ", %d went express" % px.express_handovers() if mode == "tcsplice" else ""
+    # tcsplice: each tunnel went express, mid-stream (a stall is a quiet
+    # moment; 200 ms busy, a drain) or once its streams were done, and its
+    # FIN went through the tc program.
     if mode == "tcsplice":
-        assert px.express_handovers() >= 1, "none went express:\n" + what_the_proxy_saw(px, up, mode)
+        assert express == n, "%d of %d went express in %.1f s:\n%s" % (express, n, express_wait,
+                                                                    what_the_proxy_saw(px, up, mode))
+    express = ", all went express (the last %.2f s after the streams)" % express_wait if mode == "tcsplice" else ""
     # How much of the slowest handshake passed before the upstream's handler
     # had the request: the proxy's part and the Python server's accept.
     report("200 tunnels with stalls [%s]: slowest handshake %.2f s (request at the upstream's handler after "
