@@ -402,7 +402,7 @@ static int queue_seq(int fd, int queue, uint32_t *seq)
 
 	if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof(queue)))
 		return -1;
-	return getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, seq, &len);
+	return seq ? getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, seq, &len) : 0;
 }
 
 /* TCP_INFO, and how large the segments the peer sends this socket can
@@ -718,8 +718,12 @@ static void freeze(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tc
 		refuse_no_repair(t, err);
 		return;
 	}
+	/* Then no queue: in repair mode a send() on a socket whose repair
+	 * queue is the receive queue lands in its own receive queue, which a
+	 * stray write would turn into an echo; with none it fails (EINVAL). */
 	for (int e = 0; e < 2; e++)
-		if (queue_seq(t->fd[e], TCP_SEND_QUEUE, &snd[e]) || queue_seq(t->fd[e], TCP_RECV_QUEUE, &rcv[e]))
+		if (queue_seq(t->fd[e], TCP_SEND_QUEUE, &snd[e]) || queue_seq(t->fd[e], TCP_RECV_QUEUE, &rcv[e]) ||
+		    queue_seq(t->fd[e], TCP_NO_QUEUE, NULL))
 			goto undo;
 	/* A segment that passed the program before the FROZEN entry went in
 	 * can reach a socket late (its backlog runs when the lock goes): then
