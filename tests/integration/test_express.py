@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -106,6 +107,10 @@ def stream_until(s, done, seed, then=0, timeout=30):
         s.settimeout(30)
         last = time.monotonic()
         while n["final"] is None or n["got"] < n["final"]:
+            # Not blocked in recv when the total becomes known: all may be back already.
+            if not select.select([s], [], [], 0.05)[0]:
+                assert time.monotonic() - last < 30, "nothing came back for 30 s"
+                continue
             data = s.recv(1 << 20)
             if not data:
                 break
