@@ -541,6 +541,13 @@ static void refuse(struct tcs_tunnel *t, const char *why, enum metric reason)
 	t->next_try_ms = UINT64_MAX;
 }
 
+/* The next look at a tunnel not ready yet: 20 ms, doubling to 1 s. */
+static uint64_t backoff(struct tcs_tunnel *t)
+{
+	t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
+	return t->backoff_ms;
+}
+
 /* Whether a peer's window is short of the other's segments: with why, the
  * tunnel tries again later, less and less often (a buffer can grow), and
  * the refusal counts once. Checked at a quiet moment, when nothing in
@@ -564,8 +571,7 @@ static bool windows_short(struct tcs_tunnel *t, const uint32_t seg[2], const cha
 		note(&n->refused_window);
 	}
 	if (why) {
-		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
-		later(t, why, t->backoff_ms);
+		later(t, why, backoff(t));
 	}
 	return true;
 }
@@ -952,8 +958,7 @@ static void try_hand_over(struct tcs_tunnel *t, struct engine_io *io)
 	if (!quiet) {
 		/* A FIN seen, or bytes held for a reader that does not read
 		 * yet: looked at less and less often. */
-		t->backoff_ms = t->backoff_ms ? (t->backoff_ms < 1000 ? 2 * t->backoff_ms : 1000) : EXPRESS_QUIET_MS;
-		later(t, "not quiet: a FIN, or bytes held", t->backoff_ms);
+		later(t, "not quiet: a FIN, or bytes held", backoff(t));
 		return;
 	}
 	if (tcp_infos(t, ti, seg)) {
