@@ -29,7 +29,8 @@ class CountingUpstream:
         self.connections = 0
         self.requests = []
         self.close_after = close_after
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
 
     def _accept(self):
         while True:
@@ -72,7 +73,28 @@ class CountingUpstream:
         return head + b"\r\n\r\n", rest
 
     def close(self):
+        # As ScriptedUpstream.close: the accept thread stops before the
+        # descriptor, whose number a later socket may take, goes.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the upstream's accept thread did not stop"
         self.sock.close()
+
+
+@pytest.fixture
+def counting_upstream():
+    """CountingUpstream(**kw), closed after the test even when it fails."""
+    made = []
+
+    def make(**kw):
+        made.append(CountingUpstream(**kw))
+        return made[-1]
+    yield make
+    for up in made:
+        up.close()
 
 
 def get(port, path):
@@ -81,29 +103,27 @@ def get(port, path):
         return HttpReader(s).response()
 
 
-def test_upstream_connections_are_pooled_and_reused(start_proxy):
-    up = CountingUpstream()
+def test_upstream_connections_are_pooled_and_reused(counting_upstream, start_proxy):
+    up = counting_upstream()
     px = start_proxy(0, "copy", extra=ONE_WORKER, config=config(up.port))
     for i in range(5):
         status, _, body = get(px.port, "/r%d" % i)  # five clients, one after another
         assert (status, body) == (200, b"/r%d" % i)
     assert up.connections == 1
     assert all("connection" not in f for _, f, _ in up.requests)
-    up.close()
 
 
-def test_keepalive_0_closes_every_upstream_connection(start_proxy):
-    up = CountingUpstream()
+def test_keepalive_0_closes_every_upstream_connection(counting_upstream, start_proxy):
+    up = counting_upstream()
     px = start_proxy(0, "copy", config=config(up.port, keepalive=0))
     for i in range(3):
         assert get(px.port, "/r%d" % i)[0] == 200
     assert up.connections == 3
     assert all(f["connection"] == ["close"] for _, f, _ in up.requests)
-    up.close()
 
 
-def test_a_pooled_connection_the_server_closed_is_not_used(start_proxy):
-    up = CountingUpstream(close_after=1)  # like a server with a short keep-alive timeout
+def test_a_pooled_connection_the_server_closed_is_not_used(counting_upstream, start_proxy):
+    up = counting_upstream(close_after=1)  # like a server with a short keep-alive timeout
     px = start_proxy(0, "copy", config=config(up.port))
     for i in range(4):
         assert get(px.port, "/r%d" % i)[2] == b"/r%d" % i
@@ -111,8 +131,8 @@ def test_a_pooled_connection_the_server_closed_is_not_used(start_proxy):
     assert up.connections == 4
 
 
-def test_pipelined_requests_are_answered_in_order(start_proxy):
-    up = CountingUpstream()
+def test_pipelined_requests_are_answered_in_order(counting_upstream, start_proxy):
+    up = counting_upstream()
     px = start_proxy(0, "copy", config=config(up.port))
     s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
     s.sendall(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -122,7 +142,6 @@ def test_pipelined_requests_are_answered_in_order(start_proxy):
     assert [r.response()[2] for _ in range(3)] == [b"/one", b"/two", b"/three"]
     assert up.requests[1][2] == b"hello"
     s.close()
-    up.close()
 
 
 def test_expect_100_continue(upstream, start_proxy):

@@ -52,7 +52,10 @@ def test_request_bodies_content_length_and_chunked(upstream, start_proxy, mode):
         else:
             body = rest
             while not body.endswith(b"T: v\r\n\r\n"):
-                body += conn.recv(65536)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise ConnectionError("EOF before the trailers: %r" % body)
+                body += chunk
         seen.append(body)
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n")
 

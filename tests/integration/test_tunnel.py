@@ -512,8 +512,8 @@ def test_upgrade_on_a_reused_upstream_connection(upstream, start_proxy, mode):
         conn.sendall(switching_protocols(key_of(head)))
         # One round trip first, so the client's FIN comes after the splice
         # (a FIN before the insertion sends the tunnel to the copy relay).
-        while len(rest) < 4:
-            rest += conn.recv(4 - len(rest))
+        if len(rest) < 4:
+            rest += recv_exact(conn, 4 - len(rest))
         conn.sendall(b"pong")
         got = rest[4:] + recv_until_eof(conn)
         conn.sendall(got[::-1])

@@ -244,6 +244,8 @@ class Streams(threading.Thread):
 
     def close(self):
         self.done.set()
+        if self.ident is not None:
+            self.join(5)  # its epoll loop stops before the sockets go
         for t in self.tunnels:
             if t["sock"]:
                 t["sock"].close()

@@ -124,7 +124,19 @@ class ScriptedUpstream:
             conn.close()
 
     def close(self):
+        """Wakes the accept thread and waits for it before the descriptor
+        goes. Closed under a thread blocked in accept(), the descriptor kept
+        that thread waiting on the old socket; when its call was restarted,
+        the kernel looked the number up again and found a later test's
+        listener there: one of that test's connections went to this echo
+        handler, and the client read its own bytes back."""
         self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # a listener's accept() returns EINVAL
+        except OSError:
+            pass
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the upstream's accept thread did not stop"
         self.sock.close()
 
 
