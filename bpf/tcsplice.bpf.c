@@ -720,8 +720,13 @@ int tcsplice_ingress(struct __sk_buff *skb)
 	count(WS_TCC_BYTES, s.payload);
 	if (o->redirect == WS_TC_EGRESS)
 		return bpf_redirect(o->ifindex, 0);
-	if (o->redirect == WS_TC_TO_PEER)
+	if (o->redirect == WS_TC_TO_PEER) {
+		if (bpf_skb_store_bytes(skb, 0, o->eth, sizeof(o->eth), 0)) {
+			count(WS_TCC_REWRITE_FAILS, 1);
+			return TC_ACT_SHOT;
+		}
 		return bpf_redirect_peer(o->ifindex, 0);
+	}
 	if (o->redirect == WS_TC_NEIGH)
 		return bpf_redirect_neigh(o->ifindex, NULL, 0, 0);
 	if (o->redirect == WS_TC_LO_INGRESS) {

@@ -124,6 +124,10 @@ struct ws_tc_dir {
 	__u16 sport, dport;
 	__u32 ifindex;  /* for WS_TC_EGRESS, WS_TC_TO_PEER and WS_TC_NEIGH */
 	__u32 redirect; /* enum ws_tc_redirect */
+	/* WS_TC_TO_PEER: the Ethernet destination then source the segment
+	 * gets (no neighbour lookup on that path). */
+	__u8 eth[12];
+	__u32 pad2;
 };
 
 /* Value of tc_tunnels, keyed by tunnel id. The daemon writes it whole, and
@@ -154,6 +158,7 @@ struct ws_tc_handovers {
 	__u64 refused_error;
 	__u64 drains;              /* busy tunnels that began a drain (WS_TC_DRAIN) */
 	__u64 drains_timed_out;    /* ... whose queues did not empty in time: thawed */
+	__u64 to_peer;             /* went ACTIVE with a leg into a veth's peer (WS_TC_TO_PEER) */
 };
 
 /* Value of tc_owner (one entry), written by the daemon when it attached

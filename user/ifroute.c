@@ -6,7 +6,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+#include <linux/ethtool.h>
+#include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
+#include <linux/sockios.h>
 #include <linux/rtnetlink.h>
 #include "ifroute.h"
 
@@ -48,7 +52,29 @@ static void put_attr(struct nlmsghdr *n, unsigned short type, const void *data, 
 	n->nlmsg_len = NLMSG_ALIGN(n->nlmsg_len) + RTA_ALIGN(rta->rta_len);
 }
 
-int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned *ifindex)
+/* One request to the kernel's rtnetlink, its answer into ans; the bytes
+ * received, or -1 with errno. */
+static ssize_t nl_ask(const struct nlmsghdr *req, void *ans, size_t cap)
+{
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	ssize_t got = -1;
+	int err;
+
+	if (fd < 0)
+		return -1;
+	if (sendto(fd, req, req->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) >= 0)
+		got = recv(fd, ans, cap, 0);
+	err = errno;
+	close(fd);
+	errno = err;
+	return got;
+}
+
+/* The route from me to peer: its output interface, and the next hop (the
+ * gateway, or peer itself on a link route). */
+static int route_of(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned *ifindex,
+		    struct addr *next)
 {
 	struct {
 		struct nlmsghdr n;
@@ -60,8 +86,7 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 		char buf[4096];
 	} ans;
 	struct addr src, dst;
-	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	int fd, err = 0;
+	int err;
 	ssize_t got;
 	int len;
 
@@ -94,18 +119,11 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 		put_attr(&req.n, RTA_OIF, &oif, sizeof(oif));
 	}
 
-	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-	if (fd < 0)
+	got = nl_ask(&req.n, &ans, sizeof(ans));
+	if (got < 0)
 		return -1;
-	if (sendto(fd, &req, req.n.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
-		err = errno;
-		goto out;
-	}
-	got = recv(fd, &ans, sizeof(ans), 0);
-	if (got < 0) {
-		err = errno;
-		goto out;
-	}
+	if (next)
+		*next = dst;
 	err = ENOENT;
 	len = (int)got;
 	/* NLMSG_OK by hand: the macro compares the unsigned nlmsg_len with
@@ -131,17 +149,74 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 				memcpy(&oif, RTA_DATA(a), sizeof(oif));
 				*ifindex = (unsigned)oif;
 				err = 0;
+			} else if (a->rta_type == RTA_GATEWAY && next && RTA_PAYLOAD(a) == dst.len) {
+				memcpy(next->bytes, RTA_DATA(a), dst.len);
 			}
 		}
 		break;
 	}
-out:
-	close(fd);
 	if (err) {
 		errno = err;
 		return -1;
 	}
 	return 0;
+}
+
+int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned *ifindex)
+{
+	return route_of(me, peer, ifindex, NULL);
+}
+
+/* The link-layer address of next's neighbour entry on ifindex, when the
+ * entry is valid (resolved, or static). */
+static int neighbour_of(unsigned ifindex, const struct addr *next, uint8_t mac[6])
+{
+	struct {
+		struct nlmsghdr n;
+		struct ndmsg nd;
+		char attrs[32];
+	} req;
+	union {
+		struct nlmsghdr n;
+		char buf[1024];
+	} ans;
+	ssize_t got;
+	int len;
+
+	memset(&req, 0, sizeof(req));
+	req.n.nlmsg_len = NLMSG_LENGTH(sizeof(req.nd));
+	req.n.nlmsg_type = RTM_GETNEIGH;
+	req.n.nlmsg_flags = NLM_F_REQUEST;
+	req.n.nlmsg_seq = 1;
+	req.nd.ndm_family = (unsigned char)next->family;
+	req.nd.ndm_ifindex = (int)ifindex;
+	put_attr(&req.n, NDA_DST, next->bytes, next->len);
+	got = nl_ask(&req.n, &ans, sizeof(ans));
+	if (got < 0)
+		return -1;
+	len = (int)got;
+	for (struct nlmsghdr *n = &ans.n;
+	     len >= (int)sizeof(*n) && n->nlmsg_len >= sizeof(*n) && n->nlmsg_len <= (unsigned)len;
+	     n = NLMSG_NEXT(n, len)) {
+		const struct ndmsg *nd = NLMSG_DATA(n);
+		int left;
+
+		if (n->nlmsg_type != RTM_NEWNEIGH || n->nlmsg_len < NLMSG_LENGTH(sizeof(*nd)))
+			break;
+		if (!(nd->ndm_state & (NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT)))
+			break;
+		left = (int)(n->nlmsg_len - NLMSG_LENGTH(sizeof(*nd)));
+		for (struct rtattr *a = (struct rtattr *)((char *)nd + NLMSG_ALIGN(sizeof(*nd))); RTA_OK(a, left);
+		     a = RTA_NEXT(a, left)) {
+			if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) {
+				memcpy(mac, RTA_DATA(a), 6);
+				return 0;
+			}
+		}
+		break;
+	}
+	errno = ENOENT;
+	return -1;
 }
 
 /* One or two interface ioctls on a throwaway socket, in order; false when
@@ -175,4 +250,62 @@ unsigned ifroute_mtu(unsigned ifindex)
 	if (!if_ioctl(SIOCGIFNAME, &ifr, SIOCGIFMTU) || ifr.ifr_mtu < 0)
 		return 0;
 	return (unsigned)ifr.ifr_mtu;
+}
+
+/* Whether ifindex's link peer lives in another network namespace (a veth
+ * whose other end was moved: rtnetlink names the peer's namespace). */
+static bool peer_elsewhere(unsigned ifindex)
+{
+	struct {
+		struct nlmsghdr n;
+		struct ifinfomsg i;
+	} req;
+	union {
+		struct nlmsghdr n;
+		char buf[8192];
+	} ans;
+	ssize_t got;
+	int left;
+
+	memset(&req, 0, sizeof(req));
+	req.n.nlmsg_len = NLMSG_LENGTH(sizeof(req.i));
+	req.n.nlmsg_type = RTM_GETLINK;
+	req.n.nlmsg_flags = NLM_F_REQUEST;
+	req.n.nlmsg_seq = 1;
+	req.i.ifi_family = AF_UNSPEC;
+	req.i.ifi_index = (int)ifindex;
+	got = nl_ask(&req.n, &ans, sizeof(ans));
+	if (got < (ssize_t)NLMSG_LENGTH(sizeof(struct ifinfomsg)) || ans.n.nlmsg_type != RTM_NEWLINK ||
+	    ans.n.nlmsg_len > (unsigned)got)
+		return false;
+	left = (int)(ans.n.nlmsg_len - NLMSG_LENGTH(sizeof(struct ifinfomsg)));
+	for (struct rtattr *a = IFLA_RTA(NLMSG_DATA(&ans.n)); RTA_OK(a, left); a = RTA_NEXT(a, left))
+		if (a->rta_type == IFLA_LINK_NETNSID)
+			return true;
+	return false;
+}
+
+int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, uint8_t eth[12])
+{
+	struct ifreq ifr;
+	struct ethtool_drvinfo info = { .cmd = ETHTOOL_GDRVINFO };
+	struct addr next;
+	unsigned ifindex;
+
+	if (route_of(me, peer, &ifindex, &next))
+		return -1;
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_ifindex = (int)ifindex;
+	if (!if_ioctl(SIOCGIFNAME, &ifr, 0))
+		return -1;
+	ifr.ifr_data = (void *)&info; /* the index's union member: the name stays */
+	/* bpf_redirect_peer drops a frame whose peer is in this namespace. */
+	if (!if_ioctl(SIOCETHTOOL, &ifr, 0) || strcmp(info.driver, "veth") || !peer_elsewhere(ifindex)) {
+		errno = ENODEV;
+		return -1;
+	}
+	if (!if_ioctl(SIOCGIFHWADDR, &ifr, 0) || ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
+		return -1;
+	memcpy(eth + 6, ifr.ifr_hwaddr.sa_data, 6);
+	return neighbour_of(ifindex, &next, eth);
 }

@@ -4,6 +4,7 @@
 #define WSPLICE_IFROUTE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 /* The output interface of the route from me to peer (AF_INET, AF_INET6 or
@@ -14,6 +15,12 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
 /* Whether name's frames have an Ethernet header (veth, a NIC, a bridge),
  * unlike a tun, a WireGuard or an ip tunnel device. */
 bool ifroute_is_ethernet(const char *name);
+
+/* Where the route from me to peer leaves by a veth: the Ethernet header
+ * its frames carry, the next hop's address from the neighbour entry
+ * (destination) then the veth's own (source). 0, or -1 with errno (not a
+ * veth: ENODEV; no valid neighbour entry: ENOENT). */
+int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, uint8_t eth[12]);
 
 /* The device's MTU now, or 0 when it cannot be read (gone). */
 unsigned ifroute_mtu(unsigned ifindex);

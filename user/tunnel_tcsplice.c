@@ -298,12 +298,18 @@ static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, 
 	addr_words(&me, out->saddr, &out->sport);
 	addr_words(&peer, out->daddr, &out->dport);
 	out->ifindex = dev;
+	/* A veth into another namespace: straight into its peer's ingress,
+	 * past the veth's transmit and the backlog (legs_route). */
+	if (dev != WS_LOOPBACK_IFINDEX && !ifroute_veth_frame(&me, &peer, out->eth))
+		out->redirect = WS_TC_TO_PEER;
 	return 0;
 }
 
 /* How each direction leaves. Both legs on lo: up the stack where it came
  * in (a local destination). Both on devices: out of the out leg's device,
- * with the link-layer header its neighbour entry gives. One on each: into
+ * with the link-layer header its neighbour entry gives, or, where that
+ * device is a veth into another namespace (leg_of), into its peer's
+ * ingress with that header written by the program. One on each: into
  * lo's ingress where the out leg is lo's, out of the device where it is
  * the device's (the local peer's segments come in on lo). */
 static void legs_route(struct ws_tc_tunnel *v, unsigned lo)
@@ -313,7 +319,10 @@ static void legs_route(struct ws_tc_tunnel *v, unsigned lo)
 	for (int d = 0; d < 2; d++) {
 		bool out_lo = v->dir[d].ifindex == lo;
 
-		v->dir[d].redirect = c_lo && u_lo ? WS_TC_INPLACE : out_lo ? WS_TC_LO_INGRESS : WS_TC_NEIGH;
+		v->dir[d].redirect = c_lo && u_lo			   ? WS_TC_INPLACE
+				     : out_lo				   ? WS_TC_LO_INGRESS
+				     : v->dir[d].redirect == WS_TC_TO_PEER ? WS_TC_TO_PEER
+									   : WS_TC_NEIGH;
 	}
 }
 
@@ -769,6 +778,8 @@ static void freeze(struct tcs_tunnel *t, struct ws_tc_tunnel *v, const struct tc
 	io->tick = false;
 	metrics_inc(M_EXPRESS_HANDOVERS);
 	note(&tc_dataplane_handovers(c->tp)->done);
+	if (v->dir[0].redirect == WS_TC_TO_PEER || v->dir[1].redirect == WS_TC_TO_PEER)
+		note(&tc_dataplane_handovers(c->tp)->to_peer);
 	log_debug("tunnel: went express (id %u): the tc program carries it from here", t->id);
 	return;
 undo:

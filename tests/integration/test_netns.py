@@ -102,6 +102,14 @@ def test_sockmap_splice_across_veth_hosts_and_native_xdp(hosts, mode):
     assert not os.path.exists(pin)
 
 
+def handovers(log):
+    """The program's hand-over counters (its .bss, named in the log), as bpftool shows them."""
+    m = re.search(r"id (\d+) \(hand-overs", log.read_text())
+    assert m, log.read_text()
+    out = sh("bpftool", "-j", "map", "dump", "id", m.group(1)).stdout
+    return json.loads(out)[0]["formatted"]["value"][".bss"][0]["tc_handovers"]
+
+
 def express_handovers(pin):
     return json.loads(sh(WSPLICE, "status", "--json", "--bpffs", pin).stdout)["express_handovers"]
 
@@ -159,8 +167,8 @@ def express_proxy(hosts, tmp_path, family=4, timeout=60, settle_ms="200", local_
 
 def test_express_lane_across_veth_hosts(hosts, tmp_path):
     """The express lane where the legs are devices: the client's segments
-    come in on p0 and leave by p1, the upstream's the other way
-    (bpf_redirect_neigh), and the guard on each egress keeps the frozen
+    come in on p0 and go into p1's peer, the upstream's the other way
+    (bpf_redirect_peer: both are veths into other namespaces), and the guard on each egress keeps the frozen
     sockets quiet. Every tunnel goes express, the tc program counts their
     bytes, and the streams arrive intact."""
     with express_proxy(hosts, tmp_path) as (run_load, pin, counters):
@@ -176,6 +184,10 @@ def test_express_lane_across_veth_hosts(hosts, tmp_path):
         # that frame on the relay).
         sums = percpu_sums(counters)
         assert sums[1] >= 2 * 60 << 20, "tc_counters %s; %s" % (sums, sh(WSPLICE, "status", "--bpffs", pin).stdout)
+        # Both legs are veths into other namespaces: every hand-over sends
+        # straight into the peers' ingress (bpf_redirect_peer).
+        h = handovers(tmp_path / "wsplice.log")
+        assert h["to_peer"] == h["done"] and h["done"] >= 5, h
 
 
 @pytest.mark.parametrize("family,localnet", [(4, True), (6, False), (4, False)],
