@@ -22,6 +22,7 @@
 #define TC_ACT_UNSPEC (-1)
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
+#define PACKET_HOST 0 /* linux/if_packet.h: a frame for this host */
 #define TCPOPT_EOL 0
 #define TCPOPT_NOP 1
 #define TCPOPT_SACK 5
@@ -636,6 +637,27 @@ static __always_inline bool draining(const struct ws_tc_flow *f)
 	return t && t->state == WS_TC_DRAIN;
 }
 
+/* The link-layer header where the segment's way out takes none from a
+ * neighbour entry, written before the segment counts as gone on. Into lo's
+ * ingress: a zero destination, lo's own address (eth_type_trans on lo
+ * takes any other for another host's frame). Into a veth's peer: the next
+ * hop's and the veth's addresses, and the packet type of a frame for this
+ * host, which before Linux 6.15 bpf_redirect_peer does not set again: a
+ * segment that came in on a bridge port (another host's frame there)
+ * would be dropped by the peer's IP input. */
+static __always_inline int link_header(struct __sk_buff *skb, const struct ws_tc_dir *o)
+{
+	if (o->redirect == WS_TC_TO_PEER)
+		return bpf_skb_store_bytes(skb, 0, o->eth, sizeof(o->eth), 0) ||
+		       bpf_skb_change_type(skb, PACKET_HOST);
+	if (o->redirect == WS_TC_LO_INGRESS) {
+		__u8 lo_mac[6] = {};
+
+		return bpf_skb_store_bytes(skb, 0, lo_mac, sizeof(lo_mac), 0);
+	}
+	return 0;
+}
+
 SEC("tc")
 int tcsplice_ingress(struct __sk_buff *skb)
 {
@@ -709,7 +731,7 @@ int tcsplice_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	o = &t->dir[d];
-	if (edit(skb, &s, o)) {
+	if (edit(skb, &s, o) || link_header(skb, o)) {
 		count(WS_TCC_REWRITE_FAILS, 1);
 		return TC_ACT_SHOT;
 	}
@@ -720,22 +742,11 @@ int tcsplice_ingress(struct __sk_buff *skb)
 	count(WS_TCC_BYTES, s.payload);
 	if (o->redirect == WS_TC_EGRESS)
 		return bpf_redirect(o->ifindex, 0);
-	if (o->redirect == WS_TC_TO_PEER) {
-		if (bpf_skb_store_bytes(skb, 0, o->eth, sizeof(o->eth), 0)) {
-			count(WS_TCC_REWRITE_FAILS, 1);
-			return TC_ACT_SHOT;
-		}
+	if (o->redirect == WS_TC_TO_PEER)
 		return bpf_redirect_peer(o->ifindex, 0);
-	}
 	if (o->redirect == WS_TC_NEIGH)
 		return bpf_redirect_neigh(o->ifindex, NULL, 0, 0);
 	if (o->redirect == WS_TC_LO_INGRESS) {
-		__u8 lo_mac[6] = {};
-
-		if (bpf_skb_store_bytes(skb, 0, lo_mac, sizeof(lo_mac), 0)) {
-			count(WS_TCC_REWRITE_FAILS, 1);
-			return TC_ACT_SHOT;
-		}
 		skb->mark = WS_TC_MARK;
 		return bpf_redirect(o->ifindex, BPF_F_INGRESS);
 	}

@@ -86,6 +86,7 @@ static int route_of(const struct sockaddr_storage *me, const struct sockaddr_sto
 		char buf[4096];
 	} ans;
 	struct addr src, dst;
+	bool odd_hop = false;
 	int err;
 	ssize_t got;
 	int len;
@@ -151,10 +152,14 @@ static int route_of(const struct sockaddr_storage *me, const struct sockaddr_sto
 				err = 0;
 			} else if (a->rta_type == RTA_GATEWAY && next && RTA_PAYLOAD(a) == dst.len) {
 				memcpy(next->bytes, RTA_DATA(a), dst.len);
+			} else if ((a->rta_type == RTA_GATEWAY || a->rta_type == RTA_VIA) && next) {
+				odd_hop = true; /* another family's next hop: not followed */
 			}
 		}
 		break;
 	}
+	if (!err && odd_hop)
+		err = ENODEV;
 	if (err) {
 		errno = err;
 		return -1;
@@ -285,7 +290,8 @@ static bool peer_elsewhere(unsigned ifindex)
 	return false;
 }
 
-int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, uint8_t eth[12])
+int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned dev,
+		       uint8_t eth[12])
 {
 	struct ifreq ifr;
 	struct ethtool_drvinfo info = { .cmd = ETHTOOL_GDRVINFO };
@@ -294,6 +300,10 @@ int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_
 
 	if (route_of(me, peer, &ifindex, &next))
 		return -1;
+	if (ifindex != dev) { /* the route changed since the caller asked */
+		errno = ENODEV;
+		return -1;
+	}
 	memset(&ifr, 0, sizeof(ifr));
 	ifr.ifr_ifindex = (int)ifindex;
 	if (!if_ioctl(SIOCGIFNAME, &ifr, 0))

@@ -16,11 +16,13 @@ int ifroute_oif(const struct sockaddr_storage *me, const struct sockaddr_storage
  * unlike a tun, a WireGuard or an ip tunnel device. */
 bool ifroute_is_ethernet(const char *name);
 
-/* Where the route from me to peer leaves by a veth: the Ethernet header
+/* Where the route from me to peer leaves by dev, a veth: the Ethernet header
  * its frames carry, the next hop's address from the neighbour entry
  * (destination) then the veth's own (source). 0, or -1 with errno (not a
- * veth: ENODEV; no valid neighbour entry: ENOENT). */
-int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, uint8_t eth[12]);
+ * veth, or the route now leaves by another device: ENODEV; no valid
+ * neighbour entry: ENOENT). */
+int ifroute_veth_frame(const struct sockaddr_storage *me, const struct sockaddr_storage *peer, unsigned dev,
+		       uint8_t eth[12]);
 
 /* The device's MTU now, or 0 when it cannot be read (gone). */
 unsigned ifroute_mtu(unsigned ifindex);

@@ -300,7 +300,7 @@ static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, 
 	out->ifindex = dev;
 	/* A veth into another namespace: straight into its peer's ingress,
 	 * past the veth's transmit and the backlog (legs_route). */
-	if (dev != WS_LOOPBACK_IFINDEX && !ifroute_veth_frame(&me, &peer, out->eth))
+	if (dev != WS_LOOPBACK_IFINDEX && !ifroute_veth_frame(&me, &peer, dev, out->eth))
 		out->redirect = WS_TC_TO_PEER;
 	return 0;
 }
@@ -309,7 +309,9 @@ static int leg_of(const struct tc_dataplane *tp, int fd, struct ws_tc_dir *out, 
  * in (a local destination). Both on devices: out of the out leg's device,
  * with the link-layer header its neighbour entry gives, or, where that
  * device is a veth into another namespace (leg_of), into its peer's
- * ingress with that header written by the program. One on each: into
+ * ingress with that header written by the program (not from lo: a
+ * segment from lo carries this namespace's route, which before Linux 6.15
+ * bpf_redirect_peer would take along). One on each: into
  * lo's ingress where the out leg is lo's, out of the device where it is
  * the device's (the local peer's segments come in on lo). */
 static void legs_route(struct ws_tc_tunnel *v, unsigned lo)
@@ -317,12 +319,14 @@ static void legs_route(struct ws_tc_tunnel *v, unsigned lo)
 	bool c_lo = v->dir[WS_DIR_U2C].ifindex == lo, u_lo = v->dir[WS_DIR_C2U].ifindex == lo;
 
 	for (int d = 0; d < 2; d++) {
-		bool out_lo = v->dir[d].ifindex == lo;
+		bool out_lo = v->dir[d].ifindex == lo, to_peer = v->dir[d].redirect == WS_TC_TO_PEER;
 
-		v->dir[d].redirect = c_lo && u_lo			   ? WS_TC_INPLACE
-				     : out_lo				   ? WS_TC_LO_INGRESS
-				     : v->dir[d].redirect == WS_TC_TO_PEER ? WS_TC_TO_PEER
-									   : WS_TC_NEIGH;
+		if (c_lo && u_lo)
+			v->dir[d].redirect = WS_TC_INPLACE;
+		else if (out_lo)
+			v->dir[d].redirect = WS_TC_LO_INGRESS;
+		else
+			v->dir[d].redirect = to_peer && !c_lo && !u_lo ? WS_TC_TO_PEER : WS_TC_NEIGH;
 	}
 }
 
