@@ -52,6 +52,16 @@ static void put_attr(struct nlmsghdr *n, unsigned short type, const void *data, 
 	n->nlmsg_len = NLMSG_ALIGN(n->nlmsg_len) + RTA_ALIGN(rta->rta_len);
 }
 
+/* A request's header: a single get (no dump) of type, with a body of
+ * body bytes after it (zeroed by the caller). */
+static void nl_request(struct nlmsghdr *n, size_t body, unsigned short type)
+{
+	n->nlmsg_len = NLMSG_LENGTH(body);
+	n->nlmsg_type = type;
+	n->nlmsg_flags = NLM_F_REQUEST;
+	n->nlmsg_seq = 1;
+}
+
 /* One request to the kernel's rtnetlink, its answer into ans; the bytes
  * received, or -1 with errno. */
 static ssize_t nl_ask(const struct nlmsghdr *req, void *ans, size_t cap)
@@ -103,10 +113,7 @@ static int route_of(const struct sockaddr_storage *me, const struct sockaddr_sto
 		return -1;
 	}
 	memset(&req, 0, sizeof(req));
-	req.n.nlmsg_len = NLMSG_LENGTH(sizeof(req.r));
-	req.n.nlmsg_type = RTM_GETROUTE;
-	req.n.nlmsg_flags = NLM_F_REQUEST;
-	req.n.nlmsg_seq = 1;
+	nl_request(&req.n, sizeof(req.r), RTM_GETROUTE);
 	req.r.rtm_family = (unsigned char)dst.family;
 	req.r.rtm_dst_len = (unsigned char)(8 * dst.len);
 	req.r.rtm_src_len = (unsigned char)(8 * src.len);
@@ -189,10 +196,7 @@ static int neighbour_of(unsigned ifindex, const struct addr *next, uint8_t mac[6
 	int len;
 
 	memset(&req, 0, sizeof(req));
-	req.n.nlmsg_len = NLMSG_LENGTH(sizeof(req.nd));
-	req.n.nlmsg_type = RTM_GETNEIGH;
-	req.n.nlmsg_flags = NLM_F_REQUEST;
-	req.n.nlmsg_seq = 1;
+	nl_request(&req.n, sizeof(req.nd), RTM_GETNEIGH);
 	req.nd.ndm_family = (unsigned char)next->family;
 	req.nd.ndm_ifindex = (int)ifindex;
 	put_attr(&req.n, NDA_DST, next->bytes, next->len);
@@ -273,10 +277,7 @@ static bool peer_elsewhere(unsigned ifindex)
 	int left;
 
 	memset(&req, 0, sizeof(req));
-	req.n.nlmsg_len = NLMSG_LENGTH(sizeof(req.i));
-	req.n.nlmsg_type = RTM_GETLINK;
-	req.n.nlmsg_flags = NLM_F_REQUEST;
-	req.n.nlmsg_seq = 1;
+	nl_request(&req.n, sizeof(req.i), RTM_GETLINK);
 	req.i.ifi_family = AF_UNSPEC;
 	req.i.ifi_index = (int)ifindex;
 	got = nl_ask(&req.n, &ans, sizeof(ans));
